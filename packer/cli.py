@@ -1,0 +1,106 @@
+"""Command line: parse arguments, call the API, turn ``UserError`` into one line and an exit code.
+
+    imagenet-subset [build] --subset_name NAME --data_dir DIR [options]
+    imagenet-subset demo [--dir DIR] [--out_dir DIR]
+"""
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from .build import BuildOptions, build
+from .errors import UserError
+
+PROG = "imagenet-subset"
+COMMANDS = """commands:
+  build (default)   pack a subset: imagenet-subset --subset_name imagenet30 --data_dir ILSVRC/Data/CLS-LOC
+  demo              write a small synthetic ILSVRC tree and pack it (no ImageNet needed)"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Pack a subset of a local ImageNet (ILSVRC CLS-LOC) into a NumPy .npz archive.",
+        epilog=COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subset_name", default="imagenet30",
+                        help="built-in list (imagenet30, imagenet100, imagenette, imagewoof), aux_files/NAME.txt, "
+                             "or a path to a file with one WNID per line (default: imagenet30)")
+    parser.add_argument("--data_dir", default="./Data/CLS-LOC",
+                        help="folder holding train/ and val/ (default: ./Data/CLS-LOC)")
+    parser.add_argument("--devkit_dir", help="folder with map_clsloc.txt and the val ground truth, if not found beside the data")
+    parser.add_argument("--out_dir", default="out_files", help="output folder (default: out_files)")
+    parser.add_argument("--resize_size", type=_positive_int, default=256, help="short side after resizing (default: 256)")
+    parser.add_argument("--crop_size", type=_positive_int, default=224, help="side of the center crop (default: 224)")
+    parser.add_argument("--fast", action="store_true",
+                        help="resize only the window kept by the crop: faster, pixels within 1 of exact")
+    parser.add_argument("--compress", action="store_true", help="deflate the archive members (smaller, slower, not memory-mappable)")
+    parser.add_argument("--workers", type=_positive_int, help="worker processes (default: all cores)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--max_ram", type=float, help="accepted for compatibility; memory stays flat without it")
+    parser.add_argument("--concatenate", action="store_true", help="accepted for compatibility; one file is always written")
+    return parser
+
+
+def _build(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.max_ram is not None or args.concatenate:
+        print(f"{PROG}: note: --max_ram and --concatenate are no longer needed: memory stays flat "
+              "and one file is always written", file=sys.stderr)
+    options = BuildOptions(args.subset_name, args.data_dir, args.devkit_dir, args.out_dir, args.resize_size,
+                           args.crop_size, args.fast, args.compress, args.workers, progress=not args.quiet)
+    result = build(options)
+    for note in result.notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    print(result.summary())
+    print(f"metadata: {result.metadata}")
+    return 0
+
+
+def _demo(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"{PROG} demo",
+                                     description="Write a small synthetic ILSVRC tree (Kaggle layout) and pack it.")
+    parser.add_argument("--dir", help="where to write the tree (default: a temporary folder, removed afterwards)")
+    parser.add_argument("--out_dir", default="out_files", help="output folder (default: out_files)")
+    parser.add_argument("--workers", type=_positive_int, help="worker processes (default: all cores)")
+    args = parser.parse_args(argv)
+    from .demo import IMAGENETTE, write_sample_tree
+    from .load import load
+
+    with tempfile.TemporaryDirectory(prefix="imagenet-subset-demo-") as scratch:
+        root = Path(args.dir or scratch)
+        data_dir = write_sample_tree(root)
+        class_list = root / "demo.txt"
+        class_list.write_text("".join(f"{wnid}\n" for wnid in IMAGENETTE))
+        print(f"wrote a synthetic ILSVRC tree at {root} (12 classes, 20 train + 5 val images each)")
+        result = build(BuildOptions(str(class_list), str(data_dir), out_dir=args.out_dir, workers=args.workers))
+        print(result.summary())
+        data = load(result.archive)
+        for key, array in data.arrays.items():
+            print(f"  {key:<8} {str(array.dtype):<6} {array.shape}")
+        print(f"metadata: {result.metadata}")
+        print(data.classes.astype(object).fillna("").to_string(index=False))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["demo"]:
+            return _demo(argv[1:])
+        return _build(argv[1:] if argv[:1] == ["build"] else argv)
+    except UserError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written at the output paths (earlier outputs are untouched)",
+              file=sys.stderr)
+        return 130

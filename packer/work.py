@@ -1,0 +1,87 @@
+"""Run the image work in parallel: chunks of images in, small results out, in order.
+
+A ``Chunk`` is up to ``CHUNK_SIZE`` consecutive rows of one image array. A
+worker transforms its images, checksums the rows, and either writes them
+straight to their place in the archive (uncompressed archives: ``archive`` and
+``offset`` are set) or returns them as a deflate segment (compressed ones).
+Either way the parent receives a small ``ChunkResult`` per chunk, in row order,
+and never touches pixels when the archive is uncompressed.
+
+Chunk boundaries depend only on ``CHUNK_SIZE``, never on the worker count, so
+the output bytes are the same whatever ``workers`` is.
+
+Work goes through joblib (``loky`` processes by default) with at most two
+chunks per worker in flight, so memory stays flat whatever the number of images.
+"""
+import os
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .npz import deflate_segment
+from .transform import TransformSpec, transform_image
+
+CHUNK_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows ``start .. start+len(paths)-1`` of image array ``key``, from these image files."""
+
+    key: str
+    start: int
+    paths: tuple[str, ...]
+    archive: str | None = None
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What a worker reports of a chunk: CRC-32 and length of its row bytes, and the
+    deflate segment of those bytes when they were not written in place."""
+
+    key: str
+    start: int
+    count: int
+    crc32: int
+    nbytes: int
+    payload: bytes | None = None
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+
+
+def pack_chunk(chunk: Chunk, spec: TransformSpec) -> ChunkResult:
+    """Transform the chunk's images into rows, checksum them, and write or deflate them."""
+    rows = np.empty((len(chunk.paths), spec.crop_size, spec.crop_size, 3), dtype=np.uint8)
+    for i, path in enumerate(chunk.paths):
+        rows[i] = transform_image(path, spec)
+    data = memoryview(rows).cast("B")
+    crc = zlib.crc32(data)
+    payload = None
+    if chunk.archive is None:
+        payload = deflate_segment(data)
+    else:
+        fd = os.open(chunk.archive, os.O_WRONLY)
+        try:
+            _pwrite_all(fd, data, chunk.offset)
+        finally:
+            os.close(fd)
+    return ChunkResult(chunk.key, chunk.start, len(chunk.paths), crc, len(data), payload)
+
+
+def run_chunks(chunks: Iterable[Chunk], spec: TransformSpec, workers: int) -> Iterator[ChunkResult]:
+    """``pack_chunk`` over ``chunks`` on ``workers`` processes; results come back in chunk order."""
+    if workers == 1:
+        for chunk in chunks:
+            yield pack_chunk(chunk, spec)
+        return
+    from joblib import Parallel, delayed
+
+    parallel = Parallel(n_jobs=workers, return_as="generator", pre_dispatch="2*n_jobs", batch_size=1)
+    yield from parallel(delayed(pack_chunk)(chunk, spec) for chunk in chunks)
