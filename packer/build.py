@@ -1,31 +1,36 @@
 """Build a subset archive: the pipeline from a tree and a class list to files on disk.
 
-    find_tree -> read_subset_list -> list images -> plan the archive
-      -> run_chunks (parallel) -> close the archive -> metadata CSV -> rename into place
+    plan_build:  find_tree -> read_subset_list -> list and label the images
+    execute:     lay out the archive -> run_chunks (parallel) -> close it
+                 -> metadata CSV -> manifest -> rename all three into place
 
-Outputs go to ``<out_dir>/<name>_cls.npz`` and ``<out_dir>/<name>_cls_metadata.csv``.
-Both are written under temporary names in ``out_dir`` and renamed into place only
-when complete: a failed or interrupted run leaves no partial file at the final
-paths and never touches an earlier output.
+Outputs go to ``<out_dir>/<name>_cls.npz``, ``<name>_cls_metadata.csv`` and
+``<name>_cls.manifest.json``. All are written under temporary names in
+``out_dir`` and renamed into place only when complete: a failed or interrupted
+run leaves no partial file at the final paths and never touches an earlier output.
 """
 import contextlib
+import datetime
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .describe import metadata_table, write_metadata_csv
+import numpy as np
+
+from . import describe
 from .errors import UserError
 from .npz import ArraySpec, DeflatedNpzWriter, StoredNpzWriter
-from .subset import check_classes_present, labels_of, read_subset_list
+from .subset import SubsetList, check_classes_present, label_images, read_subset_list
 from .transform import TransformSpec
-from .tree import SplitImages, class_table, find_tree, list_train_images, list_val_images, train_classes
+from .tree import ClassInfo, SplitImages, Tree, class_table, find_tree, list_train_images, list_val_images, train_classes
 from .work import CHUNK_SIZE, Chunk, run_chunks
 
-SPLITS = ("train", "val")
+_UNKNOWN_CLASS = ClassInfo(None, None, None)
+RESIZE_RULE = "torchvision Resize(resize_size) + CenterCrop(crop_size), bilinear (Pillow)"
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,22 @@ class BuildOptions:
     workers: int | None = None
     progress: bool = True
 
+    def output_options(self) -> dict:
+        """The options that shape the archive's bytes (recorded in the manifest)."""
+        return {"resize_size": self.resize_size, "crop_size": self.crop_size, "resize_rule": RESIZE_RULE,
+                "fast": self.fast, "compress": self.compress, "chunk_size": CHUNK_SIZE}
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything decided before any image is decoded: names, labelled images in row order, class facts."""
+
+    name: str
+    subset: SubsetList
+    splits: tuple[SplitImages, ...]
+    classes: dict[str, ClassInfo]
+    input: dict
+
 
 @dataclass(frozen=True)
 class BuildResult:
@@ -51,9 +72,11 @@ class BuildResult:
     name: str
     archive: Path
     metadata: Path
+    manifest: Path
     counts: dict[str, int]
     num_classes: int
     archive_bytes: int
+    sha256: str
     seconds: float
     notes: tuple[str, ...] = field(default=())
 
@@ -84,7 +107,24 @@ def _transform_spec(options: BuildOptions) -> TransformSpec:
     return TransformSpec(options.resize_size, options.crop_size, options.fast)
 
 
-def _array_specs(splits: list[SplitImages], crop: int) -> list[ArraySpec]:
+def _input_description(tree: Tree, splits: list[SplitImages]) -> dict:
+    found = {kind: getattr(tree, kind).name if getattr(tree, kind) else None
+             for kind in ("train_cls", "synset_mapping", "val_solution", "val_annotations", "map_clsloc",
+                          "val_ground_truth")}
+    return {"train_order": splits[0].label_source, "val_labels": splits[1].label_source, "label_files": found}
+
+
+def plan_build(options: BuildOptions) -> BuildPlan:
+    """Read the tree and the class list and decide every row of the archive."""
+    tree = find_tree(options.data_dir, options.devkit_dir)
+    subset = read_subset_list(options.subset_name)
+    check_classes_present(subset, train_classes(tree), tree.train_dir)
+    wnids = list(subset.wnids)
+    splits = [label_images(list_train_images(tree, wnids), subset), label_images(list_val_images(tree, wnids), subset)]
+    return BuildPlan(subset.name, subset, tuple(splits), class_table(tree), _input_description(tree, splits))
+
+
+def _array_specs(splits, crop: int) -> list[ArraySpec]:
     specs = []
     for images in splits:
         n = len(images)
@@ -94,7 +134,7 @@ def _array_specs(splits: list[SplitImages], crop: int) -> list[ArraySpec]:
     return specs
 
 
-def _chunks(splits: list[SplitImages], writer) -> Iterator[Chunk]:
+def _chunks(splits, writer) -> Iterator[Chunk]:
     for images in splits:
         key = f"X_{images.split}"
         root = str(images.root)
@@ -107,92 +147,149 @@ def _chunks(splits: list[SplitImages], writer) -> Iterator[Chunk]:
 
 
 def _temporary_path(out_dir: Path, final_name: str) -> str:
+    """A new empty hidden file beside ``final_name`` (permissions as the umask gives a new file)."""
+    path = out_dir / f".{final_name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
     try:
-        fd, path = tempfile.mkstemp(prefix=f".{final_name}.", suffix=".partial", dir=out_dir)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except OSError as exc:
         raise UserError(f"cannot write to --out_dir {out_dir}: {exc.strerror}; choose a writable folder") from None
-    os.close(fd)
-    return path
+    return str(path)
 
 
-def build(options: BuildOptions) -> BuildResult:
-    """Run the whole pipeline for ``options``; see the module docstring for the guarantees."""
-    started = time.perf_counter()
-    spec = _transform_spec(options)
-    workers = default_workers() if options.workers is None else options.workers
-    if not isinstance(workers, int) or workers < 1:
-        raise UserError(f"--workers {workers!r} must be a whole number of at least 1")
-
-    tree = find_tree(options.data_dir, options.devkit_dir)
-    subset = read_subset_list(options.subset_name)
-    check_classes_present(subset, train_classes(tree), tree.train_dir)
-    splits = [list_train_images(tree, list(subset.wnids)), list_val_images(tree, list(subset.wnids))]
-    labels = {images.split: labels_of(images, subset) for images in splits}
-    table = metadata_table(subset, class_table(tree), labels["train"], labels["val"])
-
-    out_dir = Path(options.out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create --out_dir {out_dir}: {exc.strerror}; choose a writable folder") from None
-    archive_path = out_dir / f"{subset.name}_cls.npz"
-    metadata_path = out_dir / f"{subset.name}_cls_metadata.csv"
-    specs = _array_specs(splits, spec.crop_size)
-    needed = sum(s.nbytes for s in specs)
-    free = shutil.disk_usage(out_dir).free
-    if not options.compress and needed > free:
-        raise UserError(f"--out_dir {out_dir} has {free / 1e9:.1f} GB free but the archive needs "
-                        f"{needed / 1e9:.1f} GB; free some space, choose another folder, or add --compress")
-
-    arrays = {}
-    for images in splits:
-        arrays[f"y_{images.split}"] = labels[images.split]
-        arrays[f"{images.split}_id"] = images.ids
-    temporary = [_temporary_path(out_dir, archive_path.name), _temporary_path(out_dir, metadata_path.name)]
-    writer = None
-    try:
-        writer_class = DeflatedNpzWriter if options.compress else StoredNpzWriter
-        writer = writer_class(temporary[0], specs, arrays)
-        _run(splits, writer, spec, workers, options.progress)
-        writer.close()
-        write_metadata_csv(table, temporary[1])
-        os.replace(temporary[0], archive_path)
-        os.replace(temporary[1], metadata_path)
-    except OSError as exc:
-        raise UserError(f"writing {archive_path} failed: {exc.strerror or exc}; "
-                        "free space or fix permissions and run again (earlier outputs are untouched)") from None
-    finally:
-        if writer is not None:
-            writer.abort()
-        for path in temporary:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-    notes = tuple(note for images in splits for note in images.notes)
-    return BuildResult(subset.name, archive_path, metadata_path, {s.split: len(s) for s in splits},
-                       len(subset.wnids), archive_path.stat().st_size, time.perf_counter() - started, notes)
+def _file_record(path: Path, sha256: str | None = None) -> dict:
+    if sha256 is None:
+        sha256 = describe.sha256_of_file(path)
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256}
 
 
-def _run(splits: list[SplitImages], writer, spec: TransformSpec, workers: int, progress: bool) -> None:
+@dataclass
+class _Totals:
+    """What the parent accumulates from the chunk results, per split."""
+
+    row_crcs: dict[str, np.ndarray]
+    sums: dict[str, np.ndarray]
+    squares: dict[str, np.ndarray]
+
+
+def _run(splits, writer, spec: TransformSpec, workers: int, progress: bool) -> _Totals:
     """Feed the chunks to the workers and the results to the writer, with a progress bar per split."""
     from tqdm import tqdm
 
-    totals = {images.split: len(images) for images in splits}
+    totals = _Totals({s.split: np.zeros(len(s), dtype=np.uint32) for s in splits},
+                     {s.split: np.zeros(3, dtype=np.uint64) for s in splits},
+                     {s.split: np.zeros(3, dtype=np.uint64) for s in splits})
+    sizes = {images.split: len(images) for images in splits}
     bar, bar_split = None, None
     try:
         for result in run_chunks(_chunks(splits, writer), spec, workers):
             writer.add_chunk(result.key, result.crc32, result.nbytes, result.payload)
             split = result.key.removeprefix("X_")
+            totals.row_crcs[split][result.start:result.start + result.count] = result.row_crcs
+            totals.sums[split] += np.array(result.channel_sums, dtype=np.uint64)
+            totals.squares[split] += np.array(result.channel_squares, dtype=np.uint64)
             if split != bar_split:
                 if bar is not None:
                     bar.close()
                 bar_split = split
-                bar = tqdm(total=totals[split], desc=split, unit="img", disable=not progress, dynamic_ncols=True)
+                bar = tqdm(total=sizes[split], desc=split, unit="img", disable=not progress, dynamic_ncols=True)
             bar.update(result.count)
     finally:
         if bar is not None:
             bar.close()
+    return totals
+
+
+def execute(plan: BuildPlan, options: BuildOptions, started: float | None = None) -> BuildResult:
+    """Pack the images of ``plan`` with ``options``; see the module docstring for the guarantees."""
+    started = time.perf_counter() if started is None else started
+    spec = _transform_spec(options)
+    workers = default_workers() if options.workers is None else options.workers
+    if not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--workers {workers!r} must be a whole number of at least 1")
+    out_dir = Path(options.out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out_dir {out_dir}: {exc.strerror}; choose a writable folder") from None
+    final = {"archive": out_dir / f"{plan.name}_cls.npz",
+             "metadata": out_dir / f"{plan.name}_cls_metadata.csv",
+             "manifest": out_dir / f"{plan.name}_cls.manifest.json"}
+    specs = _array_specs(plan.splits, spec.crop_size)
+    needed = sum(s.nbytes for s in specs)
+    free = shutil.disk_usage(out_dir).free
+    if not options.compress and needed > free:
+        raise UserError(f"--out_dir {out_dir} has {free / 1e9:.1f} GB free but the archive needs "
+                        f"{needed / 1e9:.1f} GB; free some space, choose another folder, or add --compress")
+    arrays = {}
+    for images in plan.splits:
+        arrays[f"y_{images.split}"] = images.labels
+        arrays[f"{images.split}_id"] = images.ids
+    table = describe.metadata_table(plan.subset, plan.classes, plan.splits[0].labels, plan.splits[1].labels)
+
+    temporary = {kind: _temporary_path(out_dir, path.name) for kind, path in final.items()}
+    writer = None
+    try:
+        writer_class = DeflatedNpzWriter if options.compress else StoredNpzWriter
+        writer = writer_class(temporary["archive"], specs, arrays)
+        totals = _run(plan.splits, writer, spec, workers, options.progress)
+        writer.close()
+        describe.write_metadata_csv(table, temporary["metadata"])
+        seconds = time.perf_counter() - started
+        manifest = _manifest(plan, options, totals, workers, seconds, spec,
+                             _file_record(Path(temporary["archive"]), writer.sha256),
+                             _file_record(Path(temporary["metadata"])), final)
+        describe.write_json(manifest, temporary["manifest"])
+        for kind in ("archive", "metadata", "manifest"):
+            os.replace(temporary[kind], final[kind])
+    except OSError as exc:
+        raise UserError(f"writing {final['archive']} failed: {exc.strerror or exc}; "
+                        "free space or fix permissions and run again (earlier outputs are untouched)") from None
+    finally:
+        if writer is not None:
+            writer.abort()
+        for path in temporary.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    notes = tuple(note for images in plan.splits for note in images.notes)
+    return BuildResult(plan.name, final["archive"], final["metadata"], final["manifest"],
+                       {s.split: len(s) for s in plan.splits}, len(plan.subset.wnids),
+                       final["archive"].stat().st_size, writer.sha256, seconds, notes)
+
+
+def _manifest(plan, options, totals, workers, seconds, spec, archive_record, metadata_record, final) -> dict:
+    from . import __version__
+
+    archive_record["file"] = final["archive"].name
+    metadata_record["file"] = final["metadata"].name
+    train = plan.splits[0]
+    images = sum(len(s) for s in plan.splits)
+    return {
+        "manifest_version": describe.MANIFEST_VERSION,
+        "tool": "imagenet-subset",
+        "tool_version": __version__,
+        "name": plan.name,
+        "options": options.output_options(),
+        "classes": [{"label": i, "wnids": [w], "human_label": plan.classes.get(w, _UNKNOWN_CLASS).human_label}
+                    for i, w in enumerate(plan.subset.wnids)],
+        "subset_source": plan.subset.source,
+        "input": plan.input,
+        "splits": {s.split: {"images": len(s), "per_class": np.bincount(s.labels, minlength=len(plan.subset.wnids)).tolist()}
+                   for s in plan.splits},
+        "X_train_stats": describe.channel_statistics(totals.sums["train"], totals.squares["train"],
+                                                     len(train) * spec.crop_size * spec.crop_size),
+        "files": {"archive": archive_record, "metadata": metadata_record},
+        "build": {"seconds": round(seconds, 3), "images_per_second": round(images / seconds, 1) if seconds else None,
+                  "workers": workers, "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+        "sources": {s.split: describe.split_sources(s, totals.row_crcs[s.split]) for s in plan.splits},
+    }
+
+
+def build(options: BuildOptions) -> BuildResult:
+    """Plan and execute a build."""
+    started = time.perf_counter()
+    return execute(plan_build(options), options, started)
 
 
 def build_subset(subset_name: str, data_dir: str, **options) -> BuildResult:
-    """Build ``<out_dir>/<name>_cls.npz`` and its metadata CSV; keyword options as ``BuildOptions``."""
+    """Build ``<out_dir>/<name>_cls.npz``, its metadata CSV and manifest; keyword options as ``BuildOptions``."""
     return build(BuildOptions(subset_name, str(data_dir), **options))

@@ -13,6 +13,7 @@ CRC polynomial, over GF(2), in bit-reflected order (bit 31 is x^0). Appending
 The pre- and post-conditioning of CRC-32 (init and final xor with 0xFFFFFFFF)
 cancel out in this identity.
 """
+from functools import lru_cache
 
 _POLY = 0xEDB88320  # CRC-32 polynomial, bit-reflected
 _X0 = 1 << 31       # the polynomial "1" (x^0) in reflected order
@@ -41,6 +42,7 @@ def _powers_of_x_squared() -> list[int]:
 _X_POW_2K = _powers_of_x_squared()
 
 
+@lru_cache(maxsize=64)
 def _x_pow_8n(n: int) -> int:
     """x^(8n) mod P, by square-and-multiply over the bits of n."""
     result = _X0
@@ -58,3 +60,12 @@ def crc32_combine(crc_a: int, crc_b: int, length_b: int) -> int:
     if length_b == 0:
         return crc_a
     return _multiply_mod_p(_x_pow_8n(length_b), crc_a) ^ crc_b
+
+
+
+def crc32_of_parts(crcs, length: int) -> int:
+    """CRC-32 of consecutive parts of ``length`` bytes each, from the parts' CRCs."""
+    crc = 0  # the CRC of no bytes
+    for part in crcs:
+        crc = crc32_combine(crc, int(part), length)
+    return crc

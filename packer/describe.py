@@ -1,4 +1,4 @@
-"""Describe a subset: the metadata CSV written beside the archive.
+"""Describe a subset: the metadata CSV and the manifest written beside the archive.
 
 ``<name>_cls_metadata.csv`` (comma-separated, ``\\n`` line ends, one row per label
 in label order) has the columns:
@@ -14,9 +14,31 @@ num_val_images      images of this label packed into ``X_val``
 ==================  ===========================================================
 
 A cell the tree's label files say nothing about is left empty.
+
+``<name>_cls.manifest.json`` (UTF-8 JSON) records how the archive was made and
+what is in it, enough to check it (``verify``) and to rebuild it elsewhere
+(``build --recipe``)::
+
+    manifest_version   1
+    tool, tool_version "imagenet-subset", "0.1.0"
+    name               subset name (the output stem)
+    options            what shapes the bytes: resize_size, crop_size, resize_rule,
+                       fast, compress, chunk_size
+    classes            [{label, wnids: [...], human_label}] in label order
+    input              the layout read: train_order and val_labels sources,
+                       the label files found (file names only, no paths)
+    splits             {split: {images, per_class: [count per label]}}
+    sources            {split: {root, label_source, paths (relative to root),
+                       ids, labels, row_crc32 (CRC-32 of each row's pixels)}}
+    X_train_stats      {mean: [r, g, b], std: [r, g, b]} on the 0-255 scale
+    files              {archive|metadata: {file, bytes, sha256}}
+    build              {seconds, images_per_second, workers, finished_utc}
+
+Dates and timings live only here, never in the archive or the CSV.
 """
+import hashlib
+import json
 import numpy as np
-import pandas as pd
 
 from .subset import SubsetList
 from .tree import ClassInfo
@@ -26,8 +48,10 @@ METADATA_COLUMNS = ["subset_label", "WNID", "human_label", "original_label", "im
 
 
 def metadata_table(subset: SubsetList, classes: dict[str, ClassInfo],
-                   y_train: np.ndarray, y_val: np.ndarray) -> pd.DataFrame:
+                   y_train: np.ndarray, y_val: np.ndarray) -> "pd.DataFrame":
     """One row per label of ``subset``, with the counts of images actually packed."""
+    import pandas as pd  # imported here: worker processes never need it
+
     unknown = ClassInfo(None, None, None)
     info = [classes.get(w, unknown) for w in subset.wnids]
     n = len(subset.wnids)
@@ -42,5 +66,44 @@ def metadata_table(subset: SubsetList, classes: dict[str, ClassInfo],
     }, columns=METADATA_COLUMNS)
 
 
-def write_metadata_csv(table: pd.DataFrame, path) -> None:
+def write_metadata_csv(table: "pd.DataFrame", path) -> None:
     table.to_csv(path, index=False, lineterminator="\n")
+
+
+MANIFEST_VERSION = 1
+
+
+def channel_statistics(sums, squares, count: int) -> dict:
+    """Per-channel mean and standard deviation (0-255 scale) from exact sums over ``count`` values each."""
+    if count == 0:
+        return {"mean": [None] * 3, "std": [None] * 3}
+    mean = np.array(sums, dtype=np.float64) / count
+    variance = np.maximum(np.array(squares, dtype=np.float64) / count - mean * mean, 0.0)
+    return {"mean": [round(float(v), 4) for v in mean], "std": [round(float(v), 4) for v in np.sqrt(variance)]}
+
+
+def split_sources(images, row_crcs) -> dict:
+    """The manifest's record of one split: where each row came from, its label and pixel CRC-32."""
+    return {
+        "root": images.split,
+        "label_source": images.label_source,
+        "paths": list(images.paths),
+        "ids": images.ids.tolist(),
+        "labels": images.labels.tolist(),
+        "row_crc32": [int(c) for c in row_crcs],
+    }
+
+
+def sha256_of_file(path, block_size: int = 8 << 20) -> str:
+    """SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(block_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(document: dict, path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(document, f, indent=1, ensure_ascii=False)
+        f.write("\n")

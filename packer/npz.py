@@ -8,8 +8,8 @@ File layout (all integers little-endian)::
 
     [local header][.npy header][array bytes]     y_train.npy   } small arrays first,
     ...                                          } known before any pixel
-    [local header][.npy header][image rows ...]   X_train.npy   } rows in order
-    [local header][.npy header][image rows ...]   X_val.npy
+    [local header][.npy header][image rows ...][data descriptor]   X_train.npy
+    [local header][.npy header][image rows ...][data descriptor]   X_val.npy
     [central directory: one entry per array, in the order the specs were given]
     [ZIP64 end of central directory record + locator]   (only past 4 GiB)
     [end of central directory record]
@@ -25,6 +25,10 @@ needed, flags 0, method (0 stored, 8 deflated), DOS time 0 and date 1980-01-01
 size, uncompressed size, name length, extra length. A member of 4 GiB or more
 has 0xFFFFFFFF in both size fields and a ZIP64 extra field (id 1) carrying the
 real sizes; the central directory entry does the same for sizes and offsets.
+Image members set flag bit 3: their local header has CRC and sizes 0, and a
+data descriptor (``PK\x07\x08``, CRC-32, compressed and uncompressed size,
+8-byte sizes past 4 GiB) follows their data. So the file is final from the
+front to the last row written, and its SHA-256 is computed as it is produced.
 
 Two writers share that format:
 
@@ -32,13 +36,14 @@ Two writers share that format:
   offset is known from the shapes alone. The file is sized up front, workers
   write their rows straight to ``pixel_offset(key, row)``, and the parent only
   combines their CRCs (``crc32.crc32_combine``) and fills in the headers at the
-  end. Stored members can be memory-mapped by ``packer.load``.
+  end, reading finished regions back into the SHA-256 as rows arrive. Stored
+  members can be memory-mapped by ``packer.load``.
 - ``DeflatedNpzWriter`` (``--compress``): each worker deflates its rows into a
   raw deflate segment ending in a sync flush; segments concatenate into one
   valid deflate stream, which the parent appends in row order and ends with an
-  empty final block. Sizes are patched into the local header afterwards.
+  empty final block and the data descriptor.
 """
-import io
+import hashlib
 import os
 import struct
 import zlib
@@ -98,10 +103,12 @@ _FINAL_EMPTY_BLOCK = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15).flush()
 
 @dataclass
 class _Member:
+    """One archive member as the central directory describes it."""
+
     spec: ArraySpec
     header_offset: int
     method: int
-    zip64: bool
+    streamed: bool  # CRC and sizes follow the data in a data descriptor (flag bit 3)
     crc: int = 0
     compressed_size: int = 0
 
@@ -109,53 +116,64 @@ class _Member:
     def size(self) -> int:
         return len(npy_header(self.spec)) + self.spec.nbytes
 
+    @property
+    def zip64(self) -> bool:
+        # deflate can expand incompressible data a little, so leave a margin
+        return self.size + self.size // 1000 + 1024 >= _ZIP64_LIMIT
 
-def _local_header(member: _Member) -> bytes:
-    name = member.spec.member_name.encode()
-    if member.zip64:
-        extra = struct.pack("<HHQQ", 1, 16, member.size, member.compressed_size)
-        sizes = (_ZIP64_LIMIT, _ZIP64_LIMIT)
-    else:
-        extra = b""
-        sizes = (member.compressed_size, member.size)
-    version = _VERSION_ZIP64 if member.zip64 else _VERSION_STORED
-    return struct.pack(
-        "<IHHHHHIIIHH", 0x04034B50, version, 0, member.method, 0, _DOS_DATE,
-        member.crc, *sizes, len(name), len(extra),
-    ) + name + extra
+    def local_header(self) -> bytes:
+        name = self.spec.member_name.encode()
+        if self.streamed:  # CRC and sizes are in the data descriptor
+            fields, extra = (0, 0, 0), b""
+        elif self.zip64:
+            fields, extra = (self.crc, _ZIP64_LIMIT, _ZIP64_LIMIT), struct.pack("<HHQQ", 1, 16, self.size, self.compressed_size)
+        else:
+            fields, extra = (self.crc, self.compressed_size, self.size), b""
+        return struct.pack("<IHHHHHIIIHH", 0x04034B50, self.version, self.flags, self.method, 0, _DOS_DATE,
+                           *fields, len(name), len(extra)) + name + extra
+
+    def data_descriptor(self) -> bytes:
+        if self.zip64:
+            return struct.pack("<IIQQ", 0x08074B50, self.crc, self.compressed_size, self.size)
+        return struct.pack("<IIII", 0x08074B50, self.crc, self.compressed_size, self.size)
+
+    @property
+    def descriptor_size(self) -> int:
+        return (24 if self.zip64 else 16) if self.streamed else 0
+
+    @property
+    def flags(self) -> int:
+        return 0x08 if self.streamed else 0
+
+    @property
+    def version(self) -> int:
+        return _VERSION_ZIP64 if self.zip64 else _VERSION_STORED
+
+    def directory_entry(self) -> bytes:
+        name = self.spec.member_name.encode()
+        values = {"size": self.size, "compressed": self.compressed_size, "offset": self.header_offset}
+        big = [k for k in ("size", "compressed", "offset") if values[k] >= _ZIP64_LIMIT]
+        extra = struct.pack("<HH", 1, 8 * len(big)) + b"".join(struct.pack("<Q", values[k]) for k in big) if big else b""
+        field = {k: _ZIP64_LIMIT if k in big else v for k, v in values.items()}
+        version = _VERSION_ZIP64 if (self.zip64 or big) else _VERSION_STORED
+        return struct.pack(
+            "<IHHHHHHIIIHHHHHII", 0x02014B50, _MADE_BY, version, self.flags, self.method, 0, _DOS_DATE,
+            self.crc, field["compressed"], field["size"], len(name), len(extra), 0, 0, 0, _FILE_MODE, field["offset"],
+        ) + name + extra
 
 
-def _local_header_size(spec: ArraySpec, zip64: bool) -> int:
-    return 30 + len(spec.member_name.encode()) + (20 if zip64 else 0)
-
-
-def _central_directory(members: list[_Member], offset: int) -> bytes:
-    """Central directory entries, then the end records, for a directory starting at ``offset``."""
-    out = io.BytesIO()
-    for m in members:
-        name = m.spec.member_name.encode()
-        big = [v >= _ZIP64_LIMIT for v in (m.size, m.compressed_size, m.header_offset)]
-        extra_values = [v for v, b in zip((m.size, m.compressed_size, m.header_offset), big) if b]
-        extra = struct.pack("<HH", 1, 8 * len(extra_values)) + struct.pack(
-            f"<{len(extra_values)}Q", *extra_values) if extra_values else b""
-        fields = [_ZIP64_LIMIT if b else v for v, b in zip((m.compressed_size, m.size, m.header_offset), (big[1], big[0], big[2]))]
-        version = _VERSION_ZIP64 if (m.zip64 or extra_values) else _VERSION_STORED
-        out.write(struct.pack(
-            "<IHHHHHHIIIHHHHHII", 0x02014B50, _MADE_BY, version, 0, m.method, 0, _DOS_DATE,
-            m.crc, fields[0], fields[1], len(name), len(extra), 0, 0, 0, _FILE_MODE, fields[2],
-        ) + name + extra)
-    directory = out.getvalue()
-    count = len(members)
-    end = offset + len(directory)
+def _end_records(members: list[_Member], offset: int) -> bytes:
+    """Central directory entries and end records, for a directory starting at ``offset``."""
+    directory = b"".join(m.directory_entry() for m in members)
+    count, end = len(members), offset + len(directory)
+    tail = b""
     if offset >= _ZIP64_LIMIT or len(directory) >= _ZIP64_LIMIT:
-        out.write(struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, _MADE_BY, _VERSION_ZIP64, 0, 0,
-                              count, count, len(directory), offset))
-        out.write(struct.pack("<IIQI", 0x07064B50, 0, end, 1))
-        offset_field = size_field = _ZIP64_LIMIT
-    else:
-        offset_field, size_field = offset, len(directory)
-    out.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, size_field, offset_field, 0))
-    return out.getvalue()
+        tail += struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, _MADE_BY, _VERSION_ZIP64, 0, 0,
+                            count, count, len(directory), offset)
+        tail += struct.pack("<IIQI", 0x07064B50, 0, end, 1)
+        offset = _ZIP64_LIMIT
+    tail += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, min(len(directory), _ZIP64_LIMIT), offset, 0)
+    return directory + tail
 
 
 def _array_bytes(spec: ArraySpec, array: np.ndarray) -> bytes:
@@ -165,62 +183,113 @@ def _array_bytes(spec: ArraySpec, array: np.ndarray) -> bytes:
     return array.tobytes()
 
 
-class StoredNpzWriter:
+class _NpzWriter:
+    """What both writers share: members in order, a running SHA-256 of the file as it is produced."""
+
+    compressed: bool
+
+    def __init__(self, path: str, specs: list[ArraySpec], arrays: dict[str, np.ndarray]):
+        self.path = path
+        self._specs = specs
+        self._arrays = arrays
+        self._members: dict[str, _Member] = {}
+        self._sha256 = hashlib.sha256()
+        self._hashed = 0  # bytes of the file already fed to the hash
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the whole file; valid after ``close``."""
+        return self._sha256.hexdigest()
+
+    def _directory(self) -> bytes:
+        return _end_records([self._members[s.key] for s in self._specs], self._directory_offset)
+
+
+class StoredNpzWriter(_NpzWriter):
     """An uncompressed ``.npz`` whose layout is fixed before any image is decoded.
 
-    ``specs`` lists every array in the order of the central directory (the order
+    ``specs`` lists every array in central-directory order (the order
     ``np.load(...).files`` reports). ``arrays`` holds the contents of the small
-    arrays, written at once; the others ("image arrays") are filled by workers
-    at ``pixel_offset`` and reported, in row order, through ``add_chunk``.
+    arrays, written at once; the other ("image") arrays are filled by workers at
+    ``pixel_offset`` and reported in row order through ``add_chunk``. Image
+    members carry their CRC in a data descriptor after their rows, so every byte
+    before the last reported row is final: the parent reads that region back
+    (from the page cache) into the SHA-256 as it goes, never a second pass.
     """
 
     compressed = False
 
     def __init__(self, path: str, specs: list[ArraySpec], arrays: dict[str, np.ndarray]):
-        self.path = path
-        self._specs = specs
-        self._members: dict[str, _Member] = {}
-        self._data_offset: dict[str, int] = {}
+        super().__init__(path, specs, arrays)
         offset = 0
         for spec in sorted(specs, key=lambda s: s.key not in arrays):  # small arrays first
-            zip64 = len(npy_header(spec)) + spec.nbytes >= _ZIP64_LIMIT
-            member = _Member(spec, offset, method=0, zip64=zip64)
+            member = _Member(spec, offset, method=0, streamed=spec.key not in arrays)
             member.compressed_size = member.size
             self._members[spec.key] = member
-            self._data_offset[spec.key] = offset + _local_header_size(spec, zip64)
-            offset += _local_header_size(spec, zip64) + member.size
+            offset += len(member.local_header()) + member.size + member.descriptor_size
         self._directory_offset = offset
+        self._rows_done = {key: 0 for key in self._members}
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         os.ftruncate(self._fd, offset)
-        for spec in specs:
-            header = npy_header(spec)
-            self._members[spec.key].crc = zlib.crc32(header)
-            if spec.key in arrays:
-                data = _array_bytes(spec, arrays[spec.key])
-                os.pwrite(self._fd, data, self._data_offset[spec.key] + len(header))
-                self._members[spec.key].crc = zlib.crc32(data, self._members[spec.key].crc)
+        for member in self._members.values():
+            header = npy_header(member.spec)
+            member.crc = zlib.crc32(header)
+            data = b""
+            if not member.streamed:
+                data = _array_bytes(member.spec, arrays[member.spec.key])
+                member.crc = zlib.crc32(data, member.crc)
+            os.pwrite(self._fd, member.local_header() + header + data, member.header_offset)
+            if member.streamed and member.spec.nbytes == 0:
+                self._finish_member(member)
+        self._advance_hash()
 
     @property
     def size(self) -> int:
         """Bytes before the central directory (the directory adds a few hundred)."""
         return self._directory_offset
 
+    def _data_offset(self, member: _Member) -> int:
+        return member.header_offset + len(member.local_header()) + len(npy_header(member.spec))
+
     def pixel_offset(self, key: str, row: int) -> int:
         """File offset where row ``row`` of image array ``key`` starts."""
-        spec = self._members[key].spec
-        return self._data_offset[key] + len(npy_header(spec)) + row * spec.row_bytes
+        member = self._members[key]
+        return self._data_offset(member) + row * member.spec.row_bytes
 
     def add_chunk(self, key: str, crc: int, nbytes: int, payload: bytes | None = None) -> None:
-        """Record rows already written at their offsets; ``crc`` is zlib.crc32 of their bytes."""
+        """Record the next rows of ``key``, already written at their offsets (``crc``: their CRC-32)."""
         member = self._members[key]
         member.crc = crc32_combine(member.crc, crc, nbytes)
+        self._rows_done[key] += nbytes // member.spec.row_bytes
+        if self._rows_done[key] == member.spec.shape[0]:
+            self._finish_member(member)
+        self._advance_hash()
+
+    def _finish_member(self, member: _Member) -> None:
+        descriptor_at = self._data_offset(member) + member.spec.nbytes
+        os.pwrite(self._fd, member.data_descriptor(), descriptor_at)
+
+    def _final_until(self) -> int:
+        """Every byte before this offset has its final value."""
+        for member in sorted(self._members.values(), key=lambda m: m.header_offset):
+            if member.streamed and self._rows_done[member.spec.key] < member.spec.shape[0]:
+                return self._data_offset(member) + self._rows_done[member.spec.key] * member.spec.row_bytes
+        return self._directory_offset
+
+    def _advance_hash(self) -> None:
+        until = self._final_until()
+        while self._hashed < until:
+            block = os.pread(self._fd, min(until - self._hashed, 8 << 20), self._hashed)
+            if not block:
+                raise OSError(f"{self.path} is shorter than expected")
+            self._sha256.update(block)
+            self._hashed += len(block)
 
     def close(self) -> None:
-        """Write every header and the central directory, flush to disk, close the file."""
-        for member in self._members.values():
-            os.pwrite(self._fd, _local_header(member) + npy_header(member.spec), member.header_offset)
-        ordered = [self._members[s.key] for s in self._specs]
-        os.pwrite(self._fd, _central_directory(ordered, self._directory_offset), self._directory_offset)
+        """Write the central directory, flush to disk, close the file."""
+        directory = self._directory()
+        os.pwrite(self._fd, directory, self._directory_offset)
+        self._sha256.update(directory)
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
@@ -232,85 +301,74 @@ class StoredNpzWriter:
             self._fd = -1
 
 
-class DeflatedNpzWriter:
-    """A deflate-compressed ``.npz`` written front to back.
+class DeflatedNpzWriter(_NpzWriter):
+    """A deflate-compressed ``.npz`` written strictly front to back.
 
     Same interface as ``StoredNpzWriter`` without ``pixel_offset``: the image
     arrays arrive as deflate segments through ``add_chunk``, one array after
-    another in the order of ``specs``.
+    another in the order of ``specs``; each ends with a data descriptor.
     """
 
     compressed = True
 
     def __init__(self, path: str, specs: list[ArraySpec], arrays: dict[str, np.ndarray]):
-        self.path = path
-        self._specs = specs
-        self._members: dict[str, _Member] = {}
+        super().__init__(path, specs, arrays)
         self._file = open(path, "wb")
         self._current: _Member | None = None
         for spec in specs:
             if spec.key in arrays:
                 raw = npy_header(spec) + _array_bytes(spec, arrays[spec.key])
-                member = self._begin(spec)
-                self._append(deflate_segment(raw, final=True), zlib.crc32(raw), len(raw))
-                self._end(member)
+                member = _Member(spec, self._file.tell(), method=8, streamed=False)
+                member.crc, segment = zlib.crc32(raw), deflate_segment(raw, final=True)
+                member.compressed_size = len(segment)
+                self._members[spec.key] = member
+                self._write(member.local_header() + segment)
         self._pending = [s for s in specs if s.key not in arrays]
 
     @property
     def size(self) -> int:
         return self._file.tell()
 
-    def _begin(self, spec: ArraySpec) -> _Member:
-        size = len(npy_header(spec)) + spec.nbytes
-        zip64 = size + size // 1000 + 1024 >= _ZIP64_LIMIT  # deflate may expand a little
-        member = _Member(spec, self._file.tell(), method=8, zip64=zip64)
-        self._members[spec.key] = member
-        self._file.write(_local_header(member))
-        self._current = member
-        return member
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._sha256.update(data)
 
     def _append(self, segment: bytes, crc: int, nbytes: int) -> None:
-        member = self._current
-        self._file.write(segment)
-        member.compressed_size += len(segment)
-        member.crc = crc32_combine(member.crc, crc, nbytes)
+        self._write(segment)
+        self._current.compressed_size += len(segment)
+        self._current.crc = crc32_combine(self._current.crc, crc, nbytes)
 
-    def _end(self, member: _Member) -> None:
-        end = self._file.tell()
-        self._file.seek(member.header_offset)
-        self._file.write(_local_header(member))
-        self._file.seek(end)
+    def _begin_next(self) -> None:
+        spec = self._pending.pop(0)
+        self._current = _Member(spec, self._file.tell(), method=8, streamed=True)
+        self._members[spec.key] = self._current
+        self._write(self._current.local_header())
+        header = npy_header(spec)
+        self._append(deflate_segment(header), zlib.crc32(header), len(header))
+
+    def _finish_current(self) -> None:
+        self._write(_FINAL_EMPTY_BLOCK)
+        self._current.compressed_size += len(_FINAL_EMPTY_BLOCK)
+        self._write(self._current.data_descriptor())
         self._current = None
 
     def add_chunk(self, key: str, crc: int, nbytes: int, payload: bytes | None = None) -> None:
-        """Append a deflate segment of rows of ``key``; ``crc`` is of the uncompressed rows."""
-        if self._current is None or self._current.spec.key != key:
+        """Append a deflate segment of the next rows of ``key``; ``crc`` is of the uncompressed rows."""
+        while self._current is None or self._current.spec.key != key:
             if self._current is not None:
                 self._finish_current()
-            spec = self._pending.pop(0)
-            if spec.key != key:
-                raise ValueError(f"expected rows of {spec.key}, got {key}")
-            self._begin(spec)
-            header = npy_header(spec)
-            self._append(deflate_segment(header), zlib.crc32(header), len(header))
+            if not self._pending:
+                raise ValueError(f"rows of {key} arrived after its array was closed")
+            self._begin_next()
         self._append(payload, crc, nbytes)
 
-    def _finish_current(self) -> None:
-        self._file.write(_FINAL_EMPTY_BLOCK)
-        self._current.compressed_size += len(_FINAL_EMPTY_BLOCK)
-        self._end(self._current)
-
     def close(self) -> None:
-        if self._current is not None:
+        while self._current is not None or self._pending:  # finish the last array, and any with no rows
+            if self._current is None:
+                self._begin_next()
             self._finish_current()
-        for spec in self._pending:  # image arrays with no rows at all
-            self._begin(spec)
-            header = npy_header(spec)
-            self._append(deflate_segment(header, final=True), zlib.crc32(header), len(header))
-            self._end(self._members[spec.key])
-        self._pending = []
-        ordered = [self._members[s.key] for s in self._specs]
-        self._file.write(_central_directory(ordered, self._file.tell()))
+        self._directory_offset = self._file.tell()
+        self._write(self._directory())
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()

@@ -11,7 +11,7 @@ lines and ``#`` comments are ignored, as is anything after the WNID on its line
 3. the lists shipped with the package: ``imagenet30``, ``imagenet100``,
    ``imagenette``, ``imagewoof``.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -92,7 +92,8 @@ def check_classes_present(subset: SubsetList, train_classes: list[str], train_di
                         "remove them from the list or point --data_dir at a tree that has them")
 
 
-def labels_of(images: SplitImages, subset: SubsetList) -> np.ndarray:
-    """int32 label of each image: the position of its WNID in the list."""
+def label_images(images: SplitImages, subset: SubsetList) -> SplitImages:
+    """``images`` with ``labels`` set: the position of each image's WNID in the list (int32)."""
     position = {wnid: i for i, wnid in enumerate(subset.wnids)}
-    return np.fromiter((position[w] for w in images.wnids), dtype=np.int32, count=len(images))
+    labels = np.fromiter((position[w] for w in images.wnids), dtype=np.int32, count=len(images))
+    return replace(images, labels=labels)

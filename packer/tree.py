@@ -75,7 +75,12 @@ class Tree:
 
 @dataclass(frozen=True)
 class SplitImages:
-    """The images of one split in row order: ``root/paths[i]`` has class ``wnids[i]`` and id ``ids[i]``."""
+    """The images of one split in row order: ``root/paths[i]`` has class ``wnids[i]`` and id ``ids[i]``.
+
+    ``label_source`` names what gave the order and classes (a file name, or a
+    description such as ``val/<wnid>/ folders``); ``labels`` (int32, per image)
+    is set once a subset has been chosen.
+    """
 
     split: str
     root: Path
@@ -83,6 +88,7 @@ class SplitImages:
     wnids: list[str]
     ids: np.ndarray
     label_source: str
+    labels: np.ndarray | None = None
     notes: tuple[str, ...] = field(default=())
 
     def __len__(self) -> int:
@@ -195,21 +201,7 @@ def _train_from_train_cls(tree: Tree, wanted: set[str]) -> SplitImages:
     unlisted = sum(len(left) for left in on_disk.values())
     notes = (f"{unlisted} train images not listed in {tree.train_cls} were left out",) if unlisted else ()
     return SplitImages("train", tree.train_dir, paths, classes, np.array(ids, dtype=np.int32),
-                       str(tree.train_cls), notes)
-
-
-def val_label_sources(tree: Tree) -> list[str]:
-    """Human-readable names of the val label sources present, best first."""
-    sources = []
-    if _val_is_sorted(tree):
-        sources.append("val/<wnid>/ folders")
-    if tree.val_solution:
-        sources.append(str(tree.val_solution))
-    if tree.val_ground_truth and tree.map_clsloc:
-        sources.append(f"{tree.val_ground_truth} with {tree.map_clsloc}")
-    if tree.val_annotations:
-        sources.append(str(tree.val_annotations))
-    return sources
+                       tree.train_cls.name, notes=notes)
 
 
 def _val_is_sorted(tree: Tree) -> bool:
@@ -242,7 +234,7 @@ def list_val_images(tree: Tree, wnids: list[str]) -> SplitImages:
         labels, source = _flat_val_labels(tree, sorted(files))
         unlabelled = [files[n] for n in sorted(files) if n not in labels]
         if unlabelled:
-            raise UserError(f"{len(unlabelled)} val images have no label in {source}: {_some(unlabelled)}; "
+            raise UserError(f"{len(unlabelled)} val images in {tree.val_dir} have no label in {source}: {_some(unlabelled)}; "
                             "use the label file that came with these images")
         entries = [(n, labels[n], name) for n, name in files.items() if labels[n] in wanted]
     entries.sort()
@@ -252,13 +244,13 @@ def list_val_images(tree: Tree, wnids: list[str]) -> SplitImages:
 
 def _flat_val_labels(tree: Tree, numbers: list[int]) -> tuple[dict[int, str], str]:
     if tree.val_solution:
-        return labelfiles.val_labels_from_solution_csv(tree.val_solution), str(tree.val_solution)
+        return labelfiles.val_labels_from_solution_csv(tree.val_solution), tree.val_solution.name
     if tree.val_ground_truth and tree.map_clsloc:
         wnid_of_id = {cls_id: wnid for wnid, (cls_id, _) in labelfiles.classes_from_map_clsloc(tree.map_clsloc).items()}
         return (labelfiles.val_labels_from_ground_truth(tree.val_ground_truth, wnid_of_id),
-                f"{tree.val_ground_truth} with {tree.map_clsloc}")
+                f"{tree.val_ground_truth.name} with {tree.map_clsloc.name}")
     if tree.val_annotations:
-        return labelfiles.val_labels_from_annotations(tree.val_annotations, numbers), str(tree.val_annotations)
+        return labelfiles.val_labels_from_annotations(tree.val_annotations, numbers), "Annotations/CLS-LOC/val"
     hint = " (found it, but map_clsloc.txt is needed to read it)" if tree.val_ground_truth else ""
     raise UserError(
         f"no val labels found for {tree.val_dir}: looked for val/<wnid>/ folders, LOC_val_solution.csv, "

@@ -1,7 +1,9 @@
 """Run the image work in parallel: chunks of images in, small results out, in order.
 
 A ``Chunk`` is up to ``CHUNK_SIZE`` consecutive rows of one image array. A
-worker transforms its images, checksums the rows, and either writes them
+worker transforms its images, checksums each row (CRC-32), sums each colour
+channel and its square (for the mean and standard deviation, exact integers,
+no second pass), and either writes the rows
 straight to their place in the archive (uncompressed archives: ``archive`` and
 ``offset`` are set) or returns them as a deflate segment (compressed ones).
 Either way the parent receives a small ``ChunkResult`` per chunk, in row order,
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .crc32 import crc32_of_parts
 from .npz import deflate_segment
 from .transform import TransformSpec, transform_image
 
@@ -39,15 +42,22 @@ class Chunk:
 
 @dataclass(frozen=True)
 class ChunkResult:
-    """What a worker reports of a chunk: CRC-32 and length of its row bytes, and the
-    deflate segment of those bytes when they were not written in place."""
+    """What a worker reports of a chunk: the CRC-32 of each row and of all its bytes,
+    per-channel sums of values and of squares, and the deflate segment of the bytes
+    when they were not written in place."""
 
     key: str
     start: int
-    count: int
+    row_crcs: tuple[int, ...]
     crc32: int
     nbytes: int
+    channel_sums: tuple[int, int, int]
+    channel_squares: tuple[int, int, int]
     payload: bytes | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.row_crcs)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -62,7 +72,8 @@ def pack_chunk(chunk: Chunk, spec: TransformSpec) -> ChunkResult:
     for i, path in enumerate(chunk.paths):
         rows[i] = transform_image(path, spec)
     data = memoryview(rows).cast("B")
-    crc = zlib.crc32(data)
+    row_crcs = tuple(zlib.crc32(row) for row in rows)
+    sums, squares = channel_sums(rows)
     payload = None
     if chunk.archive is None:
         payload = deflate_segment(data)
@@ -72,7 +83,20 @@ def pack_chunk(chunk: Chunk, spec: TransformSpec) -> ChunkResult:
             _pwrite_all(fd, data, chunk.offset)
         finally:
             os.close(fd)
-    return ChunkResult(chunk.key, chunk.start, len(chunk.paths), crc, len(data), payload)
+    crc = crc32_of_parts(row_crcs, rows[0].nbytes) if len(rows) else 0
+    return ChunkResult(chunk.key, chunk.start, row_crcs, crc, len(data), sums, squares, payload)
+
+
+def channel_sums(rows: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Exact per-channel sums of values and of squared values of (n, h, w, 3) uint8 rows."""
+    if rows.size == 0:
+        return (0, 0, 0), (0, 0, 0)
+    lines = rows.reshape(-1, rows.shape[-2] * 3)  # one image line per row: contiguous and wide
+    squares = lines.astype(np.uint16)
+    np.multiply(squares, squares, out=squares)  # 255 ** 2 fits in uint16
+    sums = lines.sum(axis=0, dtype=np.uint64).reshape(-1, 3).sum(axis=0)
+    square_sums = squares.sum(axis=0, dtype=np.uint64).reshape(-1, 3).sum(axis=0)
+    return tuple(int(v) for v in sums), tuple(int(v) for v in square_sums)
 
 
 def run_chunks(chunks: Iterable[Chunk], spec: TransformSpec, workers: int) -> Iterator[ChunkResult]:
