@@ -1,9 +1,14 @@
 """Command line: parse arguments, call the API, turn ``UserError`` into one line and an exit code.
 
     imagenet-subset [build] --subset_name NAME --data_dir DIR [options]
+    imagenet-subset build --recipe MANIFEST.json --data_dir DIR
+    imagenet-subset info FILE.npz
+    imagenet-subset verify FILE.npz
+    imagenet-subset preview FILE.npz -o grid.png [--split S] [--per_class N] [--classes A,B]
     imagenet-subset demo [--dir DIR] [--out_dir DIR]
 """
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -14,7 +19,12 @@ from .errors import UserError
 PROG = "imagenet-subset"
 COMMANDS = """commands:
   build (default)   pack a subset: imagenet-subset --subset_name imagenet30 --data_dir ILSVRC/Data/CLS-LOC
-  demo              write a small synthetic ILSVRC tree and pack it (no ImageNet needed)"""
+                    or rebuild one from a manifest: imagenet-subset build --recipe X_cls.manifest.json --data_dir ...
+  info FILE.npz     summary from the headers and the manifest (instant)
+  verify FILE.npz   recompute checksums and check the structure; exit 0 only if all holds
+  preview FILE.npz  draw a contact sheet: imagenet-subset preview FILE.npz -o grid.png
+  demo              write a small synthetic ILSVRC tree and pack it (no ImageNet needed)
+run "imagenet-subset COMMAND --help" for a command's options"""
 
 
 def _positive_int(text: str) -> int:
@@ -45,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compress", action="store_true", help="deflate the archive members (smaller, slower, not memory-mappable)")
     parser.add_argument("--workers", type=_positive_int, help="worker processes (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--recipe", metavar="MANIFEST.json",
+                        help="rebuild the archive a manifest describes from --data_dir, and compare (other options "
+                             "that shape the output come from the recipe)")
     parser.add_argument("--max_ram", type=float, help="accepted for compatibility; memory stays flat without it")
     parser.add_argument("--concatenate", action="store_true", help="accepted for compatibility; one file is always written")
     return parser
@@ -55,6 +68,13 @@ def _build(argv: list[str]) -> int:
     if args.max_ram is not None or args.concatenate:
         print(f"{PROG}: note: --max_ram and --concatenate are no longer needed: memory stays flat "
               "and one file is always written", file=sys.stderr)
+    if args.recipe:
+        from .recipe import rebuild_from_recipe
+
+        report = rebuild_from_recipe(args.recipe, args.data_dir, args.devkit_dir, args.out_dir, args.workers,
+                                     progress=not args.quiet)
+        print(report.summary())
+        return 0 if report.archive_matches else 1
     options = BuildOptions(args.subset_name, args.data_dir, args.devkit_dir, args.out_dir, args.resize_size,
                            args.crop_size, args.fast, args.compress, args.workers, progress=not args.quiet)
     result = build(options)
@@ -91,15 +111,60 @@ def _demo(argv: list[str]) -> int:
     return 0
 
 
+def _info(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"{PROG} info", description="Summarise an archive from its headers and manifest.")
+    parser.add_argument("archive", help="a *_cls.npz file")
+    from .verify import info
+
+    print(info(parser.parse_args(argv).archive))
+    return 0
+
+
+def _verify(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"{PROG} verify",
+                                     description="Recompute the checksums and check the structure of an archive.")
+    parser.add_argument("archive", help="a *_cls.npz file (its manifest must be beside it)")
+    from .verify import verify
+
+    archive = parser.parse_args(argv).archive
+    problems = verify(archive)
+    for problem in problems:
+        print(f"FAIL: {problem}")
+    print(f"{archive}: {'OK, all checks hold' if not problems else f'{len(problems)} problems'}")
+    return 0 if not problems else 1
+
+
+def _preview(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"{PROG} preview", description="Draw a contact sheet of an archive.")
+    parser.add_argument("archive", help="a *_cls.npz file")
+    parser.add_argument("-o", "--output", default="preview.png", help="image to write (default: preview.png)")
+    parser.add_argument("--split", default="train", help="split to show (default: train)")
+    parser.add_argument("--per_class", type=_positive_int, default=8, help="images per class (default: 8)")
+    parser.add_argument("--classes", help="comma-separated labels or WNIDs to show (default: the first 30 classes)")
+    args = parser.parse_args(argv)
+    from .preview import write_preview
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    output = write_preview(args.archive, args.output, split=args.split, per_class=args.per_class, classes=classes)
+    print(f"wrote {output}")
+    return 0
+
+
+COMMAND_HANDLERS = {"demo": _demo, "info": _info, "verify": _verify, "preview": _preview}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if argv[:1] == ["demo"]:
-            return _demo(argv[1:])
+        if argv[:1] and argv[0] in COMMAND_HANDLERS:
+            return COMMAND_HANDLERS[argv[0]](argv[1:])
         return _build(argv[1:] if argv[:1] == ["build"] else argv)
     except UserError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into e.g. head, which stopped reading
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written at the output paths (earlier outputs are untouched)",
               file=sys.stderr)

@@ -46,44 +46,77 @@ def metadata_path_of(archive: str | Path) -> Path:
     return archive.with_name(archive.name.removesuffix(".npz") + "_metadata.csv")
 
 
-def _member_data_offset(f, info: zipfile.ZipInfo) -> int:
-    f.seek(info.header_offset)
-    header = f.read(30)
-    if header[:4] != b"PK\x03\x04":
-        raise UserError(f"{f.name}: bad local header for {info.filename}; the file is damaged, rebuild it")
-    name_length, extra_length = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_length + extra_length
+@dataclass(frozen=True)
+class ArrayHeader:
+    """Where one array of an archive is and what it is, read from headers alone."""
+
+    key: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    compressed: bool
+    data_offset: int | None  # file offset of the first element (stored members only)
+    member_bytes: int         # compressed size of the member
 
 
-def _mapped_array(path: Path, f, info: zipfile.ZipInfo) -> np.ndarray:
-    f.seek(_member_data_offset(f, info))
-    version = np.lib.format.read_magic(f)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran_order, dtype = read_header(f)
-    if fortran_order or dtype.hasobject:
-        raise UserError(f"{path}: {info.filename} is not a plain C-ordered array; load it with np.load")
-    if 0 in shape:
-        return np.empty(shape, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape)
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; build it first or check the path") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UserError(f"{path} is not a readable .npz archive ({exc}): it may be truncated; "
+                        "rebuild or re-download it") from None
+
+
+def _read_npy_header(f, path: Path, name: str):
+    try:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read(f)
+    except ValueError as exc:
+        raise UserError(f"{path}: the header of {name} is damaged ({exc}); rebuild or re-download it") from None
+
+
+def array_headers(path: str | Path) -> dict[str, ArrayHeader]:
+    """Every array of the archive by key, in archive order; reads only the ZIP and ``.npy`` headers."""
+    path = Path(path)
+    headers = {}
+    with _open_zip(path) as archive, open(path, "rb") as f:
+        for info in archive.infolist():
+            key = info.filename.removesuffix(".npy")
+            compressed = info.compress_type != zipfile.ZIP_STORED
+            if compressed:
+                with archive.open(info) as member:
+                    shape, fortran_order, dtype = _read_npy_header(member, path, info.filename)
+                offset = None
+            else:
+                f.seek(info.header_offset)
+                local = f.read(30)
+                if local[:4] != b"PK\x03\x04":
+                    raise UserError(f"{path}: bad local header for {info.filename}; the file is damaged, rebuild it")
+                name_length, extra_length = struct.unpack("<HH", local[26:30])
+                f.seek(info.header_offset + 30 + name_length + extra_length)
+                shape, fortran_order, dtype = _read_npy_header(f, path, info.filename)
+                offset = f.tell()
+            if fortran_order or dtype.hasobject:
+                raise UserError(f"{path}: {info.filename} is not a plain C-ordered array; load it with np.load")
+            headers[key] = ArrayHeader(key, dtype, tuple(shape), compressed, offset, info.compress_size)
+    return headers
 
 
 def load(path: str | Path, mmap: bool = True) -> Subset:
     """Open ``path`` (a ``*_cls.npz``); see the module docstring."""
     path = Path(path)
-    try:
-        archive = zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; build it first or check the path") from None
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise UserError(f"{path} is not a readable .npz archive ({exc}); rebuild or re-download it") from None
+    headers = array_headers(path)
     arrays = {}
-    with archive, open(path, "rb") as f:
-        for info in archive.infolist():
-            key = info.filename.removesuffix(".npy")
-            if mmap and info.compress_type == zipfile.ZIP_STORED:
-                arrays[key] = _mapped_array(path, f, info)
+    with _open_zip(path) as archive:
+        for key, header in headers.items():
+            if mmap and not header.compressed:
+                arrays[key] = (np.memmap(path, dtype=header.dtype, mode="r", offset=header.data_offset,
+                                         shape=header.shape)
+                               if 0 not in header.shape else np.empty(header.shape, dtype=header.dtype))
             else:
-                with archive.open(info) as member:
+                with archive.open(key + ".npy") as member:
                     arrays[key] = np.lib.format.read_array(member)
     classes = None
     csv = metadata_path_of(path)

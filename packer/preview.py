@@ -1,0 +1,94 @@
+"""Draw a contact sheet of an archive: a row per class, the first few images of each.
+
+Each row starts with a label panel (``label  WNID`` and the human label from the
+metadata CSV), then ``per_class`` thumbnails of that class's first rows in the
+split, in row order. Drawn with Pillow alone from the memory-mapped archive.
+"""
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .errors import UserError
+from .load import load
+
+LABEL_WIDTH = 260
+GAP = 4
+BACKGROUND = (245, 245, 245)
+INK = (20, 20, 20)
+DEFAULT_MAX_CLASSES = 30
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def _select_labels(classes, wnids: list[str], requested: list[str] | None) -> list[int]:
+    if not requested:
+        return list(range(min(len(wnids), DEFAULT_MAX_CLASSES)))
+    labels = []
+    for item in requested:
+        if item.isdigit() and int(item) < len(wnids):
+            labels.append(int(item))
+        elif item in wnids:
+            labels.append(wnids.index(item))
+        else:
+            raise UserError(f"--classes: '{item}' is neither a label (0-{len(wnids) - 1}) nor a WNID of this subset")
+    return labels
+
+
+def contact_sheet(path: str | Path, split: str = "train", per_class: int = 8, classes: list[str] | None = None,
+                  thumbnail: int = 112) -> Image.Image:
+    """The contact sheet of ``split`` (see the module docstring) as a Pillow RGB image.
+
+    ``classes`` picks rows by label number or WNID (default: the first 30 classes).
+    """
+    data = load(path)
+    if f"X_{split}" not in data.arrays:
+        splits = ", ".join(k[2:] for k in data.keys() if k.startswith("X_"))
+        raise UserError(f"{path} has no split '{split}'; it has: {splits}")
+    if per_class < 1 or thumbnail < 8:
+        raise UserError("--per_class must be at least 1 and the thumbnail size at least 8 pixels")
+    images, labels = data[f"X_{split}"], np.asarray(data[f"y_{split}"])
+    table = data.classes
+    if table is not None:
+        wnids = table["WNID"].tolist()
+        names = ["" if isinstance(n, float) or n is None or str(n) == "<NA>" else str(n) for n in table["human_label"]]
+    else:
+        count = int(labels.max()) + 1 if labels.size else 0
+        wnids, names = [f"label {i}" for i in range(count)], [""] * count
+    rows = _select_labels(table, wnids, classes)
+    if not rows:
+        raise UserError(f"{path} has no classes to show")
+    font = ImageFont.load_default(size=15)
+    small = ImageFont.load_default(size=12)
+    row_height = thumbnail + GAP
+    sheet = Image.new("RGB", (LABEL_WIDTH + per_class * (thumbnail + GAP) + GAP, len(rows) * row_height + GAP),
+                      BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    for r, label in enumerate(rows):
+        top = GAP + r * row_height
+        draw.text((GAP * 2, top + 6), f"{label}  {wnids[label]}", font=font, fill=INK)
+        draw.text((GAP * 2, top + 28), _fit(draw, names[label], small, LABEL_WIDTH - 4 * GAP), font=small, fill=INK)
+        members = np.flatnonzero(labels == label)[:per_class]
+        if not len(members):
+            draw.text((LABEL_WIDTH, top + 6), "(no images)", font=small, fill=INK)
+        for c, row in enumerate(members):
+            tile = Image.fromarray(np.asarray(images[row])).resize((thumbnail, thumbnail), Image.Resampling.BILINEAR)
+            sheet.paste(tile, (LABEL_WIDTH + c * (thumbnail + GAP), top))
+    return sheet
+
+
+def write_preview(path: str | Path, output: str | Path, **options) -> Path:
+    """Draw ``contact_sheet(path, **options)`` and save it (format from the extension, e.g. ``.png``)."""
+    output = Path(output)
+    sheet = contact_sheet(path, **options)
+    try:
+        sheet.save(output)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot write preview {output}: {exc}") from None
+    return output
