@@ -12,6 +12,7 @@ run leaves no partial file at the final paths and never touches an earlier outpu
 import contextlib
 import datetime
 import os
+import re
 import secrets
 import shutil
 import time
@@ -24,12 +25,13 @@ import numpy as np
 from . import describe
 from .errors import UserError
 from .npz import ArraySpec, DeflatedNpzWriter, StoredNpzWriter
-from .subset import SubsetList, check_classes_present, label_images, read_subset_list
-from .transform import TransformSpec
+from .sampling import Sampling, apply_sampling
+from .subset import (Label, SubsetList, check_classes_present, classes_by_name, classes_by_search, label_images,
+                     read_subset_list)
+from .transform import LAYOUTS, RESIZE_MODES, TransformSpec
 from .tree import ClassInfo, SplitImages, Tree, class_table, find_tree, list_train_images, list_val_images, train_classes
 from .work import CHUNK_SIZE, Chunk, run_chunks
 
-_UNKNOWN_CLASS = ClassInfo(None, None, None)
 RESIZE_RULE = "torchvision Resize(resize_size) + CenterCrop(crop_size), bilinear (Pillow)"
 
 
@@ -37,7 +39,7 @@ RESIZE_RULE = "torchvision Resize(resize_size) + CenterCrop(crop_size), bilinear
 class BuildOptions:
     """Everything that decides what a build does. ``workers=None`` means all cores."""
 
-    subset_name: str
+    subset_name: str | None
     data_dir: str
     devkit_dir: str | None = None
     out_dir: str = "out_files"
@@ -47,11 +49,27 @@ class BuildOptions:
     compress: bool = False
     workers: int | None = None
     progress: bool = True
+    resize: str = "crop"
+    layout: str = "nhwc"
+    classes: tuple[str, ...] | None = None
+    search: str | None = None
+    train_per_class: int | None = None
+    val_per_class: int | None = None
+    holdout_per_class: int = 0
+    rest: int | None = None
+    rest_val: int | None = None
+    seed: int = 0
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.train_per_class, self.val_per_class, self.holdout_per_class, self.rest,
+                        self.rest_val, self.seed)
 
     def output_options(self) -> dict:
         """The options that shape the archive's bytes (recorded in the manifest)."""
-        return {"resize_size": self.resize_size, "crop_size": self.crop_size, "resize_rule": RESIZE_RULE,
-                "fast": self.fast, "compress": self.compress, "chunk_size": CHUNK_SIZE}
+        rule = RESIZE_RULE if self.resize == "crop" else "whole image to crop_size x crop_size, box filter (Pillow)"
+        return {"resize_size": self.resize_size, "crop_size": self.crop_size, "resize": self.resize,
+                "resize_rule": rule, "layout": self.layout, "fast": self.fast, "compress": self.compress,
+                "chunk_size": CHUNK_SIZE, "sampling": asdict(self.sampling())}
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,7 @@ class BuildPlan:
     splits: tuple[SplitImages, ...]
     classes: dict[str, ClassInfo]
     input: dict
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,7 +105,7 @@ class BuildResult:
 
     def summary(self) -> str:
         counts = ", ".join(f"{n} {split}" for split, n in self.counts.items())
-        return (f"{self.name}: {counts} images, {self.num_classes} classes -> {self.archive} "
+        return (f"{self.name}: {counts} images, {self.num_classes} {'class' if self.num_classes == 1 else 'classes'} -> {self.archive} "
                 f"({self.archive_bytes / 1e6:.1f} MB) in {self.seconds:.1f} s "
                 f"({self.images_per_second:.0f} images/s)")
 
@@ -96,15 +115,32 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _transform_spec(options: BuildOptions) -> TransformSpec:
+def _check_options(options: BuildOptions) -> TransformSpec:
+    """Every option's value, checked; the transform they describe."""
     for flag in ("resize_size", "crop_size"):
         value = getattr(options, flag)
         if not isinstance(value, int) or value < 1:
             raise UserError(f"--{flag} {value!r} must be a positive whole number of pixels")
-    if options.crop_size > options.resize_size:
+    for flag in ("train_per_class", "val_per_class", "rest", "rest_val", "holdout_per_class"):
+        value = getattr(options, flag)
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise UserError(f"--{flag} {value!r} must be a whole number of images, 0 or more")
+    if not isinstance(options.seed, int):
+        raise UserError(f"--seed {options.seed!r} must be a whole number")
+    if options.resize not in RESIZE_MODES:
+        raise UserError(f"--resize {options.resize!r} must be one of: {', '.join(RESIZE_MODES)}")
+    if options.layout not in LAYOUTS:
+        raise UserError(f"--layout {options.layout!r} must be one of: {', '.join(LAYOUTS)}")
+    if options.resize == "crop" and options.crop_size > options.resize_size:
         raise UserError(f"--crop_size {options.crop_size} is larger than --resize_size {options.resize_size}; "
                         "the crop must fit inside the resized image")
-    return TransformSpec(options.resize_size, options.crop_size, options.fast)
+    if options.fast and options.resize != "crop":
+        raise UserError("--fast applies to --resize crop only; drop --fast or use --resize crop")
+    if options.classes and options.search:
+        raise UserError("--classes and --search both choose the classes; use one of them")
+    if options.rest_val is not None and options.rest is None:
+        raise UserError("--rest_val needs --rest N (the number of rest train images)")
+    return TransformSpec(options.resize_size, options.crop_size, options.fast, options.resize, options.layout)
 
 
 def _input_description(tree: Tree, splits: list[SplitImages]) -> dict:
@@ -114,21 +150,45 @@ def _input_description(tree: Tree, splits: list[SplitImages]) -> dict:
     return {"train_order": splits[0].label_source, "val_labels": splits[1].label_source, "label_files": found}
 
 
+def _choose_subset(options: BuildOptions, tree: Tree, classes: dict[str, ClassInfo]) -> SubsetList:
+    if options.classes or options.search:
+        names = {w: c.human_label for w, c in sorted(classes.items()) if c.human_label}
+        source = " / ".join(p.name for p in (tree.synset_mapping, tree.map_clsloc) if p) or "the tree"
+        if options.classes:
+            wnids = classes_by_name(list(options.classes), names, source)
+            default_name, how = "custom", f"--classes {','.join(options.classes)}"
+        else:
+            wnids = classes_by_search(options.search, names, source)
+            default_name, how = "search_" + re.sub(r"[^a-z0-9]+", "_", options.search.lower()).strip("_"), \
+                f"--search {options.search}"
+        subset = SubsetList(options.subset_name or default_name, tuple(Label(w, (w,)) for w in wnids), how)
+    else:
+        subset = read_subset_list(options.subset_name or "imagenet30")
+    return subset.with_rest() if options.rest is not None else subset
+
+
 def plan_build(options: BuildOptions) -> BuildPlan:
     """Read the tree and the class list and decide every row of the archive."""
+    _check_options(options)
     tree = find_tree(options.data_dir, options.devkit_dir)
-    subset = read_subset_list(options.subset_name)
-    check_classes_present(subset, train_classes(tree), tree.train_dir)
-    wnids = list(subset.wnids)
-    splits = [label_images(list_train_images(tree, wnids), subset), label_images(list_val_images(tree, wnids), subset)]
-    return BuildPlan(subset.name, subset, tuple(splits), class_table(tree), _input_description(tree, splits))
+    classes = class_table(tree)
+    subset = _choose_subset(options, tree, classes)
+    folders = train_classes(tree)
+    check_classes_present(subset, folders, tree.train_dir)
+    listed = folders if options.rest is not None else list(subset.wnids)
+    train = label_images(list_train_images(tree, listed), subset)
+    val = label_images(list_val_images(tree, listed), subset)
+    rest_label = len(subset.labels) - 1 if options.rest is not None else None
+    splits, notes = apply_sampling(train, val, [label.name for label in subset.labels], rest_label, options.sampling())
+    description = _input_description(tree, splits)
+    return BuildPlan(subset.name, subset, tuple(splits), classes, description, tuple(notes))
 
 
-def _array_specs(splits, crop: int) -> list[ArraySpec]:
+def _array_specs(splits, spec: TransformSpec) -> list[ArraySpec]:
     specs = []
     for images in splits:
         n = len(images)
-        specs += [ArraySpec(f"X_{images.split}", "|u1", (n, crop, crop, 3)),
+        specs += [ArraySpec(f"X_{images.split}", "|u1", spec.stored_shape(n)),
                   ArraySpec(f"y_{images.split}", "<i4", (n,)),
                   ArraySpec(f"{images.split}_id", "<i4", (n,))]
     return specs
@@ -202,7 +262,7 @@ def _run(splits, writer, spec: TransformSpec, workers: int, progress: bool) -> _
 def execute(plan: BuildPlan, options: BuildOptions, started: float | None = None) -> BuildResult:
     """Pack the images of ``plan`` with ``options``; see the module docstring for the guarantees."""
     started = time.perf_counter() if started is None else started
-    spec = _transform_spec(options)
+    spec = _check_options(options)
     workers = default_workers() if options.workers is None else options.workers
     if not isinstance(workers, int) or workers < 1:
         raise UserError(f"--workers {workers!r} must be a whole number of at least 1")
@@ -214,7 +274,7 @@ def execute(plan: BuildPlan, options: BuildOptions, started: float | None = None
     final = {"archive": out_dir / f"{plan.name}_cls.npz",
              "metadata": out_dir / f"{plan.name}_cls_metadata.csv",
              "manifest": out_dir / f"{plan.name}_cls.manifest.json"}
-    specs = _array_specs(plan.splits, spec.crop_size)
+    specs = _array_specs(plan.splits, spec)
     needed = sum(s.nbytes for s in specs)
     free = shutil.disk_usage(out_dir).free
     if not options.compress and needed > free:
@@ -224,7 +284,7 @@ def execute(plan: BuildPlan, options: BuildOptions, started: float | None = None
     for images in plan.splits:
         arrays[f"y_{images.split}"] = images.labels
         arrays[f"{images.split}_id"] = images.ids
-    table = describe.metadata_table(plan.subset, plan.classes, plan.splits[0].labels, plan.splits[1].labels)
+    table = describe.metadata_table(plan.subset, plan.classes, plan.splits)
 
     temporary = {kind: _temporary_path(out_dir, path.name) for kind, path in final.items()}
     writer = None
@@ -250,9 +310,9 @@ def execute(plan: BuildPlan, options: BuildOptions, started: float | None = None
         for path in temporary.values():
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
-    notes = tuple(note for images in plan.splits for note in images.notes)
+    notes = tuple(note for images in plan.splits for note in images.notes) + plan.notes
     return BuildResult(plan.name, final["archive"], final["metadata"], final["manifest"],
-                       {s.split: len(s) for s in plan.splits}, len(plan.subset.wnids),
+                       {s.split: len(s) for s in plan.splits}, len(plan.subset.labels),
                        final["archive"].stat().st_size, writer.sha256, seconds, notes)
 
 
@@ -269,11 +329,10 @@ def _manifest(plan, options, totals, workers, seconds, spec, archive_record, met
         "tool_version": __version__,
         "name": plan.name,
         "options": options.output_options(),
-        "classes": [{"label": i, "wnids": [w], "human_label": plan.classes.get(w, _UNKNOWN_CLASS).human_label}
-                    for i, w in enumerate(plan.subset.wnids)],
+        "classes": describe.class_records(plan.subset, plan.classes),
         "subset_source": plan.subset.source,
         "input": plan.input,
-        "splits": {s.split: {"images": len(s), "per_class": np.bincount(s.labels, minlength=len(plan.subset.wnids)).tolist()}
+        "splits": {s.split: {"images": len(s), "per_class": np.bincount(s.labels, minlength=len(plan.subset.labels)).tolist()}
                    for s in plan.splits},
         "X_train_stats": describe.channel_statistics(totals.sums["train"], totals.squares["train"],
                                                      len(train) * spec.crop_size * spec.crop_size),

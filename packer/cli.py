@@ -23,8 +23,19 @@ COMMANDS = """commands:
   info FILE.npz     summary from the headers and the manifest (instant)
   verify FILE.npz   recompute checksums and check the structure; exit 0 only if all holds
   preview FILE.npz  draw a contact sheet: imagenet-subset preview FILE.npz -o grid.png
+  classes           list the classes of a tree (WNID, counts, name): imagenet-subset classes --data_dir ... --search dog
   demo              write a small synthetic ILSVRC tree and pack it (no ImageNet needed)
 run "imagenet-subset COMMAND --help" for a command's options"""
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -41,19 +52,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Pack a subset of a local ImageNet (ILSVRC CLS-LOC) into a NumPy .npz archive.",
         epilog=COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subset_name", default="imagenet30",
-                        help="built-in list (imagenet30, imagenet100, imagenette, imagewoof), aux_files/NAME.txt, "
-                             "or a path to a file with one WNID per line (default: imagenet30)")
+    parser.add_argument("--subset_name",
+                        help="built-in list (imagenet30, imagenet100, imagenette, imagewoof, hotdog), "
+                             "aux_files/NAME.txt, or a path to a class-list file (default: imagenet30); with "
+                             "--classes or --search, the output name")
     parser.add_argument("--data_dir", default="./Data/CLS-LOC",
                         help="folder holding train/ and val/ (default: ./Data/CLS-LOC)")
     parser.add_argument("--devkit_dir", help="folder with map_clsloc.txt and the val ground truth, if not found beside the data")
     parser.add_argument("--out_dir", default="out_files", help="output folder (default: out_files)")
     parser.add_argument("--resize_size", type=_positive_int, default=256, help="short side after resizing (default: 256)")
     parser.add_argument("--crop_size", type=_positive_int, default=224, help="side of the center crop (default: 224)")
+    parser.add_argument("--resize", choices=["crop", "squash"], default="crop",
+                        help="crop: short side to --resize_size then center crop (default); squash: whole image "
+                             "to --crop_size square with a box filter, no crop")
+    parser.add_argument("--layout", choices=["nhwc", "nchw"], default="nhwc",
+                        help="store images channels last (default) or channels first")
     parser.add_argument("--fast", action="store_true",
                         help="resize only the window kept by the crop: faster, pixels within 1 of exact")
     parser.add_argument("--compress", action="store_true", help="deflate the archive members (smaller, slower, not memory-mappable)")
     parser.add_argument("--workers", type=_positive_int, help="worker processes (default: all cores)")
+    choose = parser.add_argument_group("choosing classes and images")
+    choose.add_argument("--classes", help="comma-separated class names or WNIDs from the tree's mapping file, "
+                                          "e.g. \"goldfish,tench\" (instead of --subset_name)")
+    choose.add_argument("--search", help="every class whose name contains this text, e.g. dog")
+    choose.add_argument("--train_per_class", type=_count, help="at most N train images per label (seeded choice)")
+    choose.add_argument("--val_per_class", type=_count, help="at most M val images per label (seeded choice)")
+    choose.add_argument("--holdout_per_class", type=_count, default=0,
+                        help="move K train images per label to X_holdout/y_holdout/holdout_id")
+    choose.add_argument("--rest", type=_count, help="add a final label 'rest' with N train images from all other classes")
+    choose.add_argument("--rest_val", type=_count, help="val images of 'rest' (default: proportional to --rest)")
+    choose.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--recipe", metavar="MANIFEST.json",
                         help="rebuild the archive a manifest describes from --data_dir, and compare (other options "
@@ -75,8 +103,11 @@ def _build(argv: list[str]) -> int:
                                      progress=not args.quiet)
         print(report.summary())
         return 0 if report.archive_matches else 1
+    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
     options = BuildOptions(args.subset_name, args.data_dir, args.devkit_dir, args.out_dir, args.resize_size,
-                           args.crop_size, args.fast, args.compress, args.workers, progress=not args.quiet)
+                           args.crop_size, args.fast, args.compress, args.workers, not args.quiet, args.resize,
+                           args.layout, classes, args.search, args.train_per_class, args.val_per_class,
+                           args.holdout_per_class, args.rest, args.rest_val, args.seed)
     result = build(options)
     for note in result.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
@@ -150,7 +181,33 @@ def _preview(argv: list[str]) -> int:
     return 0
 
 
-COMMAND_HANDLERS = {"demo": _demo, "info": _info, "verify": _verify, "preview": _preview}
+def _classes(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"{PROG} classes",
+                                     description="List the classes a tree holds: WNID, image counts, name.")
+    parser.add_argument("--data_dir", default="./Data/CLS-LOC", help="folder holding train/ and val/")
+    parser.add_argument("--devkit_dir", help="folder with map_clsloc.txt, if not found beside the data")
+    parser.add_argument("--search", help="only classes whose name contains this text")
+    args = parser.parse_args(argv)
+    from .tree import class_table, find_tree, image_counts, train_classes
+
+    tree = find_tree(args.data_dir, args.devkit_dir)
+    names = class_table(tree)
+    wnids = train_classes(tree)
+    if args.search:
+        wnids = [w for w in wnids if w in names and args.search.lower() in (names[w].human_label or "").lower()]
+        if not wnids:
+            raise UserError(f"--search: no class of {tree.train_dir} has a name containing '{args.search}'")
+    counts = image_counts(tree, wnids)
+    print(f"{'WNID':<10} {'train':>6} {'val':>5}  human_label")
+    for wnid in wnids:
+        label = names[wnid].human_label if wnid in names else ""
+        print(f"{wnid:<10} {counts[wnid][0]:>6} {counts[wnid][1]:>5}  {label or ''}")
+    print(f"{len(wnids)} classes, {sum(c[0] for c in counts.values())} train and "
+          f"{sum(c[1] for c in counts.values())} val images")
+    return 0
+
+
+COMMAND_HANDLERS = {"demo": _demo, "info": _info, "verify": _verify, "preview": _preview, "classes": _classes}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,15 +5,19 @@ in label order) has the columns:
 
 ==================  ===========================================================
 subset_label        the label (``y_train``/``y_val`` value), 0-based list position
-WNID                the class id, e.g. ``n01440764``
-human_label         name from LOC_synset_mapping.txt or map_clsloc.txt
+WNID                the class id, e.g. ``n01440764``; a group's WNIDs separated
+                    by spaces; empty for ``rest``
+human_label         name from LOC_synset_mapping.txt or map_clsloc.txt; the
+                    group's name for a group; ``rest`` for the rest label
 original_label      ILSVRC CLS-LOC id (1-1000) from map_clsloc.txt
 imagenet_index      0-999 position among the sorted 1000 classes (model outputs)
 num_train_images    images of this label packed into ``X_train``
 num_val_images      images of this label packed into ``X_val``
+num_holdout_images  (only with a holdout split) images in ``X_holdout``
 ==================  ===========================================================
 
-A cell the tree's label files say nothing about is left empty.
+A cell the tree's label files say nothing about (and ``original_label`` and
+``imagenet_index`` of groups and ``rest``) is left empty.
 
 ``<name>_cls.manifest.json`` (UTF-8 JSON) records how the archive was made and
 what is in it, enough to check it (``verify``) and to rebuild it elsewhere
@@ -40,30 +44,47 @@ import hashlib
 import json
 import numpy as np
 
-from .subset import SubsetList
+from .subset import REST, Label, SubsetList
 from .tree import ClassInfo
 
-METADATA_COLUMNS = ["subset_label", "WNID", "human_label", "original_label", "imagenet_index",
-                    "num_train_images", "num_val_images"]
+def _label_facts(label: Label, classes: dict[str, ClassInfo]) -> tuple:
+    """(WNID cell, human_label, original_label, imagenet_index) of one label."""
+    if label.is_rest:
+        return "", REST, None, None
+    if len(label.wnids) > 1 or label.name != label.wnids[0]:  # a group
+        return " ".join(label.wnids), label.name, None, None
+    info = classes.get(label.wnids[0], ClassInfo(None, None, None))
+    return label.wnids[0], info.human_label, info.original_label, info.imagenet_index
 
 
-def metadata_table(subset: SubsetList, classes: dict[str, ClassInfo],
-                   y_train: np.ndarray, y_val: np.ndarray) -> "pd.DataFrame":
-    """One row per label of ``subset``, with the counts of images actually packed."""
+def metadata_table(subset: SubsetList, classes: dict[str, ClassInfo], splits) -> "pd.DataFrame":
+    """One row per label of ``subset``, with the counts of images actually packed in each split."""
     import pandas as pd  # imported here: worker processes never need it
 
-    unknown = ClassInfo(None, None, None)
-    info = [classes.get(w, unknown) for w in subset.wnids]
-    n = len(subset.wnids)
-    return pd.DataFrame({
+    facts = [_label_facts(label, classes) for label in subset.labels]
+    n = len(subset.labels)
+    columns = {
         "subset_label": np.arange(n),
-        "WNID": list(subset.wnids),
-        "human_label": pd.array([c.human_label for c in info], dtype="string"),
-        "original_label": pd.array([c.original_label for c in info], dtype="Int64"),
-        "imagenet_index": pd.array([c.imagenet_index for c in info], dtype="Int64"),
-        "num_train_images": np.bincount(y_train, minlength=n),
-        "num_val_images": np.bincount(y_val, minlength=n),
-    }, columns=METADATA_COLUMNS)
+        "WNID": [f[0] for f in facts],
+        "human_label": pd.array([f[1] for f in facts], dtype="string"),
+        "original_label": pd.array([f[2] for f in facts], dtype="Int64"),
+        "imagenet_index": pd.array([f[3] for f in facts], dtype="Int64"),
+    }
+    for images in splits:
+        columns[f"num_{images.split}_images"] = np.bincount(images.labels, minlength=n)
+    return pd.DataFrame(columns)
+
+
+def class_records(subset: SubsetList, classes: dict[str, ClassInfo]) -> list[dict]:
+    """The manifest's ``classes``: label, name, WNIDs, human label, and ``rest`` for the rest label."""
+    records = []
+    for i, label in enumerate(subset.labels):
+        record = {"label": i, "name": label.name, "wnids": list(label.wnids),
+                  "human_label": _label_facts(label, classes)[1]}
+        if label.is_rest:
+            record["rest"] = True
+        records.append(record)
+    return records
 
 
 def write_metadata_csv(table: "pd.DataFrame", path) -> None:

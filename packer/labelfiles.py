@@ -32,14 +32,13 @@ def _bad_line(path: Path, number: int, expected: str) -> UserError:
     return UserError(f"{path}:{number}: expected {expected}; fix or remove the file")
 
 
-def train_list_from_train_cls(path: Path, wnids: set[str]) -> list[tuple[str, str, int]]:
-    """Rows of ``ImageSets/CLS-LOC/train_cls.txt`` whose class is in ``wnids``.
+def train_list_from_train_cls(path: Path, wnids: set[str]):
+    """Rows of ``ImageSets/CLS-LOC/train_cls.txt`` whose class is in ``wnids``, streamed.
 
     Format: one line per train image, sorted by path, ``<wnid>/<stem> <id>`` with
     the 1-based line number as id, e.g. ``n01440764/n01440764_10026 1``.
-    Returns ``(wnid, stem, id)`` in file order.
+    Yields ``(wnid, stem, id)`` in file order.
     """
-    rows = []
     for number, line in _lines(path):
         wnid, slash, rest = line.partition("/")
         if wnid not in wnids:
@@ -49,8 +48,7 @@ def train_list_from_train_cls(path: Path, wnids: set[str]) -> list[tuple[str, st
         parts = rest.split()
         if len(parts) != 2 or not parts[1].isdigit():
             raise _bad_line(path, number, "'<wnid>/<image> <id>'")
-        rows.append((wnid, parts[0], int(parts[1])))
-    return rows
+        yield wnid, parts[0], int(parts[1])
 
 
 def names_from_synset_mapping(path: Path) -> dict[str, str]:

@@ -78,7 +78,10 @@ def contact_sheet(path: str | Path, split: str = "train", per_class: int = 8, cl
         if not len(members):
             draw.text((LABEL_WIDTH, top + 6), "(no images)", font=small, fill=INK)
         for c, row in enumerate(members):
-            tile = Image.fromarray(np.asarray(images[row])).resize((thumbnail, thumbnail), Image.Resampling.BILINEAR)
+            pixels = np.asarray(images[row])
+            if pixels.shape[-1] != 3 and pixels.shape[0] == 3:  # stored channels first
+                pixels = pixels.transpose(1, 2, 0)
+            tile = Image.fromarray(pixels).resize((thumbnail, thumbnail), Image.Resampling.BILINEAR)
             sheet.paste(tile, (LABEL_WIDTH + c * (thumbnail + GAP), top))
     return sheet
 

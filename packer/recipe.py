@@ -14,7 +14,7 @@ import numpy as np
 
 from .build import BuildOptions, BuildPlan, BuildResult, execute
 from .errors import UserError
-from .subset import SubsetList
+from .subset import Label, SubsetList
 from .tree import SplitImages, class_table, find_tree
 from .verify import read_manifest
 
@@ -43,14 +43,14 @@ class RecipeReport:
 def plan_from_recipe(recipe: dict, data_dir: str, devkit_dir: str | None = None) -> BuildPlan:
     """The recipe's rows, found under ``data_dir``; every missing image is named."""
     tree = find_tree(data_dir, devkit_dir)
-    wnids = tuple(w for c in recipe["classes"] for w in c["wnids"])
-    subset = SubsetList(recipe["name"], wnids, recipe.get("subset_source", "recipe"))
+    labels_of_recipe = tuple(Label(c["name"], tuple(c["wnids"]), c.get("rest", False)) for c in recipe["classes"])
+    subset = SubsetList(recipe["name"], labels_of_recipe, recipe.get("subset_source", "recipe"))
     splits, missing = [], []
     for split, sources in recipe["sources"].items():
         root = tree.data_dir / sources["root"]
         missing += [f"{sources['root']}/{p}" for p in sources["paths"] if not (root / p).is_file()]
         labels = np.array(sources["labels"], dtype=np.int32)
-        splits.append(SplitImages(split, root, list(sources["paths"]), [wnids[i] for i in labels],
+        splits.append(SplitImages(split, root, list(sources["paths"]), [subset.labels[i].name for i in labels],
                                   np.array(sources["ids"], dtype=np.int32), sources["label_source"], labels))
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -67,7 +67,8 @@ def rebuild_from_recipe(recipe_path: str | Path, data_dir: str, devkit_dir: str 
         options = recipe["options"]
         plan = plan_from_recipe(recipe, data_dir, devkit_dir)
         build_options = BuildOptions(recipe["name"], str(data_dir), devkit_dir, out_dir, options["resize_size"],
-                                     options["crop_size"], options["fast"], options["compress"], workers, progress)
+                                     options["crop_size"], options["fast"], options["compress"], workers, progress,
+                                     options.get("resize", "crop"), options.get("layout", "nhwc"))
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{recipe_path} is not a complete recipe ({exc!r} is missing or wrong); "
                         "use the manifest.json written by a build") from None

@@ -1,16 +1,25 @@
-"""Choose the subset: read a class list and give each selected image its label.
+"""Choose the classes: read a class list, or pick classes by name, and label each image.
 
-A class list is a text file with one WNID per line, e.g. ``n01440764``; blank
-lines and ``#`` comments are ignored, as is anything after the WNID on its line
-(so ``n01440764 tench`` works). Label ``i`` is the WNID on the i-th listed line.
+A class list is a text file; blank lines and ``#`` comments are ignored. Each
+remaining line is one label, in order (the first line is label 0):
+
+- ``n01440764`` — one class (text after the WNID is ignored, so
+  ``n01440764 tench`` works);
+- ``dog: n02085620 n02085782 n02086240`` — a label group: the name, a colon,
+  then WNIDs; every image of those classes gets this one label.
 
 ``--subset_name NAME`` is resolved in this order:
 
 1. a path to an existing file (``my_classes.txt``, ``lists/birds.txt``);
 2. ``./aux_files/NAME.txt`` (a user's own list works as in the original script);
-3. the lists shipped with the package: ``imagenet30``, ``imagenet100``,
-   ``imagenette``, ``imagewoof``.
+3. the lists shipped with the package (``builtin_list_names()``).
+
+``classes_by_name`` picks classes from the human labels of the tree's mapping
+file instead: a name matches a class when it equals one of the class's
+comma-separated synonyms (case-insensitive), otherwise when it is part of one;
+an ambiguous or unknown name is an error listing the candidates.
 """
+import difflib
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -21,14 +30,38 @@ from .errors import UserError
 from .labelfiles import WNID_RE
 from .tree import SplitImages
 
+REST = "rest"
+
 
 @dataclass(frozen=True)
-class SubsetList:
-    """A named, ordered class list: ``wnids[i]`` gets label ``i``."""
+class Label:
+    """One output label: a class (``name`` is its WNID), a group of classes, or ``rest``."""
 
     name: str
     wnids: tuple[str, ...]
+    is_rest: bool = False
+
+
+@dataclass(frozen=True)
+class SubsetList:
+    """A named, ordered list of labels: ``labels[i]`` is label ``i``."""
+
+    name: str
+    labels: tuple[Label, ...]
     source: str
+
+    @property
+    def wnids(self) -> tuple[str, ...]:
+        """Every listed WNID, in label order."""
+        return tuple(w for label in self.labels for w in label.wnids)
+
+    def label_of(self) -> dict[str, int]:
+        """WNID -> label number, for the listed classes."""
+        return {w: i for i, label in enumerate(self.labels) for w in label.wnids}
+
+    def with_rest(self) -> "SubsetList":
+        """This list with a final ``rest`` label for images of every class not listed."""
+        return replace(self, labels=self.labels + (Label(REST, (), is_rest=True),))
 
 
 def builtin_list_names() -> list[str]:
@@ -36,21 +69,31 @@ def builtin_list_names() -> list[str]:
     return sorted(p.name[:-4] for p in resources.files("packer.lists").iterdir() if p.name.endswith(".txt"))
 
 
-def parse_wnid_list(text: str, source: str) -> list[str]:
-    """The WNIDs of a class-list text, in order; every malformed or repeated one is reported at once."""
-    wnids, malformed, first_line, repeated = [], [], {}, []
+def parse_class_list(text: str, source: str) -> list[Label]:
+    """The labels of a class-list text, in order; every malformed or repeated WNID is reported at once."""
+    labels, malformed, first_line, repeated = [], [], {}, []
     for number, line in enumerate(text.splitlines(), start=1):
-        token = line.split("#", 1)[0].split()
-        if not token:
+        content = line.split("#", 1)[0].strip()
+        if not content:
             continue
-        wnid = token[0]
-        if not WNID_RE.fullmatch(wnid):
-            malformed.append(f"line {number} '{wnid}'")
-        elif wnid in first_line:
-            repeated.append(f"{wnid} (lines {first_line[wnid]} and {number})")
+        group, colon, members = content.partition(":")
+        if colon and group.strip() and not WNID_RE.fullmatch(group.strip()):
+            name, tokens = group.strip(), members.split()
+            if not tokens:
+                malformed.append(f"line {number} '{content}' (a group needs WNIDs after the colon)")
         else:
-            first_line[wnid] = number
-            wnids.append(wnid)
+            name, tokens = None, content.split()[:1]
+        good = []
+        for wnid in tokens:
+            if not WNID_RE.fullmatch(wnid):
+                malformed.append(f"line {number} '{wnid}'")
+            elif wnid in first_line:
+                repeated.append(f"{wnid} (lines {first_line[wnid]} and {number})")
+            else:
+                first_line[wnid] = number
+                good.append(wnid)
+        if good:
+            labels.append(Label(name or good[0], tuple(good)))
     problems = []
     if malformed:
         problems.append("malformed WNIDs (a WNID is 'n' and 8 digits): " + ", ".join(malformed))
@@ -58,9 +101,14 @@ def parse_wnid_list(text: str, source: str) -> list[str]:
         problems.append("repeated WNIDs: " + ", ".join(repeated))
     if problems:
         raise UserError(f"{source}: " + "; ".join(problems))
-    if not wnids:
+    if not labels:
         raise UserError(f"{source}: no WNIDs listed; put one WNID per line, such as n01440764")
-    return wnids
+    return labels
+
+
+def parse_wnid_list(text: str, source: str) -> list[str]:
+    """Every WNID of a class-list text, in order (groups flattened)."""
+    return [w for label in parse_class_list(text, source) for w in label.wnids]
 
 
 def read_subset_list(name_or_path: str, aux_dir: str | Path = "aux_files") -> SubsetList:
@@ -74,13 +122,61 @@ def read_subset_list(name_or_path: str, aux_dir: str | Path = "aux_files") -> Su
                 text = candidate.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise UserError(f"cannot read class list {candidate}: {exc}") from None
-            return SubsetList(candidate.stem, tuple(parse_wnid_list(text, str(candidate))), str(candidate))
+            return SubsetList(candidate.stem, tuple(parse_class_list(text, str(candidate))), str(candidate))
     if name_or_path in builtin_list_names():
         text = resources.files("packer.lists").joinpath(f"{name_or_path}.txt").read_text(encoding="utf-8")
-        return SubsetList(name_or_path, tuple(parse_wnid_list(text, f"built-in list {name_or_path}")),
+        return SubsetList(name_or_path, tuple(parse_class_list(text, f"built-in list {name_or_path}")),
                           f"built-in:{name_or_path}")
     raise UserError(f"unknown --subset_name '{name_or_path}': no such file, no {Path(aux_dir) / (name_or_path + '.txt')}, "
                     f"and no built-in list of that name (built-ins: {', '.join(builtin_list_names())})")
+
+
+def _synonyms(human_label: str) -> list[str]:
+    return [s.strip().lower() for s in human_label.split(",") if s.strip()]
+
+
+def _describe(wnids: list[str], names: dict[str, str], limit: int = 8) -> str:
+    shown = ", ".join(f"{w} ({names[w]})" for w in wnids[:limit])
+    return shown + (f" and {len(wnids) - limit} more" if len(wnids) > limit else "")
+
+
+def classes_by_name(requested: list[str], names: dict[str, str], source: str) -> list[str]:
+    """WNIDs for ``requested`` names (or WNIDs), in the order given; see the module docstring."""
+    if not names:
+        raise UserError(f"choosing classes by name needs LOC_synset_mapping.txt or map_clsloc.txt; none found ({source})")
+    chosen = []
+    for item in requested:
+        text = item.strip().lower()
+        if WNID_RE.fullmatch(item.strip()):
+            if item.strip() not in names:
+                raise UserError(f"--classes: {item.strip()} is not in {source}")
+            chosen.append(item.strip())
+            continue
+        exact = [w for w, name in names.items() if text in _synonyms(name)]
+        matches = exact or [w for w, name in names.items() if text in name.lower()]
+        if len(matches) == 1:
+            chosen.append(matches[0])
+        elif matches:
+            raise UserError(f"--classes: '{item}' is ambiguous: {_describe(matches, names)}; "
+                            "use a more precise name or the WNID")
+        else:
+            close = difflib.get_close_matches(text, [s for n in names.values() for s in _synonyms(n)], n=5)
+            hint = f"; close names: {', '.join(close)}" if close else ""
+            raise UserError(f"--classes: no class named '{item}' in {source}{hint}")
+    repeated = sorted({w for w in chosen if chosen.count(w) > 1})
+    if repeated:
+        raise UserError(f"--classes: these classes were named twice: {_describe(repeated, names)}")
+    return chosen
+
+
+def classes_by_search(text: str, names: dict[str, str], source: str) -> list[str]:
+    """WNIDs (sorted) of every class whose human label contains ``text`` (case-insensitive)."""
+    if not names:
+        raise UserError(f"--search needs LOC_synset_mapping.txt or map_clsloc.txt; none found ({source})")
+    found = sorted(w for w, name in names.items() if text.lower() in name.lower())
+    if not found:
+        raise UserError(f"--search: no class name contains '{text}' in {source}")
+    return found
 
 
 def check_classes_present(subset: SubsetList, train_classes: list[str], train_dir: Path) -> None:
@@ -93,7 +189,10 @@ def check_classes_present(subset: SubsetList, train_classes: list[str], train_di
 
 
 def label_images(images: SplitImages, subset: SubsetList) -> SplitImages:
-    """``images`` with ``labels`` set: the position of each image's WNID in the list (int32)."""
-    position = {wnid: i for i, wnid in enumerate(subset.wnids)}
-    labels = np.fromiter((position[w] for w in images.wnids), dtype=np.int32, count=len(images))
+    """``images`` with ``labels`` set (int32): the label of each image's WNID; unlisted ones get ``rest``."""
+    position = subset.label_of()
+    rest = next((i for i, label in enumerate(subset.labels) if label.is_rest), -1)
+    labels = np.fromiter((position.get(w, rest) for w in images.wnids), dtype=np.int32, count=len(images))
+    if (labels < 0).any():
+        raise ValueError("images of unlisted classes need a rest label")
     return replace(images, labels=labels)

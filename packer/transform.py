@@ -12,13 +12,18 @@ computes on a PIL image loaded by its default loader:
 3. Crop ``crop_size`` x ``crop_size`` at ``top = int(round((h - crop) / 2.0))``,
    ``left = int(round((w - crop) / 2.0))`` (Python's round: halves to even).
 
+``resize="squash"`` instead resizes the whole image to ``crop_size`` x
+``crop_size`` with Pillow's box filter and no crop (as the Downsampled ImageNet
+32x32 and 64x64 sets were made); ``resize_size`` is then unused.
+
 ``fast=True`` resizes only the source window that survives the crop, straight
 to ``crop_size`` x ``crop_size`` (Pillow's ``resize(box=...)``): the same filter
 on the same geometry, so pixels stay within 1 of the exact rule, at a
 fraction of the work for large photos.
 
 The result is a C-contiguous ``uint8`` array of shape (crop, crop, 3), rows top
-to bottom, RGB.
+to bottom, RGB. ``layout`` ("nhwc" or "nchw") says how the archive stores it;
+``store_rows`` turns a batch into that layout.
 """
 from dataclasses import dataclass
 
@@ -28,6 +33,10 @@ from PIL import Image
 from .errors import ImageError
 
 
+RESIZE_MODES = ("crop", "squash")
+LAYOUTS = ("nhwc", "nchw")
+
+
 @dataclass(frozen=True)
 class TransformSpec:
     """What to do to every image: sizes of the resize and the crop, and the mode."""
@@ -35,12 +44,21 @@ class TransformSpec:
     resize_size: int = 256
     crop_size: int = 224
     fast: bool = False
+    resize: str = "crop"
+    layout: str = "nhwc"
 
     def __post_init__(self):
         if self.resize_size < 1 or self.crop_size < 1:
             raise ValueError("sizes must be positive")
-        if self.crop_size > self.resize_size:
+        if self.resize == "crop" and self.crop_size > self.resize_size:
             raise ValueError("crop_size must not exceed resize_size")
+        if self.resize not in RESIZE_MODES or self.layout not in LAYOUTS:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, layout one of {LAYOUTS}")
+
+    def stored_shape(self, count: int) -> tuple[int, int, int, int]:
+        """Shape of ``count`` transformed images as the archive stores them."""
+        c = self.crop_size
+        return (count, 3, c, c) if self.layout == "nchw" else (count, c, c, 3)
 
 
 def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -68,7 +86,9 @@ def open_rgb(path: str) -> Image.Image:
 
 
 def transform_rgb(image: Image.Image, spec: TransformSpec) -> np.ndarray:
-    """Resize and center-crop an RGB image by ``spec``; returns (crop, crop, 3) uint8."""
+    """Resize and center-crop (or squash) an RGB image by ``spec``; returns (crop, crop, 3) uint8."""
+    if spec.resize == "squash":
+        return np.asarray(image.resize((spec.crop_size, spec.crop_size), Image.Resampling.BOX))
     width, height = image.size
     new_width, new_height = resized_size(width, height, spec.resize_size)
     left, top, right, bottom = center_crop_box(new_width, new_height, spec.crop_size)
@@ -86,3 +106,8 @@ def transform_rgb(image: Image.Image, spec: TransformSpec) -> np.ndarray:
 def transform_image(path: str, spec: TransformSpec) -> np.ndarray:
     """Open ``path`` and apply ``spec``: the whole per-image work of the packer."""
     return transform_rgb(open_rgb(path), spec)
+
+
+def store_rows(rows: np.ndarray, spec: TransformSpec) -> np.ndarray:
+    """(n, crop, crop, 3) rows in the archive's layout, C-contiguous."""
+    return np.ascontiguousarray(rows.transpose(0, 3, 1, 2)) if spec.layout == "nchw" else rows

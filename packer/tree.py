@@ -31,6 +31,7 @@ devkit ground truth with ``map_clsloc.txt``, the Annotations XML files.
 Only the class folders of the subset are listed when ``train_cls.txt`` exists;
 no image file is ever opened or stat'ed here.
 """
+import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,13 @@ class SplitImages:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def take(self, rows: np.ndarray, split: str | None = None) -> "SplitImages":
+        """The images at positions ``rows`` (in that order), optionally as another split."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return SplitImages(split or self.split, self.root, [self.paths[i] for i in rows],
+                           [self.wnids[i] for i in rows], self.ids[rows], self.label_source,
+                           None if self.labels is None else self.labels[rows], self.notes)
 
 
 @dataclass(frozen=True)
@@ -184,21 +192,22 @@ def list_train_images(tree: Tree, wnids: list[str]) -> SplitImages:
 
 
 def _train_from_train_cls(tree: Tree, wanted: set[str]) -> SplitImages:
+    paths, classes, ids, missing, unlisted = [], [], [], [], 0
     rows = labelfiles.train_list_from_train_cls(tree.train_cls, wanted)
-    on_disk = {wnid: _images_by_stem(tree.train_dir / wnid) for wnid in sorted(wanted)}
-    paths, classes, ids, missing = [], [], [], []
-    for wnid, stem, image_id in rows:
-        name = on_disk[wnid].pop(stem, None)
-        if name is None:
-            missing.append(f"train/{wnid}/{stem}.JPEG")
-            continue
-        paths.append(f"{wnid}/{name}")
-        classes.append(wnid)
-        ids.append(image_id)
+    for wnid, class_rows in itertools.groupby(rows, key=lambda row: row[0]):
+        on_disk = _images_by_stem(tree.train_dir / wnid)  # one class folder at a time
+        for _, stem, image_id in class_rows:
+            name = on_disk.pop(stem, None)
+            if name is None:
+                missing.append(f"train/{wnid}/{stem}.JPEG")
+                continue
+            paths.append(f"{wnid}/{name}")
+            classes.append(wnid)
+            ids.append(image_id)
+        unlisted += len(on_disk)
     if missing:
         raise UserError(f"{len(missing)} train images listed in {tree.train_cls} are missing from {tree.data_dir}: "
                         f"{_some(missing)}; restore them or remove train_cls.txt to use the images present")
-    unlisted = sum(len(left) for left in on_disk.values())
     notes = (f"{unlisted} train images not listed in {tree.train_cls} were left out",) if unlisted else ()
     return SplitImages("train", tree.train_dir, paths, classes, np.array(ids, dtype=np.int32),
                        tree.train_cls.name, notes=notes)
@@ -276,3 +285,12 @@ def class_table(tree: Tree) -> dict[str, ClassInfo]:
                         clsloc.get(wnid, (None, None))[0], index.get(wnid))
         for wnid in set(names) | set(clsloc) | set(index)
     }
+
+
+def image_counts(tree: Tree, wnids: list[str]) -> dict[str, tuple[int, int]]:
+    """WNID -> (train images, val images) in the tree, by listing folders (no image is opened)."""
+    val = list_val_images(tree, wnids)
+    val_counts = {w: 0 for w in wnids}
+    for wnid in val.wnids:
+        val_counts[wnid] += 1
+    return {w: (len(_images_by_stem(tree.train_dir / w)), val_counts[w]) for w in wnids}

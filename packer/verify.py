@@ -143,6 +143,7 @@ def _structure_problems(path: Path, headers, manifest: dict | None) -> list[str]
     if "train" not in splits or "val" not in splits:
         problems.append(f"{path}: expected arrays X_train and X_val, found {', '.join(headers)}")
     crop = manifest["options"]["crop_size"] if manifest else None
+    channels_first = bool(manifest) and manifest["options"].get("layout") == "nchw"
     num_classes = len(manifest["classes"]) if manifest else None
     data = load(path)
     for split in splits:
@@ -153,8 +154,11 @@ def _structure_problems(path: Path, headers, manifest: dict | None) -> list[str]
             continue
         x, y, ids = headers[x_key], headers[y_key], headers[id_key]
         n = x.shape[0]
-        if x.dtype != np.uint8 or len(x.shape) != 4 or x.shape[3] != 3 or (crop and x.shape[1:3] != (crop, crop)):
-            problems.append(f"{path}: {x_key} is {x.dtype} {x.shape}, expected uint8 (N, {crop or 'H'}, {crop or 'W'}, 3)")
+        side = crop or "S"
+        expected, image_shape = ((f"(N, 3, {side}, {side})", x.shape[1:]) if channels_first
+                                 else (f"(N, {side}, {side}, 3)", x.shape[1:][::-1]))
+        if x.dtype != np.uint8 or len(x.shape) != 4 or image_shape[0] != 3 or (crop and image_shape[1:] != (crop, crop)):
+            problems.append(f"{path}: {x_key} is {x.dtype} {x.shape}, expected uint8 {expected}")
         for header in (y, ids):
             if header.dtype != np.int32 or header.shape != (n,):
                 problems.append(f"{path}: {header.key} is {header.dtype} {header.shape}, expected int32 ({n},)")

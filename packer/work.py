@@ -24,7 +24,7 @@ import numpy as np
 
 from .crc32 import crc32_of_parts
 from .npz import deflate_segment
-from .transform import TransformSpec, transform_image
+from .transform import TransformSpec, store_rows, transform_image
 
 CHUNK_SIZE = 32
 
@@ -71,9 +71,10 @@ def pack_chunk(chunk: Chunk, spec: TransformSpec) -> ChunkResult:
     rows = np.empty((len(chunk.paths), spec.crop_size, spec.crop_size, 3), dtype=np.uint8)
     for i, path in enumerate(chunk.paths):
         rows[i] = transform_image(path, spec)
+    sums, squares = channel_sums(rows)
+    rows = store_rows(rows, spec)
     data = memoryview(rows).cast("B")
     row_crcs = tuple(zlib.crc32(row) for row in rows)
-    sums, squares = channel_sums(rows)
     payload = None
     if chunk.archive is None:
         payload = deflate_segment(data)

@@ -1,0 +1,122 @@
+"""Choose the rows: per-label sampling, a held-out split, a ``rest`` pool; seeded and stable.
+
+Every image has a rank: the first 8 bytes of BLAKE2b of ``"<seed>/<split>/<path>"``
+read as an integer. Choosing ``n`` images of a label takes the ``n`` with the
+smallest ranks, and the chosen rows keep their original order. A rank depends
+only on the seed and the image's own path, so the choice is the same on every
+machine, numpy version and worker count, and asking for more images only adds some.
+
+Order of the choices, per label:
+
+1. holdout (``holdout_per_class`` K): K train images move to the ``holdout`` split;
+2. train (``train_per_class`` N): N of the remaining train images
+   (the ``rest`` label takes ``rest`` images instead, from its pool);
+3. val (``val_per_class`` M): M val images (``rest``: ``rest_val``, by default
+   the rest pool's own val/train ratio times the rest's train count, rounded).
+
+A label with fewer images than asked keeps all it has, and a note says so.
+"""
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .tree import SplitImages
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How many images to take; None means all."""
+
+    train_per_class: int | None = None
+    val_per_class: int | None = None
+    holdout_per_class: int = 0
+    rest: int | None = None
+    rest_val: int | None = None
+    seed: int = 0
+
+    @property
+    def is_everything(self) -> bool:
+        return (self.train_per_class, self.val_per_class, self.holdout_per_class, self.rest) == (None, None, 0, None)
+
+
+def ranks(images: SplitImages, seed: int, split: str | None = None) -> np.ndarray:
+    """The rank of every image (see the module docstring; ``split`` defaults to the images'), as uint64."""
+    prefix = f"{seed}/{split or images.split}/".encode()
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(prefix + p.encode(), digest_size=8).digest(), "little") for p in images.paths),
+        dtype=np.uint64, count=len(images))
+
+
+def _rows_by_label(labels: np.ndarray, num_labels: int) -> list[np.ndarray]:
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(num_labels + 1))
+    return [order[bounds[i]:bounds[i + 1]] for i in range(num_labels)]
+
+
+def _lowest(rows: np.ndarray, rank: np.ndarray, n: int | None) -> np.ndarray:
+    if n is None or len(rows) <= n:
+        return rows
+    return rows[np.argsort(rank[rows], kind="stable")[:n]]
+
+
+def _choose(images: SplitImages, counts: list[int | None], seed: int, exclude: np.ndarray | None = None,
+            split: str | None = None):
+    """Rows to keep (sorted) taking ``counts[label]`` per label, and the labels left short."""
+    rank = ranks(images, seed, split) if any(c is not None for c in counts) else None
+    kept, short = [], []
+    for label, rows in enumerate(_rows_by_label(images.labels, len(counts))):
+        if exclude is not None:
+            rows = rows[~exclude[rows]]
+        chosen = _lowest(rows, rank, counts[label])
+        if counts[label] is not None and len(chosen) < counts[label]:
+            short.append((label, len(chosen)))
+        kept.append(chosen)
+    return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64), short
+
+
+def _short_note(split: str, short, wanted: list[int | None], label_names: list[str]) -> list[str]:
+    if not short:
+        return []
+    shown = ", ".join(f"{label_names[label]} ({have} of {wanted[label]})" for label, have in short[:8])
+    more = f" and {len(short) - 8} more" if len(short) > 8 else ""
+    return [f"{split}: {len(short)} labels have fewer images than asked and kept all: {shown}{more}"]
+
+
+def apply_sampling(train: SplitImages, val: SplitImages, label_names: list[str], rest_label: int | None,
+                   sampling: Sampling) -> tuple[list[SplitImages], list[str]]:
+    """The splits to pack (train, val, and holdout when asked) and notes on labels left short."""
+    n = len(label_names)
+    if sampling.is_everything:
+        return [train, val], []
+    notes = []
+
+    def per_label(count, rest_count):
+        return [rest_count if label == rest_label else count for label in range(n)]
+
+    holdout_rows = np.zeros(0, dtype=np.int64)
+    in_holdout = np.zeros(len(train), dtype=bool)
+    if sampling.holdout_per_class:
+        wanted = per_label(sampling.holdout_per_class, sampling.holdout_per_class)
+        holdout_rows, short = _choose(train, wanted, sampling.seed, split="holdout")
+        in_holdout[holdout_rows] = True
+        notes += _short_note("holdout", short, wanted, label_names)
+
+    wanted = per_label(sampling.train_per_class, sampling.rest)
+    train_rows, short = _choose(train, wanted, sampling.seed, exclude=in_holdout)
+    notes += _short_note("train", short, wanted, label_names)
+
+    rest_val = sampling.rest_val
+    if rest_label is not None and rest_val is None and sampling.rest is not None:
+        pool_train = int((train.labels == rest_label).sum())
+        pool_val = int((val.labels == rest_label).sum())
+        taken = int((train.labels[train_rows] == rest_label).sum())
+        rest_val = round(taken * pool_val / pool_train) if pool_train else 0
+    wanted = per_label(sampling.val_per_class, rest_val)
+    val_rows, short = _choose(val, wanted, sampling.seed)
+    notes += _short_note("val", short, wanted, label_names)
+
+    splits = [train.take(train_rows), val.take(val_rows)]
+    if sampling.holdout_per_class:
+        splits.append(train.take(holdout_rows, "holdout"))
+    return splits, notes
