@@ -1,36 +1,26 @@
-"""Build a subset archive: the pipeline from a tree and a class list to files on disk.
+"""Build a subset archive: options, the plan of every row, and the entry points.
 
-    plan_build:  find_tree -> read_subset_list -> list and label the images
-    execute:     lay out the archive -> run_chunks (parallel) -> close it
-                 -> metadata CSV -> manifest -> rename all three into place
+    plan_build:  find_tree -> choose the classes -> list and label the images
+                 -> sampling (per class, holdout, rest)
+    execute:     (execute.py) pack the plan into archives, safely
 
-Outputs go to ``<out_dir>/<name>_cls.npz``, ``<name>_cls_metadata.csv`` and
-``<name>_cls.manifest.json``. All are written under temporary names in
-``out_dir`` and renamed into place only when complete: a failed or interrupted
-run leaves no partial file at the final paths and never touches an earlier output.
+``build_subset("imagenet30", data_dir=...)`` and ``build(BuildOptions(...))``
+run both; ``plan_build`` alone decides everything without decoding an image.
 """
-import contextlib
-import datetime
 import os
 import re
-import secrets
-import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from . import describe
 from .errors import UserError
-from .npz import ArraySpec, DeflatedNpzWriter, StoredNpzWriter
+from .execute import execute
 from .sampling import Sampling, apply_sampling
 from .subset import (Label, SubsetList, check_classes_present, classes_by_name, classes_by_search, label_images,
                      read_subset_list)
 from .transform import LAYOUTS, RESIZE_MODES, TransformSpec
 from .tree import ClassInfo, SplitImages, Tree, class_table, find_tree, list_train_images, list_val_images, train_classes
-from .work import CHUNK_SIZE, Chunk, run_chunks
+from .work import CHUNK_SIZE
 
 RESIZE_RULE = "torchvision Resize(resize_size) + CenterCrop(crop_size), bilinear (Pillow)"
 
@@ -59,6 +49,11 @@ class BuildOptions:
     rest: int | None = None
     rest_val: int | None = None
     seed: int = 0
+    on_error: str = "fail"
+    resume: bool = False
+    backend: str = "local"
+    scheduler: str | None = None
+    shard_size: int | None = None
 
     def sampling(self) -> Sampling:
         return Sampling(self.train_per_class, self.val_per_class, self.holdout_per_class, self.rest,
@@ -69,7 +64,8 @@ class BuildOptions:
         rule = RESIZE_RULE if self.resize == "crop" else "whole image to crop_size x crop_size, box filter (Pillow)"
         return {"resize_size": self.resize_size, "crop_size": self.crop_size, "resize": self.resize,
                 "resize_rule": rule, "layout": self.layout, "fast": self.fast, "compress": self.compress,
-                "chunk_size": CHUNK_SIZE, "sampling": asdict(self.sampling())}
+                "chunk_size": CHUNK_SIZE, "shard_size": self.shard_size, "on_error": self.on_error,
+                "sampling": asdict(self.sampling())}
 
 
 @dataclass(frozen=True)
@@ -98,6 +94,7 @@ class BuildResult:
     sha256: str
     seconds: float
     notes: tuple[str, ...] = field(default=())
+    archives: tuple[Path, ...] = field(default=())
 
     @property
     def images_per_second(self) -> float:
@@ -115,7 +112,7 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _check_options(options: BuildOptions) -> TransformSpec:
+def check_options(options: BuildOptions) -> TransformSpec:
     """Every option's value, checked; the transform they describe."""
     for flag in ("resize_size", "crop_size"):
         value = getattr(options, flag)
@@ -138,6 +135,19 @@ def _check_options(options: BuildOptions) -> TransformSpec:
         raise UserError("--fast applies to --resize crop only; drop --fast or use --resize crop")
     if options.classes and options.search:
         raise UserError("--classes and --search both choose the classes; use one of them")
+    if options.on_error not in ("fail", "skip"):
+        raise UserError(f"--on_error {options.on_error!r} must be 'fail' or 'skip'")
+    if options.backend not in ("local", "dask"):
+        raise UserError(f"--backend {options.backend!r} must be 'local' or 'dask'")
+    if options.backend == "dask":
+        if not options.scheduler:
+            raise UserError("--backend dask needs --scheduler tcp://HOST:PORT (the address of a running Dask scheduler)")
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise UserError("--backend dask needs Dask: pip install 'imagenet-subset[dask]'") from None
+    if options.shard_size is not None and (not isinstance(options.shard_size, int) or options.shard_size < 1):
+        raise UserError(f"--shard_size {options.shard_size!r} must be a whole number of rows, at least 1")
     if options.rest_val is not None and options.rest is None:
         raise UserError("--rest_val needs --rest N (the number of rest train images)")
     return TransformSpec(options.resize_size, options.crop_size, options.fast, options.resize, options.layout)
@@ -169,7 +179,7 @@ def _choose_subset(options: BuildOptions, tree: Tree, classes: dict[str, ClassIn
 
 def plan_build(options: BuildOptions) -> BuildPlan:
     """Read the tree and the class list and decide every row of the archive."""
-    _check_options(options)
+    check_options(options)
     tree = find_tree(options.data_dir, options.devkit_dir)
     classes = class_table(tree)
     subset = _choose_subset(options, tree, classes)
@@ -182,165 +192,6 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     splits, notes = apply_sampling(train, val, [label.name for label in subset.labels], rest_label, options.sampling())
     description = _input_description(tree, splits)
     return BuildPlan(subset.name, subset, tuple(splits), classes, description, tuple(notes))
-
-
-def _array_specs(splits, spec: TransformSpec) -> list[ArraySpec]:
-    specs = []
-    for images in splits:
-        n = len(images)
-        specs += [ArraySpec(f"X_{images.split}", "|u1", spec.stored_shape(n)),
-                  ArraySpec(f"y_{images.split}", "<i4", (n,)),
-                  ArraySpec(f"{images.split}_id", "<i4", (n,))]
-    return specs
-
-
-def _chunks(splits, writer) -> Iterator[Chunk]:
-    for images in splits:
-        key = f"X_{images.split}"
-        root = str(images.root)
-        for start in range(0, len(images), CHUNK_SIZE):
-            paths = tuple(os.path.join(root, p) for p in images.paths[start:start + CHUNK_SIZE])
-            if writer.compressed:
-                yield Chunk(key, start, paths)
-            else:
-                yield Chunk(key, start, paths, writer.path, writer.pixel_offset(key, start))
-
-
-def _temporary_path(out_dir: Path, final_name: str) -> str:
-    """A new empty hidden file beside ``final_name`` (permissions as the umask gives a new file)."""
-    path = out_dir / f".{final_name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    except OSError as exc:
-        raise UserError(f"cannot write to --out_dir {out_dir}: {exc.strerror}; choose a writable folder") from None
-    return str(path)
-
-
-def _file_record(path: Path, sha256: str | None = None) -> dict:
-    if sha256 is None:
-        sha256 = describe.sha256_of_file(path)
-    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256}
-
-
-@dataclass
-class _Totals:
-    """What the parent accumulates from the chunk results, per split."""
-
-    row_crcs: dict[str, np.ndarray]
-    sums: dict[str, np.ndarray]
-    squares: dict[str, np.ndarray]
-
-
-def _run(splits, writer, spec: TransformSpec, workers: int, progress: bool) -> _Totals:
-    """Feed the chunks to the workers and the results to the writer, with a progress bar per split."""
-    from tqdm import tqdm
-
-    totals = _Totals({s.split: np.zeros(len(s), dtype=np.uint32) for s in splits},
-                     {s.split: np.zeros(3, dtype=np.uint64) for s in splits},
-                     {s.split: np.zeros(3, dtype=np.uint64) for s in splits})
-    sizes = {images.split: len(images) for images in splits}
-    bar, bar_split = None, None
-    try:
-        for result in run_chunks(_chunks(splits, writer), spec, workers):
-            writer.add_chunk(result.key, result.crc32, result.nbytes, result.payload)
-            split = result.key.removeprefix("X_")
-            totals.row_crcs[split][result.start:result.start + result.count] = result.row_crcs
-            totals.sums[split] += np.array(result.channel_sums, dtype=np.uint64)
-            totals.squares[split] += np.array(result.channel_squares, dtype=np.uint64)
-            if split != bar_split:
-                if bar is not None:
-                    bar.close()
-                bar_split = split
-                bar = tqdm(total=sizes[split], desc=split, unit="img", disable=not progress, dynamic_ncols=True)
-            bar.update(result.count)
-    finally:
-        if bar is not None:
-            bar.close()
-    return totals
-
-
-def execute(plan: BuildPlan, options: BuildOptions, started: float | None = None) -> BuildResult:
-    """Pack the images of ``plan`` with ``options``; see the module docstring for the guarantees."""
-    started = time.perf_counter() if started is None else started
-    spec = _check_options(options)
-    workers = default_workers() if options.workers is None else options.workers
-    if not isinstance(workers, int) or workers < 1:
-        raise UserError(f"--workers {workers!r} must be a whole number of at least 1")
-    out_dir = Path(options.out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create --out_dir {out_dir}: {exc.strerror}; choose a writable folder") from None
-    final = {"archive": out_dir / f"{plan.name}_cls.npz",
-             "metadata": out_dir / f"{plan.name}_cls_metadata.csv",
-             "manifest": out_dir / f"{plan.name}_cls.manifest.json"}
-    specs = _array_specs(plan.splits, spec)
-    needed = sum(s.nbytes for s in specs)
-    free = shutil.disk_usage(out_dir).free
-    if not options.compress and needed > free:
-        raise UserError(f"--out_dir {out_dir} has {free / 1e9:.1f} GB free but the archive needs "
-                        f"{needed / 1e9:.1f} GB; free some space, choose another folder, or add --compress")
-    arrays = {}
-    for images in plan.splits:
-        arrays[f"y_{images.split}"] = images.labels
-        arrays[f"{images.split}_id"] = images.ids
-    table = describe.metadata_table(plan.subset, plan.classes, plan.splits)
-
-    temporary = {kind: _temporary_path(out_dir, path.name) for kind, path in final.items()}
-    writer = None
-    try:
-        writer_class = DeflatedNpzWriter if options.compress else StoredNpzWriter
-        writer = writer_class(temporary["archive"], specs, arrays)
-        totals = _run(plan.splits, writer, spec, workers, options.progress)
-        writer.close()
-        describe.write_metadata_csv(table, temporary["metadata"])
-        seconds = time.perf_counter() - started
-        manifest = _manifest(plan, options, totals, workers, seconds, spec,
-                             _file_record(Path(temporary["archive"]), writer.sha256),
-                             _file_record(Path(temporary["metadata"])), final)
-        describe.write_json(manifest, temporary["manifest"])
-        for kind in ("archive", "metadata", "manifest"):
-            os.replace(temporary[kind], final[kind])
-    except OSError as exc:
-        raise UserError(f"writing {final['archive']} failed: {exc.strerror or exc}; "
-                        "free space or fix permissions and run again (earlier outputs are untouched)") from None
-    finally:
-        if writer is not None:
-            writer.abort()
-        for path in temporary.values():
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-    notes = tuple(note for images in plan.splits for note in images.notes) + plan.notes
-    return BuildResult(plan.name, final["archive"], final["metadata"], final["manifest"],
-                       {s.split: len(s) for s in plan.splits}, len(plan.subset.labels),
-                       final["archive"].stat().st_size, writer.sha256, seconds, notes)
-
-
-def _manifest(plan, options, totals, workers, seconds, spec, archive_record, metadata_record, final) -> dict:
-    from . import __version__
-
-    archive_record["file"] = final["archive"].name
-    metadata_record["file"] = final["metadata"].name
-    train = plan.splits[0]
-    images = sum(len(s) for s in plan.splits)
-    return {
-        "manifest_version": describe.MANIFEST_VERSION,
-        "tool": "imagenet-subset",
-        "tool_version": __version__,
-        "name": plan.name,
-        "options": options.output_options(),
-        "classes": describe.class_records(plan.subset, plan.classes),
-        "subset_source": plan.subset.source,
-        "input": plan.input,
-        "splits": {s.split: {"images": len(s), "per_class": np.bincount(s.labels, minlength=len(plan.subset.labels)).tolist()}
-                   for s in plan.splits},
-        "X_train_stats": describe.channel_statistics(totals.sums["train"], totals.squares["train"],
-                                                     len(train) * spec.crop_size * spec.crop_size),
-        "files": {"archive": archive_record, "metadata": metadata_record},
-        "build": {"seconds": round(seconds, 3), "images_per_second": round(images / seconds, 1) if seconds else None,
-                  "workers": workers, "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
-        "sources": {s.split: describe.split_sources(s, totals.row_crcs[s.split]) for s in plan.splits},
-    }
 
 
 def build(options: BuildOptions) -> BuildResult:

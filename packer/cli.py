@@ -82,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     choose.add_argument("--rest", type=_count, help="add a final label 'rest' with N train images from all other classes")
     choose.add_argument("--rest_val", type=_count, help="val images of 'rest' (default: proportional to --rest)")
     choose.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    run = parser.add_argument_group("running at scale")
+    run.add_argument("--on_error", choices=["fail", "skip"], default="fail",
+                     help="an unreadable image stops the run (fail, default) or is left out and listed (skip)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run of the same build, redoing only unfinished chunks")
+    run.add_argument("--shard_size", type=_positive_int,
+                     help="write shards NAME_cls-00000-of-0000N.npz of at most N rows per split, plus an index")
+    run.add_argument("--backend", choices=["local", "dask"], default="local",
+                     help="local processes (default) or an existing Dask cluster (needs --scheduler)")
+    run.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="address of the Dask scheduler")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--recipe", metavar="MANIFEST.json",
                         help="rebuild the archive a manifest describes from --data_dir, and compare (other options "
@@ -100,14 +110,15 @@ def _build(argv: list[str]) -> int:
         from .recipe import rebuild_from_recipe
 
         report = rebuild_from_recipe(args.recipe, args.data_dir, args.devkit_dir, args.out_dir, args.workers,
-                                     progress=not args.quiet)
+                                     progress=not args.quiet, backend=args.backend, scheduler=args.scheduler)
         print(report.summary())
         return 0 if report.archive_matches else 1
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
     options = BuildOptions(args.subset_name, args.data_dir, args.devkit_dir, args.out_dir, args.resize_size,
                            args.crop_size, args.fast, args.compress, args.workers, not args.quiet, args.resize,
                            args.layout, classes, args.search, args.train_per_class, args.val_per_class,
-                           args.holdout_per_class, args.rest, args.rest_val, args.seed)
+                           args.holdout_per_class, args.rest, args.rest_val, args.seed, args.on_error, args.resume,
+                           args.backend, args.scheduler, args.shard_size)
     result = build(options)
     for note in result.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
@@ -223,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
         return 0
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written at the output paths (earlier outputs are untouched)",
-              file=sys.stderr)
+        resumable = "--resume" in argv
+        print(f"{PROG}: interrupted; nothing was written at the output paths (earlier outputs are untouched)"
+              + ("; run the same command again to continue" if resumable else ""), file=sys.stderr)
         return 130

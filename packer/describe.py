@@ -42,6 +42,7 @@ Dates and timings live only here, never in the archive or the CSV.
 """
 import hashlib
 import json
+import os
 import numpy as np
 
 from .subset import REST, Label, SubsetList
@@ -121,6 +122,23 @@ def sha256_of_file(path, block_size: int = 8 << 20) -> str:
     with open(path, "rb") as f:
         while block := f.read(block_size):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path, name: str, sha256: str | None = None) -> dict:
+    """``{file, bytes, sha256}`` of an output (``path`` may be its unfinished copy)."""
+    return {"file": name, "bytes": os.path.getsize(path), "sha256": sha256 or sha256_of_file(path)}
+
+
+def plan_fingerprint(plan, output_options: dict) -> str:
+    """SHA-256 of everything that decides the output bytes: options, labels, and every row."""
+    digest = hashlib.sha256(json.dumps([plan.name, output_options, class_records(plan.subset, plan.classes)],
+                                       sort_keys=True, default=str).encode())
+    for images in plan.splits:
+        digest.update(f"\n{images.split}:{images.root}\n".encode())
+        digest.update("\n".join(images.paths).encode())
+        digest.update(images.ids.tobytes())
+        digest.update(images.labels.tobytes())
     return digest.hexdigest()
 
 

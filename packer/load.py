@@ -4,11 +4,18 @@
 y_val, val_id`` are numpy arrays and whose ``classes`` is the metadata CSV as a
 pandas DataFrame (None when the CSV is not beside the archive).
 
+A sharded set is loaded from its ``<name>_cls.index.json``: labels and ids are
+concatenated, and each image array is a ``ShardedArray`` that reads rows from
+the shards on demand (``len``, ``shape``, integer, slice and index-array
+access; ``np.asarray`` materialises it).
+
 With ``mmap=True`` (the default) every uncompressed member is a read-only
 ``np.memmap`` straight into the ``.npz`` file: nothing is copied or extracted,
 so a 20 GB subset opens at once on a small machine. Compressed members, and
 everything when ``mmap=False``, are read into memory as ``np.load`` would.
 """
+import json
+import re
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -40,10 +47,69 @@ class Subset:
         return self.arrays.keys()
 
 
+_SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}\.npz$")
+
+
+def output_stem(path: str | Path) -> Path:
+    """``out/x_cls`` for any output of a set: ``x_cls.npz``, a shard, ``x_cls.index.json``, ``x_cls.manifest.json``."""
+    path = Path(path)
+    name = _SHARD_SUFFIX.sub("", path.name)
+    for suffix in (".npz", ".index.json", ".manifest.json", "_metadata.csv"):
+        name = name.removesuffix(suffix)
+    return path.with_name(name)
+
+
 def metadata_path_of(archive: str | Path) -> Path:
-    """``out/x_cls_metadata.csv`` for ``out/x_cls.npz``."""
-    archive = Path(archive)
-    return archive.with_name(archive.name.removesuffix(".npz") + "_metadata.csv")
+    """``out/x_cls_metadata.csv`` for ``out/x_cls.npz`` (or a shard, the index, the manifest)."""
+    stem = output_stem(archive)
+    return stem.with_name(stem.name + "_metadata.csv")
+
+
+def shard_paths(index: str | Path) -> list[Path]:
+    """The shard files an index lists, in order."""
+    index = Path(index)
+    try:
+        with open(index, encoding="utf-8") as f:
+            shards = json.load(f)["shards"]
+        return [index.with_name(shard["file"]) for shard in shards]
+    except FileNotFoundError:
+        raise UserError(f"{index} does not exist; build it first or check the path") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{index} is not a readable shard index ({exc}); rebuild the set") from None
+
+
+class ShardedArray:
+    """Rows of one array spread over shards, read on demand; see the module docstring."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.shape = (int(self.starts[-1]),) + tuple(parts[0].shape[1:])
+        self.dtype = parts[0].dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _row(self, i: int) -> np.ndarray:
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {i} out of range for {len(self)} rows")
+        part = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[part][i - self.starts[part]]
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return self._row(int(index))
+        if isinstance(index, tuple):
+            return self[index[0]][(slice(None),) + index[1:]]
+        rows = np.arange(len(self))[index]
+        return np.stack([self._row(int(i)) for i in rows]) if len(rows) else np.empty((0,) + self.shape[1:], self.dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        whole = np.concatenate([np.asarray(p) for p in self.parts])
+        return whole if dtype is None else whole.astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -105,8 +171,13 @@ def array_headers(path: str | Path) -> dict[str, ArrayHeader]:
 
 
 def load(path: str | Path, mmap: bool = True) -> Subset:
-    """Open ``path`` (a ``*_cls.npz``); see the module docstring."""
+    """Open ``path`` (a ``*_cls.npz``, or the ``*_cls.index.json`` of a sharded set); see the module docstring."""
     path = Path(path)
+    if path.name.endswith(".index.json"):
+        shards = [load(shard, mmap) for shard in shard_paths(path)]
+        arrays = {key: (ShardedArray([s.arrays[key] for s in shards]) if key.startswith("X_")
+                        else np.concatenate([s.arrays[key] for s in shards])) for key in shards[0].arrays}
+        return Subset(path, arrays, shards[0].classes)
     headers = array_headers(path)
     arrays = {}
     with _open_zip(path) as archive:

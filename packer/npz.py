@@ -219,7 +219,8 @@ class StoredNpzWriter(_NpzWriter):
 
     compressed = False
 
-    def __init__(self, path: str, specs: list[ArraySpec], arrays: dict[str, np.ndarray]):
+    def __init__(self, path: str, specs: list[ArraySpec], arrays: dict[str, np.ndarray], resume: bool = False):
+        """``resume=True`` keeps the rows already in an existing file at ``path`` (a resumed run)."""
         super().__init__(path, specs, arrays)
         offset = 0
         for spec in sorted(specs, key=lambda s: s.key not in arrays):  # small arrays first
@@ -229,7 +230,8 @@ class StoredNpzWriter(_NpzWriter):
             offset += len(member.local_header()) + member.size + member.descriptor_size
         self._directory_offset = offset
         self._rows_done = {key: 0 for key in self._members}
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        keep = resume and os.path.isfile(path) and os.path.getsize(path) == offset
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | (0 if keep else os.O_TRUNC), 0o644)
         os.ftruncate(self._fd, offset)
         for member in self._members.values():
             header = npy_header(member.spec)
@@ -255,6 +257,10 @@ class StoredNpzWriter(_NpzWriter):
         """File offset where row ``row`` of image array ``key`` starts."""
         member = self._members[key]
         return self._data_offset(member) + row * member.spec.row_bytes
+
+    def write_rows(self, key: str, row: int, data: bytes) -> None:
+        """Write rows of ``key`` from ``row`` on, from this process (workers write their own)."""
+        os.pwrite(self._fd, data, self.pixel_offset(key, row))
 
     def add_chunk(self, key: str, crc: int, nbytes: int, payload: bytes | None = None) -> None:
         """Record the next rows of ``key``, already written at their offsets (``crc``: their CRC-32)."""
@@ -285,6 +291,10 @@ class StoredNpzWriter(_NpzWriter):
             self._sha256.update(block)
             self._hashed += len(block)
 
+    def flush(self) -> None:
+        """Make every row written so far durable (before recording it as done)."""
+        os.fsync(self._fd)
+
     def close(self) -> None:
         """Write the central directory, flush to disk, close the file."""
         directory = self._directory()
@@ -311,7 +321,8 @@ class DeflatedNpzWriter(_NpzWriter):
 
     compressed = True
 
-    def __init__(self, path: str, specs: list[ArraySpec], arrays: dict[str, np.ndarray]):
+    def __init__(self, path: str, specs: list[ArraySpec], arrays: dict[str, np.ndarray], resume: bool = False):
+        """Always starts afresh: a resumed run replays the deflate segments it kept."""
         super().__init__(path, specs, arrays)
         self._file = open(path, "wb")
         self._current: _Member | None = None
@@ -332,6 +343,9 @@ class DeflatedNpzWriter(_NpzWriter):
     def _write(self, data: bytes) -> None:
         self._file.write(data)
         self._sha256.update(data)
+
+    def flush(self) -> None:
+        """Nothing to do: a resumed run rewrites this file from the kept segments."""
 
     def _append(self, segment: bytes, crc: int, nbytes: int) -> None:
         self._write(segment)

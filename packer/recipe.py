@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .build import BuildOptions, BuildPlan, BuildResult, execute
+from .build import BuildOptions, BuildPlan, BuildResult
+from .execute import execute
 from .errors import UserError
 from .subset import Label, SubsetList
 from .tree import SplitImages, class_table, find_tree
@@ -60,7 +61,8 @@ def plan_from_recipe(recipe: dict, data_dir: str, devkit_dir: str | None = None)
 
 
 def rebuild_from_recipe(recipe_path: str | Path, data_dir: str, devkit_dir: str | None = None,
-                        out_dir: str = "out_files", workers: int | None = None, progress: bool = True) -> RecipeReport:
+                        out_dir: str = "out_files", workers: int | None = None, progress: bool = True,
+                        backend: str = "local", scheduler: str | None = None) -> RecipeReport:
     """Build the recipe's archive from ``data_dir`` and compare it with the recipe."""
     recipe = read_manifest(recipe_path)
     try:
@@ -68,7 +70,8 @@ def rebuild_from_recipe(recipe_path: str | Path, data_dir: str, devkit_dir: str 
         plan = plan_from_recipe(recipe, data_dir, devkit_dir)
         build_options = BuildOptions(recipe["name"], str(data_dir), devkit_dir, out_dir, options["resize_size"],
                                      options["crop_size"], options["fast"], options["compress"], workers, progress,
-                                     options.get("resize", "crop"), options.get("layout", "nhwc"))
+                                     options.get("resize", "crop"), options.get("layout", "nhwc"),
+                                     shard_size=options.get("shard_size"), backend=backend, scheduler=scheduler)
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{recipe_path} is not a complete recipe ({exc!r} is missing or wrong); "
                         "use the manifest.json written by a build") from None
@@ -80,5 +83,8 @@ def rebuild_from_recipe(recipe_path: str | Path, data_dir: str, devkit_dir: str 
         for path, theirs, ours in zip(sources["paths"], sources["row_crc32"], rebuilt["sources"][split]["row_crc32"])
         if theirs != ours
     )
-    return RecipeReport(result, result.sha256 == recipe["files"]["archive"]["sha256"],
+    archive_sha = recipe["files"]["archive"]["sha256"] if "archive" in recipe["files"] else \
+        [s["sha256"] for s in recipe["files"]["shards"]]
+    rebuilt_sha = result.sha256 if "archive" in recipe["files"] else [s["sha256"] for s in rebuilt["files"]["shards"]]
+    return RecipeReport(result, rebuilt_sha == archive_sha,
                         rebuilt["files"]["metadata"]["sha256"] == recipe["files"]["metadata"]["sha256"], differing)

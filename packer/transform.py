@@ -25,6 +25,7 @@ The result is a C-contiguous ``uint8`` array of shape (crop, crop, 3), rows top
 to bottom, RGB. ``layout`` ("nhwc" or "nchw") says how the archive stores it;
 ``store_rows`` turns a batch into that layout.
 """
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,7 +83,8 @@ def open_rgb(path: str) -> Image.Image:
             image.load()
             return image if image.mode == "RGB" else image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageError(path, str(exc) or type(exc).__name__) from None
+        reason = (str(exc) or type(exc).__name__).replace(str(path), os.path.basename(path))
+        raise ImageError(path, reason) from None
 
 
 def transform_rgb(image: Image.Image, spec: TransformSpec) -> np.ndarray:

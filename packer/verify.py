@@ -21,13 +21,13 @@ import numpy as np
 
 from .describe import sha256_of_file
 from .errors import UserError
-from .load import array_headers, load, metadata_path_of
+from .load import array_headers, load, metadata_path_of, output_stem, shard_paths
 
 
 def manifest_path_of(archive: str | Path) -> Path:
-    """``out/x_cls.manifest.json`` for ``out/x_cls.npz``."""
-    archive = Path(archive)
-    return archive.with_name(archive.name.removesuffix(".npz") + ".manifest.json")
+    """``out/x_cls.manifest.json`` for ``out/x_cls.npz`` (or a shard, or the index)."""
+    stem = output_stem(archive)
+    return stem.with_name(stem.name + ".manifest.json")
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -52,12 +52,14 @@ def _split_names(headers) -> list[str]:
 def info(path: str | Path) -> str:
     """A readable summary of an archive from its headers, manifest and metadata CSV."""
     path = Path(path)
-    headers = array_headers(path)
+    shards = shard_paths(path) if path.name.endswith(".index.json") else None
+    headers = array_headers(shards[0] if shards else path)
     manifest_path = manifest_path_of(path)
     manifest = read_manifest(manifest_path) if manifest_path.is_file() else None
-    size = path.stat().st_size
+    size = sum(p.stat().st_size for p in shards) if shards else path.stat().st_size
     compressed = any(h.compressed for h in headers.values())
-    lines = [f"{path}  {size / 1e6:,.1f} MB  {'deflated' if compressed else 'stored (memory-mappable)'}"]
+    kind = f"{len(shards)} shards, " if shards else ""
+    lines = [f"{path}  {size / 1e6:,.1f} MB  {kind}{'deflated' if compressed else 'stored (memory-mappable)'}"]
     if manifest:
         options, build = manifest["options"], manifest["build"]
         splits = ", ".join(f"{s['images']} {name}" for name, s in manifest["splits"].items())
@@ -65,13 +67,14 @@ def info(path: str | Path) -> str:
                      f"{splits} images, {len(manifest['classes'])} classes, {build['images_per_second']} images/s")
         lines.append(f"options: resize {options['resize_size']}, crop {options['crop_size']}, "
                      f"{'fast' if options['fast'] else 'exact'}, {'compressed' if options['compress'] else 'stored'}")
-        lines.append(f"sha256: {manifest['files']['archive']['sha256']} (from the manifest; run verify to check)")
+        for record in manifest["files"].get("shards", [manifest["files"].get("archive")]):
+            lines.append(f"sha256: {record['sha256']}  {record['file']} (from the manifest; run verify to check)")
         stats = manifest.get("X_train_stats")
         if stats and stats["mean"][0] is not None:
             lines.append(f"X_train mean {stats['mean']}  std {stats['std']}")
     else:
         lines.append(f"no manifest ({manifest_path.name} not found)")
-    lines.append("arrays:")
+    lines.append("arrays" + (" (first shard):" if shards else ":"))
     for key, header in headers.items():
         lines.append(f"  {key:<12} {str(header.dtype):<7} {header.shape}")
     csv = metadata_path_of(path)
@@ -84,22 +87,34 @@ def info(path: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _damaged_rows(path: Path, manifest: dict) -> list[str]:
-    """Sources of the rows whose pixels no longer match the manifest's CRC-32."""
+def _damaged_rows(path: Path, manifest: dict, first_rows: dict[str, int]) -> list[str]:
+    """Sources of the rows of ``path`` whose pixels no longer match the manifest's CRC-32."""
     data = load(path)
     damaged = []
     for split, sources in manifest["sources"].items():
         images = data.arrays.get(f"X_{split}")
-        if images is None or len(images) != len(sources["row_crc32"]):
+        first = first_rows.get(split, 0)
+        if images is None or first + len(images) > len(sources["row_crc32"]):
             continue
-        for row, expected in enumerate(sources["row_crc32"]):
-            if zlib.crc32(np.ascontiguousarray(images[row])) != expected:
-                damaged.append(f"X_{split} row {row} ({sources['paths'][row]})")
+        for row in range(len(images)):
+            if zlib.crc32(np.ascontiguousarray(images[row])) != sources["row_crc32"][first + row]:
+                damaged.append(f"X_{split} row {first + row} ({sources['paths'][first + row]})")
     return damaged
 
 
+def _archives_of(path: Path, manifest: dict | None) -> list[tuple[Path, dict | None]]:
+    """The archive files to check, each with its manifest record (None without a manifest)."""
+    shards = manifest["files"].get("shards") if manifest else None
+    if path.name.endswith(".index.json"):
+        records = shards or [None] * len(shard_paths(path))
+        return list(zip(shard_paths(path), records))
+    if shards:
+        return [(path, next((r for r in shards if r["file"] == path.name), None))]
+    return [(path, manifest["files"]["archive"] if manifest else None)]
+
+
 def verify(path: str | Path) -> list[str]:
-    """Every problem found with the archive at ``path`` (an empty list: all checks hold)."""
+    """Every problem found with the archive (or sharded set) at ``path``; an empty list: all checks hold."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist; build it first or check the path")
@@ -109,26 +124,29 @@ def verify(path: str | Path) -> list[str]:
     except UserError as exc:
         manifest = None
         problems.append(str(exc))
-    if manifest:
-        expected = manifest["files"]["archive"]
-        size = path.stat().st_size
-        if size != expected["bytes"]:
-            problems.append(f"{path} is {size} bytes but the manifest says {expected['bytes']}: "
-                            f"{'truncated' if size < expected['bytes'] else 'extended'}; rebuild or re-download it")
-        elif sha256_of_file(path) != expected["sha256"]:
-            problems.append(f"{path}: SHA-256 differs from the manifest: the file was changed or damaged")
-            try:
-                damaged = _damaged_rows(path, manifest)
-            except UserError:
-                damaged = []
-            if damaged:
-                problems.append(f"{len(damaged)} image rows differ from their recorded CRC-32: "
-                                + ", ".join(damaged[:5]) + (" ..." if len(damaged) > 5 else ""))
-    try:
-        headers = array_headers(path)
-    except UserError as exc:
-        return problems + [str(exc)]
-    problems += _structure_problems(path, headers, manifest)
+    archives = _archives_of(path, manifest)
+    labels, ids = {}, {}
+    for archive, record in archives:
+        if not archive.is_file():
+            problems.append(f"{archive} is missing")
+            continue
+        first_rows = {split: rows[0] for split, rows in record.get("rows", {}).items()} if record else {}
+        if record:
+            problems += _checksum_problems(archive, record, manifest, first_rows)
+        try:
+            headers = array_headers(archive)
+        except UserError as exc:
+            problems.append(str(exc))
+            continue
+        problems += _structure_problems(archive, headers, manifest)
+        data = load(archive)
+        for split in _split_names(headers):
+            if f"y_{split}" in headers and f"{split}_id" in headers:
+                labels.setdefault(split, []).append(np.asarray(data[f"y_{split}"]))
+                ids.setdefault(split, []).append(np.asarray(data[f"{split}_id"]))
+    whole_set = len(archives) > 1 or not (manifest and manifest["files"].get("shards"))
+    if manifest and whole_set and not any("missing" in p for p in problems):
+        problems += _count_problems(path, manifest, labels, ids)
     csv = metadata_path_of(path)
     if manifest and csv.is_file() and sha256_of_file(csv) != manifest["files"]["metadata"]["sha256"]:
         problems.append(f"{csv}: SHA-256 differs from the manifest: the file was changed")
@@ -137,40 +155,61 @@ def verify(path: str | Path) -> list[str]:
     return problems
 
 
+def _checksum_problems(archive: Path, record: dict, manifest: dict, first_rows: dict[str, int]) -> list[str]:
+    size = archive.stat().st_size
+    if size != record["bytes"]:
+        return [f"{archive} is {size} bytes but the manifest says {record['bytes']}: "
+                f"{'truncated' if size < record['bytes'] else 'extended'}; rebuild or re-download it"]
+    if sha256_of_file(archive) == record["sha256"]:
+        return []
+    problems = [f"{archive}: SHA-256 differs from the manifest: the file was changed or damaged"]
+    try:
+        damaged = _damaged_rows(archive, manifest, first_rows)
+    except UserError:
+        damaged = []
+    if damaged:
+        problems.append(f"{len(damaged)} image rows differ from their recorded CRC-32: "
+                        + ", ".join(damaged[:5]) + (" ..." if len(damaged) > 5 else ""))
+    return problems
+
+
+def _count_problems(path: Path, manifest: dict, labels: dict, ids: dict) -> list[str]:
+    problems = []
+    for split, recorded in manifest["splits"].items():
+        y = np.concatenate(labels.get(split, [np.zeros(0, np.int32)]))
+        split_ids = np.concatenate(ids.get(split, [np.zeros(0, np.int32)]))
+        if len(y) != recorded["images"]:
+            problems.append(f"{path}: X_{split} has {len(y)} images, the manifest says {recorded['images']}")
+        elif y.size and (y.min() < 0 or y.max() >= len(recorded["per_class"])):
+            problems.append(f"{path}: y_{split} has labels outside 0..{len(recorded['per_class']) - 1}")
+        elif np.bincount(y, minlength=len(recorded["per_class"])).tolist() != recorded["per_class"]:
+            problems.append(f"{path}: per-class counts of y_{split} differ from the manifest")
+        if len(np.unique(split_ids)) != len(split_ids):
+            problems.append(f"{path}: {split}_id has repeated ids")
+    return problems
+
+
 def _structure_problems(path: Path, headers, manifest: dict | None) -> list[str]:
+    """Keys, dtypes and shapes of one archive."""
     problems = []
     splits = _split_names(headers)
     if "train" not in splits or "val" not in splits:
         problems.append(f"{path}: expected arrays X_train and X_val, found {', '.join(headers)}")
     crop = manifest["options"]["crop_size"] if manifest else None
     channels_first = bool(manifest) and manifest["options"].get("layout") == "nchw"
-    num_classes = len(manifest["classes"]) if manifest else None
-    data = load(path)
     for split in splits:
         x_key, y_key, id_key = f"X_{split}", f"y_{split}", f"{split}_id"
         missing = [k for k in (y_key, id_key) if k not in headers]
         if missing:
             problems.append(f"{path}: {x_key} has no {' or '.join(missing)}")
             continue
-        x, y, ids = headers[x_key], headers[y_key], headers[id_key]
-        n = x.shape[0]
+        x = headers[x_key]
         side = crop or "S"
         expected, image_shape = ((f"(N, 3, {side}, {side})", x.shape[1:]) if channels_first
                                  else (f"(N, {side}, {side}, 3)", x.shape[1:][::-1]))
         if x.dtype != np.uint8 or len(x.shape) != 4 or image_shape[0] != 3 or (crop and image_shape[1:] != (crop, crop)):
             problems.append(f"{path}: {x_key} is {x.dtype} {x.shape}, expected uint8 {expected}")
-        for header in (y, ids):
-            if header.dtype != np.int32 or header.shape != (n,):
-                problems.append(f"{path}: {header.key} is {header.dtype} {header.shape}, expected int32 ({n},)")
-        labels, id_values = np.asarray(data[y_key]), np.asarray(data[id_key])
-        if num_classes is not None and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-            problems.append(f"{path}: {y_key} has labels outside 0..{num_classes - 1}")
-        if len(np.unique(id_values)) != len(id_values):
-            problems.append(f"{path}: {id_key} has repeated ids")
-        if manifest and split in manifest["splits"]:
-            recorded = manifest["splits"][split]
-            if n != recorded["images"]:
-                problems.append(f"{path}: {x_key} has {n} images, the manifest says {recorded['images']}")
-            elif labels.size == n and np.bincount(labels.clip(0), minlength=len(recorded["per_class"])).tolist() != recorded["per_class"]:
-                problems.append(f"{path}: per-class counts of {y_key} differ from the manifest")
+        for header in (headers[y_key], headers[id_key]):
+            if header.dtype != np.int32 or header.shape != (x.shape[0],):
+                problems.append(f"{path}: {header.key} is {header.dtype} {header.shape}, expected int32 ({x.shape[0]},)")
     return problems

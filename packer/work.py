@@ -12,8 +12,14 @@ and never touches pixels when the archive is uncompressed.
 Chunk boundaries depend only on ``CHUNK_SIZE``, never on the worker count, so
 the output bytes are the same whatever ``workers`` is.
 
-Work goes through joblib (``loky`` processes by default) with at most two
-chunks per worker in flight, so memory stays flat whatever the number of images.
+Work goes through joblib with at most two chunks per worker in flight, so
+memory stays flat whatever the number of images: ``loky`` processes on this
+machine by default, or an existing Dask cluster (``backend="dask"``, through
+joblib's Dask backend; the workers must see the same paths).
+
+With ``skip_errors`` a worker leaves an unreadable image's row zero and
+reports it in ``failed``; the caller removes such rows afterwards, so no
+blank image ever reaches the final archive.
 """
 import os
 import zlib
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .crc32 import crc32_of_parts
+from .errors import ImageError
 from .npz import deflate_segment
 from .transform import TransformSpec, store_rows, transform_image
 
@@ -38,6 +45,8 @@ class Chunk:
     paths: tuple[str, ...]
     archive: str | None = None
     offset: int = 0
+    part: int = 0
+    skip_errors: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,8 @@ class ChunkResult:
     channel_sums: tuple[int, int, int]
     channel_squares: tuple[int, int, int]
     payload: bytes | None = None
+    part: int = 0
+    failed: tuple[tuple[int, str, str], ...] = ()  # (row, path, reason) of images left out
 
     @property
     def count(self) -> int:
@@ -69,8 +80,15 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 def pack_chunk(chunk: Chunk, spec: TransformSpec) -> ChunkResult:
     """Transform the chunk's images into rows, checksum them, and write or deflate them."""
     rows = np.empty((len(chunk.paths), spec.crop_size, spec.crop_size, 3), dtype=np.uint8)
+    failed = []
     for i, path in enumerate(chunk.paths):
-        rows[i] = transform_image(path, spec)
+        try:
+            rows[i] = transform_image(path, spec)
+        except ImageError as exc:
+            if not chunk.skip_errors:
+                raise
+            rows[i] = 0
+            failed.append((chunk.start + i, path, exc.reason))
     sums, squares = channel_sums(rows)
     rows = store_rows(rows, spec)
     data = memoryview(rows).cast("B")
@@ -85,7 +103,8 @@ def pack_chunk(chunk: Chunk, spec: TransformSpec) -> ChunkResult:
         finally:
             os.close(fd)
     crc = crc32_of_parts(row_crcs, rows[0].nbytes) if len(rows) else 0
-    return ChunkResult(chunk.key, chunk.start, row_crcs, crc, len(data), sums, squares, payload)
+    return ChunkResult(chunk.key, chunk.start, row_crcs, crc, len(data), sums, squares, payload, chunk.part,
+                       tuple(failed))
 
 
 def channel_sums(rows: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -100,13 +119,34 @@ def channel_sums(rows: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(int(v) for v in sums), tuple(int(v) for v in square_sums)
 
 
-def run_chunks(chunks: Iterable[Chunk], spec: TransformSpec, workers: int) -> Iterator[ChunkResult]:
-    """``pack_chunk`` over ``chunks`` on ``workers`` processes; results come back in chunk order."""
-    if workers == 1:
-        for chunk in chunks:
-            yield pack_chunk(chunk, spec)
-        return
-    from joblib import Parallel, delayed
+def run_chunks(chunks: Iterable[Chunk], spec: TransformSpec, workers: int, backend: str = "local",
+               scheduler: str | None = None, done: dict | None = None) -> Iterator[ChunkResult]:
+    """``pack_chunk`` over ``chunks``; results come back in chunk order.
 
-    parallel = Parallel(n_jobs=workers, return_as="generator", pre_dispatch="2*n_jobs", batch_size=1)
-    yield from parallel(delayed(pack_chunk)(chunk, spec) for chunk in chunks)
+    ``done`` maps ``(part, key, start)`` to results of an earlier run: those
+    chunks are not redone, their results are yielded in their place.
+    ``backend`` is ``"local"`` (joblib's loky processes; in-process when
+    ``workers == 1``) or ``"dask"`` (the cluster whose scheduler is ``scheduler``).
+    """
+    done = done or {}
+    chunks = list(chunks) if done else chunks
+    todo = (c for c in chunks if (c.part, c.key, c.start) not in done)
+    if backend == "local" and workers == 1:
+        fresh = (pack_chunk(chunk, spec) for chunk in todo)
+    else:
+        fresh = _parallel_results(todo, spec, workers, backend, scheduler)
+    if not done:
+        yield from fresh
+        return
+    for chunk in chunks:
+        key = (chunk.part, chunk.key, chunk.start)
+        yield done[key] if key in done else next(fresh)
+
+
+def _parallel_results(chunks, spec: TransformSpec, workers: int, backend: str, scheduler: str | None):
+    from joblib import Parallel, delayed, parallel_config
+
+    config = {"backend": "dask", "scheduler_host": scheduler} if backend == "dask" else {"backend": "loky"}
+    with parallel_config(**config):
+        parallel = Parallel(n_jobs=workers, return_as="generator", pre_dispatch="2*n_jobs", batch_size=1)
+        yield from parallel(delayed(pack_chunk)(chunk, spec) for chunk in chunks)

@@ -1,0 +1,291 @@
+"""Pack a planned build into archives on disk, safely.
+
+    parts (one archive, or shards) -> writers in the work folder
+      -> run_chunks (local processes or Dask) -> journal -> close
+      -> drop unreadable images (--on_error skip) -> metadata CSV, manifest, index
+      -> rename every output into place -> remove the work folder
+
+Outputs in ``out_dir``: ``<name>_cls.npz`` (or shards
+``<name>_cls-00000-of-0000N.npz`` with at most ``shard_size`` rows of each
+split, and ``<name>_cls.index.json`` listing them), ``<name>_cls_metadata.csv``
+and ``<name>_cls.manifest.json``. Until the last step everything lives in the
+work folder (``workdir.py``), so a failed or interrupted run leaves nothing at
+the final paths and never touches an earlier output.
+"""
+import datetime
+import json
+import math
+import os
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import describe
+from .crc32 import crc32_of_parts
+from .errors import UserError
+from .npz import ArraySpec, DeflatedNpzWriter, StoredNpzWriter, deflate_segment
+from .transform import TransformSpec
+from .work import CHUNK_SIZE, Chunk, run_chunks
+from .workdir import WorkFolder
+
+
+@dataclass(frozen=True)
+class ArchivePart:
+    """One output archive: its file name and the rows ``[start, end)`` of each split it holds."""
+
+    file_name: str
+    rows: dict[str, tuple[int, int]]
+
+
+def plan_parts(name: str, splits, shard_size: int | None) -> list[ArchivePart]:
+    """One archive, or shards of at most ``shard_size`` rows of each split."""
+    if not shard_size:
+        return [ArchivePart(f"{name}_cls.npz", {s.split: (0, len(s)) for s in splits})]
+    count = max(1, math.ceil(max(len(s) for s in splits) / shard_size))
+    return [ArchivePart(f"{name}_cls-{i:05d}-of-{count:05d}.npz",
+                        {s.split: (min(i * shard_size, len(s)), min((i + 1) * shard_size, len(s))) for s in splits})
+            for i in range(count)]
+
+
+def _array_specs(part: ArchivePart, spec: TransformSpec) -> list[ArraySpec]:
+    specs = []
+    for split, (start, end) in part.rows.items():
+        n = end - start
+        specs += [ArraySpec(f"X_{split}", "|u1", spec.stored_shape(n)), ArraySpec(f"y_{split}", "<i4", (n,)),
+                  ArraySpec(f"{split}_id", "<i4", (n,))]
+    return specs
+
+
+def _small_arrays(part: ArchivePart, splits) -> dict[str, np.ndarray]:
+    arrays = {}
+    for images in splits:
+        start, end = part.rows[images.split]
+        arrays[f"y_{images.split}"] = images.labels[start:end]
+        arrays[f"{images.split}_id"] = images.ids[start:end]
+    return arrays
+
+
+def _chunks(parts: list[ArchivePart], splits, writers, skip_errors: bool):
+    for p, (part, writer) in enumerate(zip(parts, writers)):
+        for images in splits:
+            first, end = part.rows[images.split]
+            key, root = f"X_{images.split}", str(images.root)
+            for start in range(0, end - first, CHUNK_SIZE):
+                paths = tuple(os.path.join(root, path)
+                              for path in images.paths[first + start:min(first + start + CHUNK_SIZE, end)])
+                target = (None, 0) if writer.compressed else (writer.path, writer.pixel_offset(key, start))
+                yield Chunk(key, start, paths, *target, part=p, skip_errors=skip_errors)
+
+
+@dataclass
+class _Totals:
+    """What the parent accumulates from the chunk results, per split (global rows)."""
+
+    row_crcs: dict[str, np.ndarray]
+    sums: dict[str, np.ndarray]
+    squares: dict[str, np.ndarray]
+    failed: dict[str, dict[int, str]]  # split -> {row: reason}
+
+
+def _run(parts, splits, writers, work: WorkFolder, spec: TransformSpec, options) -> _Totals:
+    """Feed the chunks to the workers and the results to the writers and the journal."""
+    from tqdm import tqdm
+
+    totals = _Totals({s.split: np.zeros(len(s), dtype=np.uint32) for s in splits},
+                     {s.split: np.zeros(3, dtype=np.uint64) for s in splits},
+                     {s.split: np.zeros(3, dtype=np.uint64) for s in splits}, {s.split: {} for s in splits})
+    done = work.finished_chunks()
+    sizes = {images.split: len(images) for images in splits}
+    bars = {}
+    chunks = _chunks(parts, splits, writers, options.on_error == "skip")
+    try:
+        for result in run_chunks(chunks, spec, _workers(options), options.backend, options.scheduler, done):
+            writers[result.part].add_chunk(result.key, result.crc32, result.nbytes, result.payload)
+            if (result.part, result.key, result.start) not in done:
+                work.record(result, writers)
+            split = result.key.removeprefix("X_")
+            first = parts[result.part].rows[split][0] + result.start
+            totals.row_crcs[split][first:first + result.count] = result.row_crcs
+            totals.sums[split] += np.array(result.channel_sums, dtype=np.uint64)
+            totals.squares[split] += np.array(result.channel_squares, dtype=np.uint64)
+            for row, _, reason in result.failed:
+                totals.failed[split][parts[result.part].rows[split][0] + row] = reason
+            if split not in bars:
+                bars[split] = tqdm(total=sizes[split], desc=split, unit="img", disable=not options.progress,
+                                   dynamic_ncols=True, initial=0)
+            bars[split].update(result.count)
+        work.flush(writers)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    return totals
+
+
+def _workers(options) -> int:
+    from .build import default_workers
+
+    workers = default_workers() if options.workers is None else options.workers
+    if not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--workers {workers!r} must be a whole number of at least 1")
+    return workers
+
+
+def _stored_rows(paths: list[str], parts: list[ArchivePart], split: str, row_bytes: int):
+    """The rows of ``X_<split>`` across the closed archives ``paths``, in order: ``(row, bytes)``."""
+    for path, part in zip(paths, parts):
+        start, end = part.rows[split]
+        if start == end:
+            continue
+        with zipfile.ZipFile(path) as archive, archive.open(f"X_{split}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(member)
+            for row in range(start, end):
+                yield row, member.read(row_bytes)
+
+
+def _without_failed(name: str, parts, splits, writers, totals: _Totals, work: WorkFolder, spec, options):
+    """Rewrite the archives without the rows of unreadable images (one sequential copy).
+
+    Returns the new parts, splits and (closed) writers; ``totals.row_crcs`` is updated.
+    """
+    keep = {s.split: np.array([r for r in range(len(s)) if r not in totals.failed[s.split]], dtype=np.int64)
+            for s in splits}
+    new_splits = [s.take(keep[s.split]) for s in splits]
+    new_parts = plan_parts(name, new_splits, options.shard_size)
+    writer_class = type(writers[0])
+    new_writers = [writer_class(work.partial(p.file_name) + ".compact", _array_specs(p, spec),
+                                _small_arrays(p, new_splits)) for p in new_parts]
+    row_bytes = int(np.prod(spec.stored_shape(1)))
+    old_paths = [w.path for w in writers]
+    for images in splits:
+        split, key = images.split, f"X_{images.split}"
+        failed = totals.failed[split]
+        source = ((row, data) for row, data in _stored_rows(old_paths, parts, split, row_bytes) if row not in failed)
+        for part, writer in zip(new_parts, new_writers):
+            start, end = part.rows[split]
+            for first in range(start, end, CHUNK_SIZE):
+                data = b"".join(next(source)[1] for _ in range(min(CHUNK_SIZE, end - first)))
+                crc = crc32_of_parts(totals.row_crcs[split][keep[split][first:first + len(data) // row_bytes]], row_bytes)
+                if writer.compressed:
+                    writer.add_chunk(key, crc, len(data), deflate_segment(data))
+                else:
+                    writer.write_rows(key, first - start, data)
+                    writer.add_chunk(key, crc, len(data))
+    for writer in writers:
+        os.remove(writer.path)
+    for part, writer in zip(new_parts, new_writers):
+        writer.close()
+        os.replace(writer.path, work.partial(part.file_name))
+        writer.path = work.partial(part.file_name)
+    totals.row_crcs = {split: totals.row_crcs[split][rows] for split, rows in keep.items()}
+    return new_parts, new_splits, new_writers
+
+
+def execute(plan, options, started: float | None = None):
+    """Pack the images of ``plan`` with ``options``; see the module docstring for the guarantees."""
+    from .build import BuildResult, check_options
+
+    started = time.perf_counter() if started is None else started
+    spec = check_options(options)
+    out_dir = Path(options.out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out_dir {out_dir}: {exc.strerror}; choose a writable folder") from None
+    splits = list(plan.splits)
+    parts = plan_parts(plan.name, splits, options.shard_size)
+    needed = sum(s.nbytes for part in parts for s in _array_specs(part, spec))
+    free = shutil.disk_usage(out_dir).free
+    if not options.compress and needed > free:
+        raise UserError(f"--out_dir {out_dir} has {free / 1e9:.1f} GB free but the archive needs "
+                        f"{needed / 1e9:.1f} GB; free some space, choose another folder, or add --compress")
+    work = WorkFolder(out_dir, plan.name, describe.plan_fingerprint(plan, options.output_options()), options.resume)
+    finished = False
+    writers = []
+    try:
+        writer_class = DeflatedNpzWriter if options.compress else StoredNpzWriter
+        for part in parts:
+            writers.append(writer_class(work.partial(part.file_name), _array_specs(part, spec),
+                                        _small_arrays(part, splits), resume=work.resumed))
+        totals = _run(parts, splits, writers, work, spec, options)
+        for writer in writers:
+            writer.close()
+        skipped = [{"split": s.split, "path": s.paths[row], "reason": reason}
+                   for s in splits for row, reason in sorted(totals.failed[s.split].items())]
+        if skipped:
+            parts, splits, writers = _without_failed(plan.name, parts, splits, writers, totals, work, spec, options)
+        outputs = _describe(plan, options, splits, parts, writers, totals, work, spec, skipped, started)
+        for file_name in outputs:
+            os.replace(work.partial(file_name), out_dir / file_name)
+        finished = True
+    except OSError as exc:
+        raise UserError(f"writing to {out_dir} failed: {exc.strerror or exc}; free space or fix permissions and "
+                        "run again (earlier outputs are untouched)") from None
+    finally:
+        for writer in writers:
+            writer.abort()
+        if finished or not options.resume:
+            work.remove()
+        else:
+            work.release()
+    notes = tuple(note for images in splits for note in images.notes) + plan.notes
+    if skipped:
+        notes += (f"left out {len(skipped)} unreadable images (listed in the manifest): "
+                  + ", ".join(f"{s['path']} ({s['reason']})" for s in skipped[:3])
+                  + (" ..." if len(skipped) > 3 else ""),)
+    archive = out_dir / (parts[0].file_name if len(parts) == 1 else f"{plan.name}_cls.index.json")
+    return BuildResult(plan.name, archive, out_dir / f"{plan.name}_cls_metadata.csv",
+                       out_dir / f"{plan.name}_cls.manifest.json", {s.split: len(s) for s in splits},
+                       len(plan.subset.labels), sum((out_dir / p.file_name).stat().st_size for p in parts),
+                       writers[0].sha256 if len(parts) == 1 else describe.sha256_of_file(archive),
+                       time.perf_counter() - started, notes, tuple(out_dir / p.file_name for p in parts))
+
+
+def _describe(plan, options, splits, parts, writers, totals, work, spec, skipped, started) -> list[str]:
+    """Write the metadata CSV, the manifest and (for shards) the index; returns all output file names."""
+    from . import __version__
+
+    name = plan.name
+    metadata_name, manifest_name, index_name = (f"{name}_cls_metadata.csv", f"{name}_cls.manifest.json",
+                                                f"{name}_cls.index.json")
+    describe.write_metadata_csv(describe.metadata_table(plan.subset, plan.classes, splits), work.partial(metadata_name))
+    archives = [describe.file_record(Path(w.path), p.file_name, w.sha256) | {"rows": {k: list(v) for k, v in p.rows.items()}}
+                for p, w in zip(parts, writers)]
+    files = {"metadata": describe.file_record(Path(work.partial(metadata_name)), metadata_name)}
+    outputs = [p.file_name for p in parts] + [metadata_name, manifest_name]
+    if len(parts) == 1:
+        files["archive"] = {k: v for k, v in archives[0].items() if k != "rows"}
+    else:
+        files["shards"] = archives
+        describe.write_json({"name": name, "manifest": manifest_name, "metadata": metadata_name, "shards": archives},
+                            work.partial(index_name))
+        files["index"] = index_name
+        outputs.append(index_name)
+    seconds = time.perf_counter() - started
+    images = sum(len(s) for s in splits)
+    train_pixels = len(splits[0]) * spec.crop_size * spec.crop_size
+    manifest = {
+        "manifest_version": describe.MANIFEST_VERSION,
+        "tool": "imagenet-subset",
+        "tool_version": __version__,
+        "name": name,
+        "options": options.output_options(),
+        "classes": describe.class_records(plan.subset, plan.classes),
+        "subset_source": plan.subset.source,
+        "input": plan.input,
+        "splits": {s.split: {"images": len(s), "per_class": np.bincount(s.labels, minlength=len(plan.subset.labels)).tolist()}
+                   for s in splits},
+        "X_train_stats": describe.channel_statistics(totals.sums["train"], totals.squares["train"], train_pixels),
+        "files": files,
+        "skipped": skipped,
+        "build": {"seconds": round(seconds, 3), "images_per_second": round(images / seconds, 1) if seconds else None,
+                  "workers": _workers(options), "backend": options.backend, "resumed": work.resumed,
+                  "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+        "sources": {s.split: describe.split_sources(s, totals.row_crcs[s.split]) for s in splits},
+    }
+    describe.write_json(manifest, work.partial(manifest_name))
+    return outputs

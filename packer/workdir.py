@@ -1,0 +1,119 @@
+"""The work folder of a run: partial files, a journal of finished chunks, a lock.
+
+Every build keeps its unfinished outputs in ``<out_dir>/.<name>_cls.work/``::
+
+    lock                 held (flock) by the running build; a second one is refused
+    plan.sha256          fingerprint of what is being built (options and every row)
+    journal.jsonl        one JSON line per finished chunk, appended in row order
+    segments/            deflate segments of finished chunks (--compress only)
+    <file>.partial       the archives, CSV and manifest being written
+
+A chunk is written to the journal only after its rows are flushed to disk, so
+after any interruption (Ctrl-C, SIGKILL, a lost machine) ``--resume`` redoes
+only the chunks that are not in the journal. The folder is removed when the
+outputs are in place, and when a run without ``--resume`` is stopped cleanly.
+"""
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from .errors import UserError
+from .work import ChunkResult
+
+FLUSH_SECONDS = 2.0
+
+
+class WorkFolder:
+    """A locked work folder; see the module docstring."""
+
+    def __init__(self, out_dir: Path, name: str, fingerprint: str, resume: bool):
+        self.path = out_dir / f".{name}_cls.work"
+        self.resumed = False
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path / "lock", "w")
+        except OSError as exc:
+            raise UserError(f"cannot write to --out_dir {out_dir}: {exc.strerror}; choose a writable folder") from None
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"another build is writing {self.path} right now; wait for it or stop it") from None
+        stamp = self.path / "plan.sha256"
+        if resume and stamp.is_file() and stamp.read_text().strip() == fingerprint:
+            self.resumed = True
+        else:
+            for entry in self.path.iterdir():
+                if entry.name != "lock":
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            stamp.write_text(fingerprint + "\n")
+        (self.path / "segments").mkdir(exist_ok=True)
+        self._pending: list[ChunkResult] = []
+        self._last_flush = time.monotonic()
+
+    def partial(self, file_name: str) -> str:
+        """Where the unfinished version of output ``file_name`` lives."""
+        return str(self.path / f"{file_name}.partial")
+
+    def finished_chunks(self) -> dict:
+        """Results of the chunks an earlier run finished: ``(part, key, start) -> ChunkResult``."""
+        done = {}
+        journal = self.path / "journal.jsonl"
+        if not self.resumed or not journal.is_file():
+            return done
+        with open(journal, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line cut short by the interruption: that chunk is redone
+                segment = self.path / "segments" / record["segment"] if record["segment"] else None
+                if segment is not None and not segment.is_file():
+                    continue
+                result = ChunkResult(record["key"], record["start"], tuple(record["row_crcs"]), record["crc32"],
+                                     record["nbytes"], tuple(record["sums"]), tuple(record["squares"]),
+                                     segment.read_bytes() if segment else None, record["part"],
+                                     tuple(tuple(f) for f in record["failed"]))
+                done[(result.part, result.key, result.start)] = result
+        return done
+
+    def record(self, result: ChunkResult, writers) -> None:
+        """Note a finished chunk; every few seconds flush the archives, then the journal."""
+        self._pending.append(result)
+        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush(writers)
+
+    def flush(self, writers) -> None:
+        if not self._pending:
+            return
+        for writer in writers:
+            writer.flush()
+        lines = []
+        for r in self._pending:
+            segment = None
+            if r.payload is not None:
+                segment = f"{r.part}-{r.key}-{r.start}.deflate"
+                with open(self.path / "segments" / segment, "wb") as f:
+                    f.write(r.payload)
+                    os.fsync(f.fileno())
+            lines.append(json.dumps({"part": r.part, "key": r.key, "start": r.start, "row_crcs": list(r.row_crcs),
+                                     "crc32": r.crc32, "nbytes": r.nbytes, "sums": list(r.channel_sums),
+                                     "squares": list(r.channel_squares), "segment": segment,
+                                     "failed": [list(f) for f in r.failed]}) + "\n")
+        with open(self.path / "journal.jsonl", "a", encoding="utf-8") as f:
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+        self._pending = []
+        self._last_flush = time.monotonic()
+
+    def remove(self) -> None:
+        """Delete the folder (after success, or when a run without --resume stops)."""
+        self._lock.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def release(self) -> None:
+        """Unlock, keeping the folder for a later ``--resume``."""
+        self._lock.close()
