@@ -4,11 +4,15 @@
     result = packer.build_subset("imagenet30", data_dir="ILSVRC/Data/CLS-LOC")
     data = packer.load(result.archive)          # data.X_train, data.y_train, ..., data.classes
 """
-from .build import BuildOptions, BuildResult, build, build_subset
+from .build import BuildOptions, BuildPlan, BuildResult, build, build_subset, plan_build
 from .errors import ImageError, UserError
-from .load import Subset, load
+from .load import ShardedArray, Subset, load
+from .preview import contact_sheet, write_preview
+from .recipe import rebuild_from_recipe
+from .verify import info, verify
 
 __version__ = "0.1.0"
 
-__all__ = ["BuildOptions", "BuildResult", "ImageError", "Subset", "UserError", "build", "build_subset",
-           "load", "__version__"]
+__all__ = ["BuildOptions", "BuildPlan", "BuildResult", "ImageError", "ShardedArray", "Subset", "UserError", "build",
+           "build_subset", "contact_sheet", "info", "load", "plan_build", "rebuild_from_recipe", "verify",
+           "write_preview", "__version__"]

@@ -28,6 +28,13 @@ COMMANDS = """commands:
 run "imagenet-subset COMMAND --help" for a command's options"""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is a one-line ``UserError`` (exit code 1) like every other bad input."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -49,7 +56,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="Pack a subset of a local ImageNet (ILSVRC CLS-LOC) into a NumPy .npz archive.",
         epilog=COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subset_name",
@@ -128,7 +135,7 @@ def _build(argv: list[str]) -> int:
 
 
 def _demo(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"{PROG} demo",
+    parser = _Parser(prog=f"{PROG} demo",
                                      description="Write a small synthetic ILSVRC tree (Kaggle layout) and pack it.")
     parser.add_argument("--dir", help="where to write the tree (default: a temporary folder, removed afterwards)")
     parser.add_argument("--out_dir", default="out_files", help="output folder (default: out_files)")
@@ -154,7 +161,7 @@ def _demo(argv: list[str]) -> int:
 
 
 def _info(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"{PROG} info", description="Summarise an archive from its headers and manifest.")
+    parser = _Parser(prog=f"{PROG} info", description="Summarise an archive from its headers and manifest.")
     parser.add_argument("archive", help="a *_cls.npz file")
     from .verify import info
 
@@ -163,7 +170,7 @@ def _info(argv: list[str]) -> int:
 
 
 def _verify(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"{PROG} verify",
+    parser = _Parser(prog=f"{PROG} verify",
                                      description="Recompute the checksums and check the structure of an archive.")
     parser.add_argument("archive", help="a *_cls.npz file (its manifest must be beside it)")
     from .verify import verify
@@ -177,7 +184,7 @@ def _verify(argv: list[str]) -> int:
 
 
 def _preview(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"{PROG} preview", description="Draw a contact sheet of an archive.")
+    parser = _Parser(prog=f"{PROG} preview", description="Draw a contact sheet of an archive.")
     parser.add_argument("archive", help="a *_cls.npz file")
     parser.add_argument("-o", "--output", default="preview.png", help="image to write (default: preview.png)")
     parser.add_argument("--split", default="train", help="split to show (default: train)")
@@ -193,7 +200,7 @@ def _preview(argv: list[str]) -> int:
 
 
 def _classes(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"{PROG} classes",
+    parser = _Parser(prog=f"{PROG} classes",
                                      description="List the classes a tree holds: WNID, image counts, name.")
     parser.add_argument("--data_dir", default="./Data/CLS-LOC", help="folder holding train/ and val/")
     parser.add_argument("--devkit_dir", help="folder with map_clsloc.txt, if not found beside the data")

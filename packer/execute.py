@@ -223,7 +223,8 @@ def execute(plan, options, started: float | None = None):
             os.replace(work.partial(file_name), out_dir / file_name)
         finished = True
     except OSError as exc:
-        raise UserError(f"writing to {out_dir} failed: {exc.strerror or exc}; free space or fix permissions and "
+        target = out_dir / (parts[0].file_name if len(parts) == 1 else f"{plan.name}_cls.index.json")
+        raise UserError(f"writing {target} failed: {exc.strerror or exc}; free space or fix permissions and "
                         "run again (earlier outputs are untouched)") from None
     finally:
         for writer in writers:
@@ -243,6 +244,11 @@ def execute(plan, options, started: float | None = None):
                        len(plan.subset.labels), sum((out_dir / p.file_name).stat().st_size for p in parts),
                        writers[0].sha256 if len(parts) == 1 else describe.sha256_of_file(archive),
                        time.perf_counter() - started, notes, tuple(out_dir / p.file_name for p in parts))
+
+
+def _shareable(source: str) -> str:
+    """A class list's source without the folders it was read from (the manifest is meant to be shared)."""
+    return source if source.startswith(("built-in:", "--", "recipe")) else Path(source).name
 
 
 def _describe(plan, options, splits, parts, writers, totals, work, spec, skipped, started) -> list[str]:
@@ -275,7 +281,7 @@ def _describe(plan, options, splits, parts, writers, totals, work, spec, skipped
         "name": name,
         "options": options.output_options(),
         "classes": describe.class_records(plan.subset, plan.classes),
-        "subset_source": plan.subset.source,
+        "subset_source": _shareable(plan.subset.source),
         "input": plan.input,
         "splits": {s.split: {"images": len(s), "per_class": np.bincount(s.labels, minlength=len(plan.subset.labels)).tolist()}
                    for s in splits},

@@ -14,6 +14,7 @@
 5. the metadata CSV's SHA-256 equals the manifest's.
 """
 import json
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -139,11 +140,16 @@ def verify(path: str | Path) -> list[str]:
             problems.append(str(exc))
             continue
         problems += _structure_problems(archive, headers, manifest)
-        data = load(archive)
+        try:
+            data = load(archive)
+            arrays = {key: np.asarray(data[key]) for key in headers if not key.startswith("X_")}
+        except (UserError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+            problems.append(f"{archive}: cannot read its arrays ({exc}); the file is damaged, rebuild or re-download it")
+            continue
         for split in _split_names(headers):
             if f"y_{split}" in headers and f"{split}_id" in headers:
-                labels.setdefault(split, []).append(np.asarray(data[f"y_{split}"]))
-                ids.setdefault(split, []).append(np.asarray(data[f"{split}_id"]))
+                labels.setdefault(split, []).append(arrays[f"y_{split}"])
+                ids.setdefault(split, []).append(arrays[f"{split}_id"])
     whole_set = len(archives) > 1 or not (manifest and manifest["files"].get("shards"))
     if manifest and whole_set and not any("missing" in p for p in problems):
         problems += _count_problems(path, manifest, labels, ids)
@@ -165,8 +171,8 @@ def _checksum_problems(archive: Path, record: dict, manifest: dict, first_rows: 
     problems = [f"{archive}: SHA-256 differs from the manifest: the file was changed or damaged"]
     try:
         damaged = _damaged_rows(archive, manifest, first_rows)
-    except UserError:
-        damaged = []
+    except (UserError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError):
+        damaged = []  # the rows cannot be read back; the SHA-256 problem stands
     if damaged:
         problems.append(f"{len(damaged)} image rows differ from their recorded CRC-32: "
                         + ", ".join(damaged[:5]) + (" ..." if len(damaged) > 5 else ""))
