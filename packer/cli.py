@@ -176,7 +176,8 @@ def _verify(argv: list[str]) -> int:
     problems = verify(archive)
     for problem in problems:
         print(f"FAIL: {problem}")
-    print(f"{archive}: {'OK, all checks hold' if not problems else f'{len(problems)} problems'}")
+    count = f"{len(problems)} problem{'' if len(problems) == 1 else 's'}"
+    print(f"{archive}: {'OK, all checks hold' if not problems else count}")
     return 0 if not problems else 1
 
 

@@ -127,9 +127,11 @@ def verify(path: str | Path) -> list[str]:
         problems.append(str(exc))
     archives = _archives_of(path, manifest)
     labels, ids = {}, {}
+    complete = True  # every archive's labels and ids could be read
     for archive, record in archives:
         if not archive.is_file():
             problems.append(f"{archive} is missing")
+            complete = False
             continue
         first_rows = {split: rows[0] for split, rows in record.get("rows", {}).items()} if record else {}
         if record:
@@ -138,6 +140,7 @@ def verify(path: str | Path) -> list[str]:
             headers = array_headers(archive)
         except UserError as exc:
             problems.append(str(exc))
+            complete = False
             continue
         problems += _structure_problems(archive, headers, manifest)
         try:
@@ -145,13 +148,14 @@ def verify(path: str | Path) -> list[str]:
             arrays = {key: np.asarray(data[key]) for key in headers if not key.startswith("X_")}
         except (UserError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
             problems.append(f"{archive}: cannot read its arrays ({exc}); the file is damaged, rebuild or re-download it")
+            complete = False
             continue
         for split in _split_names(headers):
             if f"y_{split}" in headers and f"{split}_id" in headers:
                 labels.setdefault(split, []).append(arrays[f"y_{split}"])
                 ids.setdefault(split, []).append(arrays[f"{split}_id"])
     whole_set = len(archives) > 1 or not (manifest and manifest["files"].get("shards"))
-    if manifest and whole_set and not any("missing" in p for p in problems):
+    if manifest and whole_set and complete:
         problems += _count_problems(path, manifest, labels, ids)
     csv = metadata_path_of(path)
     if manifest and csv.is_file() and sha256_of_file(csv) != manifest["files"]["metadata"]["sha256"]:
