@@ -29,7 +29,7 @@ from .crc32 import crc32_of_parts
 from .errors import UserError
 from .npz import ArraySpec, DeflatedNpzWriter, StoredNpzWriter, deflate_segment
 from .transform import TransformSpec
-from .work import CHUNK_SIZE, Chunk, run_chunks
+from .work import CHUNK_SIZE, Chunk, check_dask_scheduler, run_chunks
 from .workdir import WorkFolder
 
 
@@ -39,6 +39,10 @@ class ArchivePart:
 
     file_name: str
     rows: dict[str, tuple[int, int]]
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
 
 
 def plan_parts(name: str, splits, shard_size: int | None) -> list[ArchivePart]:
@@ -101,6 +105,7 @@ def _run(parts, splits, writers, work: WorkFolder, spec: TransformSpec, options)
     done = work.finished_chunks()
     sizes = {images.split: len(images) for images in splits}
     bars = {}
+    earlier_bars = set(getattr(tqdm, "_instances", ()))
     chunks = _chunks(parts, splits, writers, options.on_error == "skip")
     try:
         for result in run_chunks(chunks, spec, _workers(options), options.backend, options.scheduler, done):
@@ -120,7 +125,8 @@ def _run(parts, splits, writers, work: WorkFolder, spec: TransformSpec, options)
             bars[split].update(result.count)
         work.flush(writers)
     finally:
-        for bar in bars.values():
+        # every bar of this run, also one whose constructor a Ctrl-C interrupted after drawing it
+        for bar in set(bars.values()) | (set(getattr(tqdm, "_instances", ())) - earlier_bars):
             bar.close()
     return totals
 
@@ -201,8 +207,10 @@ def execute(plan, options, started: float | None = None):
     needed = sum(s.nbytes for part in parts for s in _array_specs(part, spec))
     free = shutil.disk_usage(out_dir).free
     if not options.compress and needed > free:
-        raise UserError(f"--out_dir {out_dir} has {free / 1e9:.1f} GB free but the archive needs "
-                        f"{needed / 1e9:.1f} GB; free some space, choose another folder, or add --compress")
+        raise UserError(f"--out_dir {out_dir} has {_size(free)} free but the archive needs {_size(needed)}; "
+                        "free some space, choose another folder, or add --compress")
+    if options.backend == "dask":
+        check_dask_scheduler(options.scheduler)
     work = WorkFolder(out_dir, plan.name, describe.plan_fingerprint(plan, options.output_options()), options.resume)
     finished = False
     writers = []
@@ -219,11 +227,11 @@ def execute(plan, options, started: float | None = None):
         if skipped:
             parts, splits, writers = _without_failed(plan.name, parts, splits, writers, totals, work, spec, options)
         outputs = _describe(plan, options, splits, parts, writers, totals, work, spec, skipped, started)
-        for file_name in outputs:
-            os.replace(work.partial(file_name), out_dir / file_name)
+        _move_into_place(outputs, work, out_dir)
         finished = True
     except OSError as exc:
-        target = out_dir / (parts[0].file_name if len(parts) == 1 else f"{plan.name}_cls.index.json")
+        named = [str(f) for f in (exc.filename2, exc.filename) if f and ".work" not in str(f)]
+        target = named[0] if named else out_dir / (f"{plan.name}_cls.index.json" if options.shard_size else parts[0].file_name)
         raise UserError(f"writing {target} failed: {exc.strerror or exc}; free space or fix permissions and "
                         "run again (earlier outputs are untouched)") from None
     finally:
@@ -238,12 +246,40 @@ def execute(plan, options, started: float | None = None):
         notes += (f"left out {len(skipped)} unreadable images (listed in the manifest): "
                   + ", ".join(f"{s['path']} ({s['reason']})" for s in skipped[:3])
                   + (" ..." if len(skipped) > 3 else ""),)
-    archive = out_dir / (parts[0].file_name if len(parts) == 1 else f"{plan.name}_cls.index.json")
+    archive = out_dir / (f"{plan.name}_cls.index.json" if options.shard_size else parts[0].file_name)
     return BuildResult(plan.name, archive, out_dir / f"{plan.name}_cls_metadata.csv",
                        out_dir / f"{plan.name}_cls.manifest.json", {s.split: len(s) for s in splits},
                        len(plan.subset.labels), sum((out_dir / p.file_name).stat().st_size for p in parts),
-                       writers[0].sha256 if len(parts) == 1 else describe.sha256_of_file(archive),
+                       describe.sha256_of_file(archive) if options.shard_size else writers[0].sha256,
                        time.perf_counter() - started, notes, tuple(out_dir / p.file_name for p in parts))
+
+
+def _move_into_place(file_names: list[str], work: WorkFolder, out_dir: Path) -> None:
+    """Rename the finished outputs over the final paths: all of them, or none.
+
+    An earlier output at a final path is first hard-linked (or copied) into the
+    work folder, so that if a later rename fails every earlier file is put back.
+    """
+    replaced, created = [], []
+    try:
+        for name in file_names:
+            final, kept = out_dir / name, Path(work.partial(name) + ".previous")
+            if final.is_file():
+                try:
+                    os.link(final, kept)
+                except OSError:
+                    shutil.copy2(final, kept)
+                replaced.append((kept, final))
+            else:
+                created.append(final)
+            os.replace(work.partial(name), final)
+    except OSError:
+        for kept, final in replaced:
+            os.replace(kept, final)
+        for final in created:
+            if final.exists():
+                os.remove(final)
+        raise
 
 
 def _shareable(source: str) -> str:
@@ -263,7 +299,7 @@ def _describe(plan, options, splits, parts, writers, totals, work, spec, skipped
                 for p, w in zip(parts, writers)]
     files = {"metadata": describe.file_record(Path(work.partial(metadata_name)), metadata_name)}
     outputs = [p.file_name for p in parts] + [metadata_name, manifest_name]
-    if len(parts) == 1:
+    if not options.shard_size:
         files["archive"] = {k: v for k, v in archives[0].items() if k != "rows"}
     else:
         files["shards"] = archives

@@ -103,6 +103,8 @@ class ShardedArray:
         if isinstance(index, (int, np.integer)):
             return self._row(int(index))
         if isinstance(index, tuple):
+            if isinstance(index[0], (int, np.integer)):
+                return self._row(int(index[0]))[index[1:]]
             return self[index[0]][(slice(None),) + index[1:]]
         rows = np.arange(len(self))[index]
         return np.stack([self._row(int(i)) for i in rows]) if len(rows) else np.empty((0,) + self.shape[1:], self.dtype)

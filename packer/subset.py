@@ -77,12 +77,12 @@ def parse_class_list(text: str, source: str) -> list[Label]:
         if not content:
             continue
         group, colon, members = content.partition(":")
-        if colon and group.strip() and not WNID_RE.fullmatch(group.strip()):
+        if WNID_RE.fullmatch(content.split()[0].rstrip(":")) or not colon:  # a class line; the rest is ignored
+            name, tokens = None, [content.split()[0].rstrip(":")]
+        else:
             name, tokens = group.strip(), members.split()
             if not tokens:
                 malformed.append(f"line {number} '{content}' (a group needs WNIDs after the colon)")
-        else:
-            name, tokens = None, content.split()[:1]
         good = []
         for wnid in tokens:
             if not WNID_RE.fullmatch(wnid):
@@ -113,13 +113,10 @@ def parse_wnid_list(text: str, source: str) -> list[str]:
 
 def read_subset_list(name_or_path: str, aux_dir: str | Path = "aux_files") -> SubsetList:
     """Resolve ``--subset_name`` (file path, ``aux_files/NAME.txt``, or built-in) and parse it."""
-    path = Path(name_or_path)
-    candidates = [path] if path.suffix or path.parent != Path(".") else []
-    candidates.append(Path(aux_dir) / f"{name_or_path}.txt")
-    for candidate in candidates:
+    for candidate in (Path(name_or_path), Path(aux_dir) / f"{name_or_path}.txt"):
         if candidate.is_file():
             try:
-                text = candidate.read_text(encoding="utf-8")
+                text = candidate.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of line 1
             except (OSError, UnicodeDecodeError) as exc:
                 raise UserError(f"cannot read class list {candidate}: {exc}") from None
             return SubsetList(candidate.stem, tuple(parse_class_list(text, str(candidate))), str(candidate))

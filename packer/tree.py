@@ -192,10 +192,11 @@ def list_train_images(tree: Tree, wnids: list[str]) -> SplitImages:
 
 
 def _train_from_train_cls(tree: Tree, wanted: set[str]) -> SplitImages:
-    paths, classes, ids, missing, unlisted = [], [], [], [], 0
+    paths, classes, ids, missing = [], [], [], []
+    unlisted: dict[str, dict[str, str]] = {}  # class -> its files not (yet) matched by a line
     rows = labelfiles.train_list_from_train_cls(tree.train_cls, wanted)
     for wnid, class_rows in itertools.groupby(rows, key=lambda row: row[0]):
-        on_disk = _images_by_stem(tree.train_dir / wnid)  # one class folder at a time
+        on_disk = unlisted.pop(wnid) if wnid in unlisted else _images_by_stem(tree.train_dir / wnid)
         for _, stem, image_id in class_rows:
             name = on_disk.pop(stem, None)
             if name is None:
@@ -204,11 +205,14 @@ def _train_from_train_cls(tree: Tree, wanted: set[str]) -> SplitImages:
             paths.append(f"{wnid}/{name}")
             classes.append(wnid)
             ids.append(image_id)
-        unlisted += len(on_disk)
+        unlisted[wnid] = on_disk  # empty for a complete class, so a sorted file keeps one folder at a time
     if missing:
         raise UserError(f"{len(missing)} train images listed in {tree.train_cls} are missing from {tree.data_dir}: "
                         f"{_some(missing)}; restore them or remove train_cls.txt to use the images present")
-    notes = (f"{unlisted} train images not listed in {tree.train_cls} were left out",) if unlisted else ()
+    for wnid in wanted - set(unlisted):  # classes with no line at all
+        unlisted[wnid] = _images_by_stem(tree.train_dir / wnid)
+    left_out = sum(len(files) for files in unlisted.values())
+    notes = (f"{left_out} train images not listed in {tree.train_cls} were left out",) if left_out else ()
     return SplitImages("train", tree.train_dir, paths, classes, np.array(ids, dtype=np.int32),
                        tree.train_cls.name, notes=notes)
 

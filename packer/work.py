@@ -22,6 +22,8 @@ reports it in ``failed``; the caller removes such rows afterwards, so no
 blank image ever reaches the final archive.
 """
 import os
+import signal
+import warnings
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .crc32 import crc32_of_parts
-from .errors import ImageError
+from .errors import ImageError, UserError
 from .npz import deflate_segment
 from .transform import TransformSpec, store_rows, transform_image
 
@@ -77,8 +79,14 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[written:], offset + written
 
 
-def pack_chunk(chunk: Chunk, spec: TransformSpec) -> ChunkResult:
-    """Transform the chunk's images into rows, checksum them, and write or deflate them."""
+def pack_chunk(chunk: Chunk, spec: TransformSpec, in_worker_process: bool = False) -> ChunkResult:
+    """Transform the chunk's images into rows, checksum them, and write or deflate them.
+
+    In a local worker process Ctrl-C is left to the parent, which stops the
+    workers itself: a worker that took it would print a traceback.
+    """
+    if in_worker_process and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     rows = np.empty((len(chunk.paths), spec.crop_size, spec.crop_size, 3), dtype=np.uint8)
     failed = []
     for i, path in enumerate(chunk.paths):
@@ -143,10 +151,57 @@ def run_chunks(chunks: Iterable[Chunk], spec: TransformSpec, workers: int, backe
         yield done[key] if key in done else next(fresh)
 
 
+def _start_resource_trackers() -> None:
+    from multiprocessing import resource_tracker
+
+    from joblib.externals.loky.backend import resource_tracker as loky_resource_tracker
+
+    resource_tracker.ensure_running()
+    loky_resource_tracker.ensure_running()
+
+
+def check_dask_scheduler(address: str) -> None:
+    """Fail early, with the address, when the Dask scheduler cannot be reached."""
+    from distributed import Client
+
+    try:
+        Client(address).close()
+    except (OSError, TimeoutError) as exc:
+        raise UserError(f"cannot reach the Dask scheduler at {address} ({exc}); start it or fix --scheduler") from None
+
+
 def _parallel_results(chunks, spec: TransformSpec, workers: int, backend: str, scheduler: str | None):
     from joblib import Parallel, delayed, parallel_config
 
-    config = {"backend": "dask", "scheduler_host": scheduler} if backend == "dask" else {"backend": "loky"}
-    with parallel_config(**config):
+    local = backend != "dask"
+    config = {"backend": "loky"} if local else {"backend": "dask", "scheduler_host": scheduler}
+    results = None
+    with parallel_config(**config), warnings.catch_warnings():
+        # joblib warns when a run stops early (Ctrl-C, a bad image) about tasks it dropped
+        warnings.filterwarnings("ignore", message=".*adjusting the input task iterator", category=UserWarning)
         parallel = Parallel(n_jobs=workers, return_as="generator", pre_dispatch="2*n_jobs", batch_size=1)
-        yield from parallel(delayed(pack_chunk)(chunk, spec) for chunk in chunks)
+        try:
+            if local:
+                # Worker processes start here and inherit an ignored SIGINT, so a Ctrl-C that
+                # lands while they import cannot print their tracebacks; the parent stops them.
+                # SIGINT is also blocked meanwhile: a blocked signal is kept pending rather than
+                # ignored, so the parent still gets a Ctrl-C pressed now, once it is unblocked.
+                # (The resource trackers are started first: starting them unblocks SIGINT.)
+                _start_resource_trackers()
+                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                try:
+                    results = parallel(delayed(pack_chunk)(chunk, spec, local) for chunk in chunks)
+                    first = next(results, None)
+                finally:
+                    signal.signal(signal.SIGINT, previous)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+                if first is None:
+                    return
+                yield first
+            else:
+                results = parallel(delayed(pack_chunk)(chunk, spec) for chunk in chunks)
+            yield from results
+        finally:
+            if results is not None:
+                results.close()
