@@ -1,0 +1,306 @@
+"""Builders for small ILSVRC CLS-LOC trees, written independently of ``packer/demo.py``.
+
+Every image of a built tree has its own uniform colour, so a row of ``X_train``
+or ``X_val`` tells which file it came from. ``reference_transform`` is the
+torchvision rule written out from its definition, for comparing rows.
+"""
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+PREFIX = "imagenet-subset: error:"
+
+# Sizes used for the images of built trees: small, both orientations and a square.
+TREE_SIZES = [(48, 36), (36, 48), (40, 40), (60, 32)]
+
+
+# --------------------------------------------------------------------------- images
+
+def reference_transform(path, resize=256, crop=224) -> np.ndarray:
+    """torchvision's default loader + Resize(resize) + CenterCrop(crop), written out."""
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = resize, int(resize * h / w)
+    else:
+        new_w, new_h = int(resize * w / h), resize
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.BILINEAR)
+    top = int(round((new_h - crop) / 2.0))
+    left = int(round((new_w - crop) / 2.0))
+    return np.asarray(img.crop((left, top, left + crop, top + crop)))
+
+
+def photo(width: int, height: int, seed: int) -> Image.Image:
+    """A smooth, photo-like RGB picture (blurred upscaled noise)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((width, height), Image.BICUBIC).filter(ImageFilter.GaussianBlur(2))
+
+
+def noise(width: int, height: int, seed: int, channels: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = (height, width, channels) if channels > 1 else (height, width)
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+def colour(k: int) -> tuple[int, int, int]:
+    """The k-th of 343 well separated colours (channels 10, 45, ..., 220)."""
+    assert 0 <= k < 343
+    return (10 + 35 * (k % 7), 10 + 35 * ((k // 7) % 7), 10 + 35 * (k // 49))
+
+
+def save_uniform(path: Path, rgb, size=(48, 36), fmt="JPEG") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, tuple(rgb)).save(path, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+
+
+def decoded_colour(path: Path) -> tuple[int, int, int]:
+    """The colour a uniform image decodes to (JPEG may shift it by a unit or two)."""
+    pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+    assert (pixels == pixels[0]).all(), f"{path} does not decode to a uniform colour"
+    return tuple(int(v) for v in pixels[0])
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- trees
+
+def wnid(n: int) -> str:
+    return f"n{n:08d}"
+
+
+@dataclass
+class FakeTree:
+    """A tree on disk and what it holds.
+
+    ``train`` lists every train image of every class as ``(wnid, relative path)``
+    in sorted-path order (the order of train_cls.txt, whose ids are 1-based
+    positions in this list); ``val`` maps the val image number to its WNID.
+    """
+
+    root: Path
+    data_dir: Path
+    train: list[tuple[str, str]]
+    val: dict[int, str]
+    colours: dict[Path, tuple[int, int, int]] = field(default_factory=dict)
+
+    @property
+    def train_dir(self) -> Path:
+        return self.data_dir / "train"
+
+    @property
+    def val_dir(self) -> Path:
+        return self.data_dir / "val"
+
+    def val_path(self, number: int) -> Path:
+        """The val image file of ``number`` (flat or sorted layout)."""
+        name = f"ILSVRC2012_val_{number:08d}.JPEG"
+        flat = self.val_dir / name
+        return flat if flat.exists() else self.val_dir / self.val[number] / name
+
+    def expected_train(self, class_list: list[str]):
+        """(paths, labels, ids) of the train rows for ``class_list``, in row order."""
+        rows = [(self.train_dir / rel, class_list.index(w), i)
+                for i, (w, rel) in enumerate(self.train, start=1) if w in class_list]
+        return [r[0] for r in rows], np.array([r[1] for r in rows], np.int32), np.array([r[2] for r in rows], np.int32)
+
+    def expected_val(self, class_list: list[str]):
+        """(paths, labels, ids) of the val rows for ``class_list``, in image-number order."""
+        rows = [(self.val_path(n), class_list.index(w), n) for n, w in sorted(self.val.items()) if w in class_list]
+        return [r[0] for r in rows], np.array([r[1] for r in rows], np.int32), np.array([r[2] for r in rows], np.int32)
+
+
+class TreeWriter:
+    """Writes tree parts; each image gets the next well separated colour."""
+
+    def __init__(self):
+        self.next_colour = 0
+        self.colours: dict[Path, tuple[int, int, int]] = {}
+
+    def image(self, path: Path) -> None:
+        rgb = colour(self.next_colour)
+        size = TREE_SIZES[self.next_colour % len(TREE_SIZES)]
+        self.next_colour += 1
+        save_uniform(path, rgb, size)
+        self.colours[path] = rgb
+
+    def train(self, data_dir: Path, counts: dict[str, int]) -> list[tuple[str, str]]:
+        """``counts[wnid]`` images named ``<wnid>_<k>.JPEG``, k = 1..n; returns sorted (wnid, rel)."""
+        rows = []
+        for w, n in counts.items():
+            (data_dir / "train" / w).mkdir(parents=True, exist_ok=True)
+            for k in range(1, n + 1):
+                rel = f"{w}/{w}_{k}.JPEG"
+                self.image(data_dir / "train" / rel)
+                rows.append((w, rel))
+        return sorted(rows, key=lambda r: r[1])
+
+    def val_flat(self, data_dir: Path, labels: dict[int, str]) -> None:
+        (data_dir / "val").mkdir(parents=True, exist_ok=True)
+        for number in labels:
+            self.image(data_dir / "val" / f"ILSVRC2012_val_{number:08d}.JPEG")
+
+    def val_sorted(self, data_dir: Path, labels: dict[int, str]) -> None:
+        (data_dir / "val").mkdir(parents=True, exist_ok=True)
+        for number, w in labels.items():
+            self.image(data_dir / "val" / w / f"ILSVRC2012_val_{number:08d}.JPEG")
+
+
+def write_train_cls(path: Path, train: list[tuple[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{rel.rsplit('.', 1)[0]} {i}\n" for i, (_, rel) in enumerate(train, start=1)))
+
+
+def write_synset_mapping(path: Path, names: dict[str, str]) -> None:
+    path.write_text("".join(f"{w} {names[w]}\n" for w in sorted(names)))
+
+
+def write_val_solution(path: Path, labels: dict[int, str]) -> None:
+    # Kaggle's file is not sorted by image; rows carry the class once per box.
+    rows = [f"ILSVRC2012_val_{n:08d},{w} 1 2 30 40 {w} 5 6 20 22 \n" for n, w in labels.items()]
+    path.write_text("ImageId,PredictionString\n" + "".join(reversed(rows)))
+
+
+def write_map_clsloc(path: Path, classes: dict[str, tuple[int, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{w} {cid} {name}\n" for w, (cid, name) in classes.items()))
+
+
+def write_ground_truth(path: Path, labels: dict[int, str], ids: dict[str, int], filler: int | None = None) -> None:
+    """Line i is the CLS-LOC id of val image i; numbers with no image get ``filler`` (a known id)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    filler = min(ids.values()) if filler is None else filler
+    path.write_text("".join(f"{ids[labels[n]] if n in labels else filler}\n" for n in range(1, max(labels) + 1)))
+
+
+def write_annotations(folder: Path, labels: dict[int, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, w in labels.items():
+        (folder / f"ILSVRC2012_val_{n:08d}.xml").write_text(
+            "<annotation>\n\t<folder>val</folder>\n\t<filename>ILSVRC2012_val_%08d</filename>\n"
+            "\t<size>\n\t\t<width>48</width>\n\t\t<height>36</height>\n\t\t<depth>3</depth>\n\t</size>\n"
+            "\t<object>\n\t\t<name>%s</name>\n\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n"
+            "\t\t<difficult>0</difficult>\n\t\t<bndbox>\n\t\t\t<xmin>1</xmin>\n\t\t\t<ymin>2</ymin>\n"
+            "\t\t\t<xmax>30</xmax>\n\t\t\t<ymax>30</ymax>\n\t\t</bndbox>\n\t</object>\n</annotation>\n" % (n, w))
+
+
+# Three classes whose list order (C, A, B) differs from sorted order, plus a class
+# (D) left out of most subsets; D sorts between A and B so its images shift ids.
+A, B, C, D = wnid(1440764), wnid(2102040), wnid(3000684), wnid(1530575)
+NAMES = {A: "tench, Tinca tinca", B: "English springer, English springer spaniel",
+         C: "chain saw, chainsaw", D: "brambling, Fringilla montifringilla"}
+SUBSET = [C, A, B]
+# A has 11 images so that its names sort as _1, _10, _11, _2, ...
+TRAIN_COUNTS = {A: 11, B: 3, C: 4, D: 2}
+# Val numbers with gaps, classes interleaved, D's images among them.
+VAL_LABELS = {1: B, 2: A, 3: D, 4: C, 5: A, 7: B, 8: C, 9: C, 12: A, 13: D}
+
+
+def kaggle_tree(root: Path, *, counts=None, val=None, names=None, train_cls=True, solution=True,
+                annotations=False, val_txt=True) -> FakeTree:
+    """The Kaggle / ILSVRC2017 layout described in the README."""
+    counts = TRAIN_COUNTS if counts is None else counts
+    val = VAL_LABELS if val is None else val
+    names = NAMES if names is None else names
+    data_dir = root / "ILSVRC" / "Data" / "CLS-LOC"
+    writer = TreeWriter()
+    train = writer.train(data_dir, counts)
+    writer.val_flat(data_dir, val)
+    sets = root / "ILSVRC" / "ImageSets" / "CLS-LOC"
+    if train_cls:
+        write_train_cls(sets / "train_cls.txt", train)
+    if val_txt:
+        sets.mkdir(parents=True, exist_ok=True)
+        (sets / "val.txt").write_text("".join(f"ILSVRC2012_val_{n:08d} {n}\n" for n in sorted(val)))
+    write_synset_mapping(root / "LOC_synset_mapping.txt", names)
+    if solution:
+        write_val_solution(root / "LOC_val_solution.csv", val)
+    if annotations:
+        write_annotations(root / "ILSVRC" / "Annotations" / "CLS-LOC" / "val", val)
+    return FakeTree(root, data_dir, train, dict(val), writer.colours)
+
+
+def plain_tree(data_dir: Path, *, counts=None, val=None, sorted_val=False) -> FakeTree:
+    """Just ``train/`` and ``val/`` (flat or sorted into class folders), no label files."""
+    counts = TRAIN_COUNTS if counts is None else counts
+    val = VAL_LABELS if val is None else val
+    writer = TreeWriter()
+    train = writer.train(data_dir, counts)
+    (writer.val_sorted if sorted_val else writer.val_flat)(data_dir, val)
+    return FakeTree(data_dir, data_dir, train, dict(val), writer.colours)
+
+
+def write_list(path: Path, wnids) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{w}\n" for w in wnids))
+    return path
+
+
+def uniform_row(rgb, crop=224) -> np.ndarray:
+    return np.broadcast_to(np.array(rgb, np.uint8), (crop, crop, 3))
+
+
+def assert_rows_are(X: np.ndarray, paths: list[Path], crop: int = 224) -> None:
+    """Row i of X is the (uniform) image at paths[i], transformed."""
+    assert X.shape == (len(paths), crop, crop, 3)
+    for i, path in enumerate(paths):
+        assert np.array_equal(X[i], uniform_row(decoded_colour(path), crop)), f"row {i} is not {path}"
+
+
+def run_main(argv, capsys):
+    """``packer.cli.main(argv)`` -> (exit code, stdout, stderr)."""
+    from packer.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_error_line(err: str, *needles) -> str:
+    """stderr holds exactly one line, the error, and it names every needle."""
+    lines = err.strip("\n").split("\n")
+    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
+    assert lines[0].startswith(PREFIX), lines[0]
+    assert "Traceback" not in err
+    for needle in needles:
+        assert str(needle) in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def build(class_list, data_dir, out_dir, **options):
+    """``packer.build_subset`` with one worker and no progress bars unless told otherwise."""
+    import packer
+
+    options.setdefault("workers", 1)
+    options.setdefault("progress", False)
+    return packer.build_subset(str(class_list), data_dir=str(data_dir), out_dir=str(out_dir), **options)
+
+
+KEYS = ["X_train", "y_train", "train_id", "X_val", "y_val", "val_id"]
+
+
+def read_npz(path) -> dict:
+    with np.load(path) as z:
+        assert z.files == KEYS
+        return {k: z[k] for k in z.files}

@@ -1,0 +1,227 @@
+"""Nothing half-written: failed and interrupted runs leave earlier outputs byte for byte and no temporary files."""
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import psutil
+import pytest
+from PIL import Image
+
+from helpers import A, B, C, D, PYTHON, REPO, SUBSET, build, kaggle_tree, noise, read_npz, subprocess_env, write_list
+from packer import UserError
+
+
+def snapshot(folder):
+    """Every file and folder under ``folder`` (hidden ones too), with the bytes of the files."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else "dir") for p in sorted(folder.rglob("*"))}
+
+
+def partial_files(folder):
+    return [p for p in folder.rglob("*") if p.name.endswith(".partial")]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_failed_run_keeps_earlier_output(tmp_path, compress, workers, split):
+    tree = kaggle_tree(tmp_path / "kaggle", counts={A: 40, B: 3, C: 4, D: 2})
+    class_list = write_list(tmp_path / "mine.txt", SUBSET)
+    out = tmp_path / "out"
+    first = build(class_list, tree.data_dir, out, compress=compress, workers=workers)
+    before = snapshot(out)
+    assert {"mine_cls.npz", "mine_cls_metadata.csv"} <= set(before)
+    stamps = {name: (out / name).stat().st_mtime_ns for name in before}
+    bad = tree.train_dir / A / f"{A}_9.JPEG" if split == "train" else tree.val_path(12)
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
+    with pytest.raises(UserError, match=f"cannot read image {bad}"):
+        build(class_list, tree.data_dir, out, compress=compress, workers=workers)
+    assert snapshot(out) == before  # same names (no .partial left), same bytes
+    assert {name: (out / name).stat().st_mtime_ns for name in before} == stamps
+    assert not partial_files(out)
+    # the earlier archive is still a good one
+    assert read_npz(first.archive)["X_train"].shape == (47, 224, 224, 3)
+
+
+def test_successful_rebuild_replaces_output_and_leaves_no_temporaries(tmp_path):
+    tree = kaggle_tree(tmp_path / "kaggle")
+    class_list = write_list(tmp_path / "mine.txt", SUBSET)
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "mine_cls.npz").write_bytes(b"old archive")
+    (out / "mine_cls_metadata.csv").write_bytes(b"old csv")
+    (out / "unrelated.txt").write_text("keep me")
+    result = build(class_list, tree.data_dir, out)
+    assert not partial_files(out)
+    assert not [name for name in os.listdir(out) if name.startswith(".")]
+    assert (out / "unrelated.txt").read_text() == "keep me"
+    assert read_npz(result.archive)["y_train"].shape == (18,)
+    assert result.metadata.read_text().startswith("subset_label,")
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------
+
+SLOW_CLASS = "n07000001"
+
+
+@pytest.fixture(scope="module")
+def slow_tree(tmp_path_factory):
+    """1000 train images of 1600x1200 (hard links to 4 JPEGs): a 2-worker build takes many seconds."""
+    root = tmp_path_factory.mktemp("slow")
+    data_dir = root / "data"
+    sources = []
+    for k in range(4):
+        img = Image.fromarray(noise(200, 150, seed=k)).resize((1600, 1200), Image.BICUBIC)
+        path = root / f"source{k}.JPEG"
+        img.save(path, "JPEG", quality=90)
+        sources.append(path)
+    train = data_dir / "train" / SLOW_CLASS
+    train.mkdir(parents=True)
+    for i in range(1000):
+        os.link(sources[i % 4], train / f"{SLOW_CLASS}_{i + 1}.JPEG")
+    val = data_dir / "val" / SLOW_CLASS
+    val.mkdir(parents=True)
+    for n in range(1, 5):
+        os.link(sources[n % 4], val / f"ILSVRC2012_val_{n:08d}.JPEG")
+    write_list(root / "slow.txt", [SLOW_CLASS])
+    return root
+
+
+class SlowBuild:
+    """``python main.py`` on the slow tree with 2 workers, in its own process group, stderr collected."""
+
+    def __init__(self, slow_tree, out):
+        self.proc = subprocess.Popen(
+            [PYTHON, "main.py", "--subset_name", str(slow_tree / "slow.txt"), "--data_dir", str(slow_tree / "data"),
+             "--out_dir", str(out), "--workers", "2"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env(), start_new_session=True)
+        self.started = time.monotonic()
+        self.stderr = bytearray()
+        self.reader = threading.Thread(
+            target=lambda: [self.stderr.extend(b) for b in iter(lambda: self.proc.stderr.read1(4096), b"")],
+            daemon=True)
+        self.reader.start()
+        self.seen: dict[int, psutil.Process] = {}
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            found = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            found = []
+        self.seen.update((p.pid, p) for p in found)
+        return found
+
+    def wait_until(self, condition, what: str) -> None:
+        while not condition():
+            assert self.proc.poll() is None, f"the build ended before {what}: {bytes(self.stderr)!r}"
+            assert time.monotonic() - self.started < 60, f"no {what} after 60 s"
+            time.sleep(0.002)
+
+    def interrupt(self, whole_group: bool, timeout: float = 60) -> tuple[int, str]:
+        """Send SIGINT; the exit code and stderr (code None: still running ``timeout`` s later)."""
+        self.descendants()
+        if whole_group:  # what a terminal does on Ctrl-C: the whole foreground process group
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            os.kill(self.proc.pid, signal.SIGINT)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.cleanup()
+            code = None
+        self.reader.join(timeout=10)
+        return code, self.stderr.decode(errors="replace")
+
+    def workers_gone(self) -> bool:
+        return not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in self.seen.values())
+
+    def cleanup(self) -> None:
+        """Kill whatever of this build is still running (only processes it started)."""
+        for process in [*self.seen.values(), psutil.Process(self.proc.pid) if self.proc.poll() is None else None]:
+            if process is not None:
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
+        self.proc.wait(timeout=10)
+
+
+def _earlier_outputs(out):
+    out.mkdir()
+    (out / "slow_cls.npz").write_bytes(b"earlier archive \x00\x01")
+    (out / "slow_cls_metadata.csv").write_text("earlier csv\n")
+    return snapshot(out)
+
+
+@pytest.mark.parametrize("target", ["parent", "process_group"])
+def test_ctrl_c(slow_tree, tmp_path, target):
+    out = tmp_path / "out"
+    before = _earlier_outputs(out)
+    build_ = SlowBuild(slow_tree, out)
+    try:
+        # a progress bar that has moved (so the signal does not land while the bar is being set up)
+        moved = re.compile(rb"train: +\d+%\|[^|]*\| *[1-9]\d*/1000")
+        build_.wait_until(lambda: moved.search(build_.stderr) and time.monotonic() - build_.started > 1.5,
+                          "progress bar")
+        assert partial_files(out), "no temporary file while building"
+        code, err = build_.interrupt(whole_group=target == "process_group")
+        assert code == 130, err
+        assert err.rstrip().split("\n")[-1].startswith("imagenet-subset: interrupted"), err
+        assert "Traceback" not in err, err  # neither the parent nor a worker
+        assert snapshot(out) == before
+        # the worker processes do not outlive the build
+        deadline = time.monotonic() + 10
+        while not build_.workers_gone():
+            assert time.monotonic() < deadline, "worker processes still running after the build ended"
+            time.sleep(0.1)
+    finally:
+        build_.cleanup()
+
+
+def test_ctrl_c_while_workers_start(slow_tree, tmp_path):
+    """Ctrl-C at a terminal (SIGINT to the process group) just after the worker processes appear."""
+    out = tmp_path / "out"
+    before = _earlier_outputs(out)
+    build_ = SlowBuild(slow_tree, out)
+
+    def workers_started():
+        return len([p for p in build_.descendants() if "LokyProcess" in " ".join(_cmdline(p))]) >= 2
+
+    try:
+        build_.wait_until(workers_started, "worker processes")
+        time.sleep(0.3)  # they are starting up (importing) now; the first chunk takes seconds
+        code, err = build_.interrupt(whole_group=True, timeout=10)
+        assert code == 130, err
+        assert err.rstrip().split("\n")[-1].startswith("imagenet-subset: interrupted"), err
+        assert "Traceback" not in err, err
+        assert snapshot(out) == before
+    finally:
+        build_.cleanup()
+
+
+def _cmdline(process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+def test_failure_while_moving_outputs_into_place_keeps_earlier_archive(tmp_path):
+    tree = kaggle_tree(tmp_path / "kaggle")
+    class_list = write_list(tmp_path / "mine.txt", SUBSET)
+    out = tmp_path / "out"
+    first = build(class_list, tree.data_dir, out)
+    earlier = first.archive.read_bytes()
+    # the next build makes a different archive ...
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(tree.train_dir / f"{A}/{A}_1.JPEG", "JPEG")
+    # ... and cannot put its CSV in place: a folder is in the way
+    csv = out / "mine_cls_metadata.csv"
+    csv.unlink()
+    csv.mkdir()
+    (csv / "keep.txt").write_text("x")
+    with pytest.raises(UserError) as info:
+        build(class_list, tree.data_dir, out)
+    assert str(csv) in str(info.value)
+    assert first.archive.read_bytes() == earlier

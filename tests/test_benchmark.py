@@ -1,0 +1,110 @@
+"""bench/benchmark.py runs on tiny trees in each mode and writes its table (no timing assertions)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+CASES = ["(a) packer `main.py`, 1 worker", "(a) packer `main.py`, 2 workers", "(b) original-style loop",
+         "(c) bare transform loop", "(d) Pillow decode only", "(e) packer `main.py --fast`", "(e) fast transform loop",
+         "(f) start-up"]
+COLUMNS = ["case", "images", "seconds (median)", "images/s", "ratio to (b)", "parallel eff.", "peak MiB (RSS sum)",
+           "output MiB"]
+
+
+def _bench(tmp_path, *options):
+    results = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(BENCH / "benchmark.py"), "--work_dir", str(tmp_path / "work"),
+                           "--results_dir", str(results), *options],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, results
+
+
+def _table_rows(markdown: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in markdown.splitlines()
+            if line.startswith("| ") and not line.startswith("| ---")]
+
+
+def test_default_mode_synthetic_tree(tmp_path):
+    stdout, results = _bench(tmp_path, "--classes", "2", "--train_per_class", "5", "--val_per_class", "2",
+                             "--repeats", "1", "--workers", "2")
+    latest = (results / "latest.md").read_text()
+    assert latest == (results / "default.md").read_text()
+    assert latest.strip() in stdout
+    rows = _table_rows(latest)
+    header, body = rows[0], rows[1:]
+    assert all(column in header for column in COLUMNS)
+    for case in CASES:
+        assert any(row[0].startswith(case) for row in body), case
+    images = [row for row in body if row[0].startswith("(a)")][0][1]
+    assert images == "14"  # 2 classes x (5 train + 2 val)
+    for section in ("## Key figures", "## Machine", "**CPU**", "**Pillow**", "**numpy**", "**Python**", "**RAM**"):
+        assert section in latest
+
+    data = json.loads((results / "default.json").read_text())
+    assert data["images"] == 14
+    assert data["checks"]["workers_identical"] is True  # same bytes with 1 and 2 workers
+    assert data["checks"]["original_identical"] is True  # same arrays as the original-style loop
+    assert data["key"]["fast_max_diff"] <= 1
+    for case in ("a1", "aN", "b", "eN"):
+        run = data["runs"][case][0]
+        assert run["rss"] > 10 and run["output"] > 0  # memory was sampled, an archive was written
+    assert not (tmp_path / "work" / "out").exists()  # archives removed without --keep
+
+
+def test_default_mode_from_a_folder_of_photos(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(500, 375), (375, 500), (320, 240)]):
+        pixels = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).resize(size, Image.BICUBIC).save(photos / f"p{i}.jpg", quality=90)
+    (photos / "notes.txt").write_text("not an image")
+    stdout, results = _bench(tmp_path, "--images", str(photos), "--classes", "2", "--train_per_class", "4",
+                             "--val_per_class", "1", "--repeats", "1", "--workers", "2")
+    assert "real photos from" in (results / "latest.md").read_text()
+    train = tmp_path / "work" / "tree-photos" / "ILSVRC" / "Data" / "CLS-LOC" / "train"
+    links = sorted(train.rglob("*.JPEG"))
+    assert len(links) == 8 and all(p.is_symlink() for p in links)
+
+
+def test_big_mode_tiny(tmp_path):
+    stdout, results = _bench(tmp_path, "--big", "--big_classes", "4", "--big_train_per_class", "3",
+                             "--big_val_per_class", "1", "--workers", "2")
+    report = (results / "big.md").read_text()
+    rows = _table_rows(report)[1:]
+    assert [r[0] for r in rows] == ["small: 1 classes", "big: 4 classes"]
+    assert all(r[-1] == "ok" for r in rows)  # archive CRCs and spot-checked rows
+    data = json.loads((results / "big.json").read_text())
+    assert data["runs"]["big"]["images"] == 16 and data["runs"]["small"]["images"] == 4
+
+
+def test_listing_mode_tiny(tmp_path):
+    stdout, results = _bench(tmp_path, "--listing", "--listing_classes", "12", "--listing_images", "1000",
+                             "--listing_val", "60", "--repeats", "1")
+    report = (results / "listing.md").read_text()
+    rows = _table_rows(report)[1:]
+    assert [r[0] for r in rows] == ["with train_cls.txt", "without train_cls.txt"]
+    tree = tmp_path / "work" / "tree-listing"
+    train_cls = tree / "ILSVRC" / "ImageSets" / "CLS-LOC" / "train_cls.txt"
+    assert len(train_cls.read_text().splitlines()) == 1000  # restored after the run without it
+    assert sum(1 for _ in (tree / "ILSVRC" / "Data" / "CLS-LOC" / "train").rglob("*.JPEG")) == 1000
+    assert len(list((tree / "ILSVRC" / "Data" / "CLS-LOC" / "val").iterdir())) == 60
+
+
+def test_memory_sampler_sees_child_processes(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_measure
+    finally:
+        sys.path.remove(str(BENCH))
+    child = "import numpy, time; a = numpy.ones(150 * 2**20, dtype=numpy.uint8); time.sleep(0.5)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], check=True)"
+    result = bench_measure.run_timed([sys.executable, "-c", parent])
+    assert result.processes >= 2
+    assert result.peak_rss_mib >= 150
