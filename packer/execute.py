@@ -102,7 +102,7 @@ def _run(parts, splits, writers, work: WorkFolder, spec: TransformSpec, options)
     totals = _Totals({s.split: np.zeros(len(s), dtype=np.uint32) for s in splits},
                      {s.split: np.zeros(3, dtype=np.uint64) for s in splits},
                      {s.split: np.zeros(3, dtype=np.uint64) for s in splits}, {s.split: {} for s in splits})
-    done = work.finished_chunks()
+    done = work.finished_chunks() if all(writer.kept_rows for writer in writers) else {}
     sizes = {images.split: len(images) for images in splits}
     bars = {}
     earlier_bars = set(getattr(tqdm, "_instances", ()))

@@ -230,8 +230,9 @@ class StoredNpzWriter(_NpzWriter):
             offset += len(member.local_header()) + member.size + member.descriptor_size
         self._directory_offset = offset
         self._rows_done = {key: 0 for key in self._members}
-        keep = resume and os.path.isfile(path) and os.path.getsize(path) == offset
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | (0 if keep else os.O_TRUNC), 0o644)
+        # an interrupted run may have got as far as appending the directory: trimmed off below
+        self.kept_rows = resume and os.path.isfile(path) and os.path.getsize(path) >= offset
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | (0 if self.kept_rows else os.O_TRUNC), 0o644)
         os.ftruncate(self._fd, offset)
         for member in self._members.values():
             header = npy_header(member.spec)
@@ -320,6 +321,7 @@ class DeflatedNpzWriter(_NpzWriter):
     """
 
     compressed = True
+    kept_rows = True  # finished rows live in the work folder's segments, not in this file
 
     def __init__(self, path: str, specs: list[ArraySpec], arrays: dict[str, np.ndarray], resume: bool = False):
         """Always starts afresh: a resumed run replays the deflate segments it kept."""
