@@ -235,6 +235,7 @@ def execute(plan, options, started: float | None = None):
         raise UserError(f"writing {target} failed: {exc.strerror or exc}; free space or fix permissions and "
                         "run again (earlier outputs are untouched)") from None
     finally:
+        work.stop_flushing()
         for writer in writers:
             writer.abort()
         if finished or not options.resume:

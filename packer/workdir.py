@@ -10,7 +10,8 @@ Every build keeps its unfinished outputs in ``<out_dir>/.<name>_cls.work/``::
 
 A chunk is written to the journal only after its rows are flushed to disk, so
 after any interruption (Ctrl-C, SIGKILL, a lost machine) ``--resume`` redoes
-only the chunks that are not in the journal. The folder is removed when the
+only the chunks that are not in the journal. Flushing runs in a background
+thread (``os.fsync`` releases the GIL), so the parent keeps feeding the workers. The folder is removed when the
 outputs are in place, and when a run without ``--resume`` is stopped cleanly.
 """
 import fcntl
@@ -18,6 +19,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import UserError
@@ -52,6 +54,8 @@ class WorkFolder:
         (self.path / "segments").mkdir(exist_ok=True)
         self._pending: list[ChunkResult] = []
         self._last_flush = time.monotonic()
+        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._flushing: Future | None = None
 
     def partial(self, file_name: str) -> str:
         """Where the unfinished version of output ``file_name`` lives."""
@@ -80,18 +84,31 @@ class WorkFolder:
         return done
 
     def record(self, result: ChunkResult, writers) -> None:
-        """Note a finished chunk; every few seconds flush the archives, then the journal."""
+        """Note a finished chunk; every few seconds flush the archives, then the journal (in the background)."""
         self._pending.append(result)
-        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            self.flush(writers)
+        if time.monotonic() - self._last_flush >= FLUSH_SECONDS and (self._flushing is None or self._flushing.done()):
+            self._wait_for_flush()
+            self._flushing = self._flusher.submit(self._write_journal, writers, self._pending)
+            self._pending = []
+            self._last_flush = time.monotonic()
 
     def flush(self, writers) -> None:
-        if not self._pending:
-            return
+        """Flush everything recorded so far, and wait for it."""
+        self._wait_for_flush()
+        if self._pending:
+            self._write_journal(writers, self._pending)
+            self._pending = []
+
+    def _wait_for_flush(self) -> None:
+        if self._flushing is not None:
+            self._flushing.result()  # re-raises an error of the background flush
+            self._flushing = None
+
+    def _write_journal(self, writers, results: list[ChunkResult]) -> None:
         for writer in writers:
             writer.flush()
         lines = []
-        for r in self._pending:
+        for r in results:
             segment = None
             if r.payload is not None:
                 segment = f"{r.part}-{r.key}-{r.start}.deflate"
@@ -106,14 +123,22 @@ class WorkFolder:
             f.write("".join(lines))
             f.flush()
             os.fsync(f.fileno())
-        self._pending = []
-        self._last_flush = time.monotonic()
+
+    def stop_flushing(self) -> None:
+        """Wait for a background flush to end (before the archives are closed)."""
+        try:
+            self._wait_for_flush()
+        except (OSError, ValueError):
+            pass  # the run is ending anyway; its own error is the one reported
+        self._flusher.shutdown()
 
     def remove(self) -> None:
         """Delete the folder (after success, or when a run without --resume stops)."""
+        self.stop_flushing()
         self._lock.close()
         shutil.rmtree(self.path, ignore_errors=True)
 
     def release(self) -> None:
         """Unlock, keeping the folder for a later ``--resume``."""
+        self.stop_flushing()
         self._lock.close()
