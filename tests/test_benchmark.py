@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 CASES = ["(a) packer `main.py`, 1 worker", "(a) packer `main.py`, 2 workers", "(b) original-style loop",
          "(c) bare transform loop", "(d) Pillow decode only", "(e) packer `main.py --fast`", "(e) fast transform loop",
-         "(f) start-up"]
+         "(f) start-up", "(g) fixed cost: packer on 32 images, 1 worker", "(g) fixed cost: packer on 32 images, 2 workers"]
 COLUMNS = ["case", "images", "seconds (median)", "images/s", "ratio to (b)", "parallel eff.", "peak MiB (RSS sum)",
            "output MiB"]
 
@@ -41,6 +41,7 @@ def test_default_mode_synthetic_tree(tmp_path):
     assert all(column in header for column in COLUMNS)
     for case in CASES:
         assert any(row[0].startswith(case) for row in body), case
+    assert any("machine ceiling" in row[0] for row in body)
     images = [row for row in body if row[0].startswith("(a)")][0][1]
     assert images == "14"  # 2 classes x (5 train + 2 val)
     for section in ("## Key figures", "## Machine", "**CPU**", "**Pillow**", "**numpy**", "**Python**", "**RAM**"):
