@@ -12,6 +12,7 @@ and ``<name>_cls.manifest.json``. Until the last step everything lives in the
 work folder (``workdir.py``), so a failed or interrupted run leaves nothing at
 the final paths and never touches an earlier output.
 """
+import contextlib
 import datetime
 import json
 import math
@@ -235,6 +236,9 @@ def execute(plan, options, started: float | None = None):
         raise UserError(f"writing {target} failed: {exc.strerror or exc}; free space or fix permissions and "
                         "run again (earlier outputs are untouched)") from None
     finally:
+        if not finished and options.resume:
+            with contextlib.suppress(OSError, ValueError):
+                work.flush(writers)  # journal every finished chunk, so --resume redoes none of them
         work.stop_flushing()
         for writer in writers:
             writer.abort()
