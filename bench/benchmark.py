@@ -321,6 +321,7 @@ def run_default(args, work_dir: Path) -> tuple[str, dict]:
                     result = attempt_result
                 if result.get("other", 0.0) <= BUSY_CORES:
                     break
+            result["attempts"] = attempt + 1
             runs[name].append(result)
             log(f"round {r + 1}/{args.repeats} {name}: {result['seconds']:.2f} s"
                 + (f", other load {result['other']:.2f} cores" if "other" in result else ""))

@@ -243,3 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: interrupted; nothing was written at the output paths (earlier outputs are untouched)"
               + ("; run the same command again to continue" if resumable else ""), file=sys.stderr)
         return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
