@@ -43,10 +43,14 @@ Dates and timings live only here, never in the archive or the CSV.
 import hashlib
 import json
 import os
+from typing import TYPE_CHECKING
 import numpy as np
 
 from .subset import REST, Label, SubsetList
 from .tree import ClassInfo
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 def _label_facts(label: Label, classes: dict[str, ClassInfo]) -> tuple:
     """(WNID cell, human_label, original_label, imagenet_index) of one label."""

@@ -14,7 +14,6 @@ the final paths and never touches an earlier output.
 """
 import contextlib
 import datetime
-import json
 import math
 import os
 import shutil

@@ -106,11 +106,6 @@ def parse_class_list(text: str, source: str) -> list[Label]:
     return labels
 
 
-def parse_wnid_list(text: str, source: str) -> list[str]:
-    """Every WNID of a class-list text, in order (groups flattened)."""
-    return [w for label in parse_class_list(text, source) for w in label.wnids]
-
-
 def read_subset_list(name_or_path: str, aux_dir: str | Path = "aux_files") -> SubsetList:
     """Resolve ``--subset_name`` (file path, ``aux_files/NAME.txt``, or built-in) and parse it."""
     for candidate in (Path(name_or_path), Path(aux_dir) / f"{name_or_path}.txt"):
