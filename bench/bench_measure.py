@@ -3,7 +3,7 @@
 - ``run_timed(cmd)``: run a command as a subprocess, wall time from spawn to exit,
   CPU time of it and all its descendants, the CPU other processes used
   meanwhile, and the peak memory of its whole process tree (the process and
-  every descendant, e.g. loky workers) sampled with psutil every ~20 ms: the sum
+  every descendant, e.g. the worker processes) sampled with psutil every ~20 ms: the sum
   of RSS (an upper bound: shared library pages count once per process) and, every
   ~100 ms, the sum of PSS (shared pages split between the processes that map them).
 - ``machine_info()``: CPU, cores, RAM and library versions, for the report.

@@ -61,7 +61,7 @@ def main() -> int:
     local, dask = statistics.median(times["local"]), statistics.median(times["dask"])
     print(f"{images} images, {args.workers} workers, medians of {args.repeats} alternated runs\n")
     print("| backend | seconds | images/s | runs (s) |\n| --- | --- | --- | --- |")
-    for name, median in (("local (loky processes)", local), ("dask (LocalCluster)", dask)):
+    for name, median in (("local (worker processes)", local), ("dask (LocalCluster)", dask)):
         runs = times["local" if name.startswith("local") else "dask"]
         print(f"| {name} | {median:.2f} | {images / median:.0f} | {', '.join(f'{t:.2f}' for t in runs)} |")
     print(f"\ndask / local throughput: **{local / dask:.2f}** (target >= 0.80); "

@@ -9,7 +9,7 @@ import sys as _sys
 
 if "numpy" not in _sys.modules and hasattr(_signal, "pthread_sigmask"):
     # numpy's BLAS starts threads when imported; started with SIGINT blocked they keep it
-    # blocked, so a Ctrl-C always waits for the main thread (see work._parallel_results).
+    # blocked, so a Ctrl-C always goes to the main thread (see work._local_results).
     _mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
     try:
         import numpy  # noqa: F401

@@ -40,17 +40,15 @@ what is in it, enough to check it (``verify``) and to rebuild it elsewhere
 
 Dates and timings live only here, never in the archive or the CSV.
 """
+import csv
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .subset import REST, Label, SubsetList
 from .tree import ClassInfo
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 def _label_facts(label: Label, classes: dict[str, ClassInfo]) -> tuple:
     """(WNID cell, human_label, original_label, imagenet_index) of one label."""
@@ -62,22 +60,17 @@ def _label_facts(label: Label, classes: dict[str, ClassInfo]) -> tuple:
     return label.wnids[0], info.human_label, info.original_label, info.imagenet_index
 
 
-def metadata_table(subset: SubsetList, classes: dict[str, ClassInfo], splits) -> "pd.DataFrame":
-    """One row per label of ``subset``, with the counts of images actually packed in each split."""
-    import pandas as pd  # imported here: worker processes never need it
+METADATA_COLUMNS = ("subset_label", "WNID", "human_label", "original_label", "imagenet_index")
 
-    facts = [_label_facts(label, classes) for label in subset.labels]
-    n = len(subset.labels)
-    columns = {
-        "subset_label": np.arange(n),
-        "WNID": [f[0] for f in facts],
-        "human_label": pd.array([f[1] for f in facts], dtype="string"),
-        "original_label": pd.array([f[2] for f in facts], dtype="Int64"),
-        "imagenet_index": pd.array([f[3] for f in facts], dtype="Int64"),
-    }
-    for images in splits:
-        columns[f"num_{images.split}_images"] = np.bincount(images.labels, minlength=n)
-    return pd.DataFrame(columns)
+
+def metadata_table(subset: SubsetList, classes: dict[str, ClassInfo], splits) -> list[dict]:
+    """One row per label of ``subset``: ``METADATA_COLUMNS`` then ``num_<split>_images``, the
+    counts of images actually packed in each split. Unknown values are None."""
+    counts = {f"num_{images.split}_images": np.bincount(images.labels, minlength=len(subset.labels))
+              for images in splits}
+    return [dict(zip(METADATA_COLUMNS, (i, *_label_facts(label, classes))))
+            | {column: int(per_label[i]) for column, per_label in counts.items()}
+            for i, label in enumerate(subset.labels)]
 
 
 def class_records(subset: SubsetList, classes: dict[str, ClassInfo]) -> list[dict]:
@@ -92,8 +85,13 @@ def class_records(subset: SubsetList, classes: dict[str, ClassInfo]) -> list[dic
     return records
 
 
-def write_metadata_csv(table: "pd.DataFrame", path) -> None:
-    table.to_csv(path, index=False, lineterminator="\n")
+def write_metadata_csv(rows: list[dict], path) -> None:
+    """The rows of ``metadata_table`` as CSV: a header line, ``\\n`` line ends, None as an
+    empty cell, quotes only where a cell needs them (as ``pandas.DataFrame.to_csv`` writes)."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(METADATA_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 MANIFEST_VERSION = 1
@@ -147,6 +145,16 @@ def plan_fingerprint(plan, output_options: dict) -> str:
 
 
 def write_json(document: dict, path) -> None:
+    """``document`` as UTF-8 JSON: the keys of the top two levels one per line, each value
+    below them on one line (json's C encoder: quick even for a million source paths)."""
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(document, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+        f.write(_json_text(document, levels=2) + "\n")
+
+
+def _json_text(value, levels: int, indent: str = "") -> str:
+    if not isinstance(value, dict) or not value or levels == 0:
+        return json.dumps(value, ensure_ascii=False)
+    inner = indent + " "
+    items = (f"{inner}{json.dumps(key, ensure_ascii=False)}: {_json_text(item, levels - 1, inner)}"
+             for key, item in value.items())
+    return "{\n" + ",\n".join(items) + "\n" + indent + "}"

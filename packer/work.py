@@ -12,10 +12,12 @@ and never touches pixels when the archive is uncompressed.
 Chunk boundaries depend only on ``CHUNK_SIZE``, never on the worker count, so
 the output bytes are the same whatever ``workers`` is.
 
-Work goes through joblib with at most two chunks per worker in flight, so
-memory stays flat whatever the number of images: ``loky`` processes on this
-machine by default, or an existing Dask cluster (``backend="dask"``, through
-joblib's Dask backend; the workers must see the same paths).
+Locally, ``workers`` processes of a ``concurrent.futures`` pool do the work,
+started with ``fork`` on Linux (a worker is ready in milliseconds, with every
+module already imported) and ``spawn`` elsewhere; at most ``IN_FLIGHT`` chunks
+per worker are queued or running, so memory stays flat whatever the number of
+images. ``backend="dask"`` sends the chunks to an existing Dask cluster instead
+(through joblib's Dask backend; the workers must see the same paths).
 
 With ``skip_errors`` a worker leaves an unreadable image's row zero and
 reports it in ``failed``; the caller removes such rows afterwards, so no
@@ -23,10 +25,15 @@ blank image ever reaches the final archive.
 """
 import os
 import signal
+import sys
+import threading
+import time
 import warnings
 import zlib
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -36,6 +43,8 @@ from .npz import deflate_segment
 from .transform import TransformSpec, store_rows, transform_image
 
 CHUNK_SIZE = 32
+PARENT_CHECK_SECONDS = 0.5
+IN_FLIGHT = 2  # chunks per worker queued or running: keeps every worker busy, memory flat
 
 
 @dataclass(frozen=True)
@@ -79,14 +88,8 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[written:], offset + written
 
 
-def pack_chunk(chunk: Chunk, spec: TransformSpec, in_worker_process: bool = False) -> ChunkResult:
-    """Transform the chunk's images into rows, checksum them, and write or deflate them.
-
-    In a local worker process Ctrl-C is left to the parent, which stops the
-    workers itself: a worker that took it would print a traceback.
-    """
-    if in_worker_process and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+def pack_chunk(chunk: Chunk, spec: TransformSpec) -> ChunkResult:
+    """Transform the chunk's images into rows, checksum them, and write or deflate them."""
     rows = np.empty((len(chunk.paths), spec.crop_size, spec.crop_size, 3), dtype=np.uint8)
     failed = []
     for i, path in enumerate(chunk.paths):
@@ -120,10 +123,12 @@ def channel_sums(rows: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
     if rows.size == 0:
         return (0, 0, 0), (0, 0, 0)
     lines = rows.reshape(-1, rows.shape[-2] * 3)  # one image line per row: contiguous and wide
+    # summed down the lines, a uint32 total is exact while lines * 255**2 < 2**32
+    total = np.uint32 if len(lines) * 255 ** 2 < 2 ** 32 else np.uint64
     squares = lines.astype(np.uint16)
     np.multiply(squares, squares, out=squares)  # 255 ** 2 fits in uint16
-    sums = lines.sum(axis=0, dtype=np.uint64).reshape(-1, 3).sum(axis=0)
-    square_sums = squares.sum(axis=0, dtype=np.uint64).reshape(-1, 3).sum(axis=0)
+    sums = lines.sum(axis=0, dtype=total).reshape(-1, 3).sum(axis=0, dtype=np.uint64)
+    square_sums = squares.sum(axis=0, dtype=total).reshape(-1, 3).sum(axis=0, dtype=np.uint64)
     return tuple(int(v) for v in sums), tuple(int(v) for v in square_sums)
 
 
@@ -133,16 +138,18 @@ def run_chunks(chunks: Iterable[Chunk], spec: TransformSpec, workers: int, backe
 
     ``done`` maps ``(part, key, start)`` to results of an earlier run: those
     chunks are not redone, their results are yielded in their place.
-    ``backend`` is ``"local"`` (joblib's loky processes; in-process when
+    ``backend`` is ``"local"`` (worker processes of this machine; in-process when
     ``workers == 1``) or ``"dask"`` (the cluster whose scheduler is ``scheduler``).
     """
     done = done or {}
     chunks = list(chunks) if done else chunks
     todo = (c for c in chunks if (c.part, c.key, c.start) not in done)
-    if backend == "local" and workers == 1:
+    if backend == "dask":
+        fresh = _dask_results(todo, spec, workers, scheduler)
+    elif workers == 1:
         fresh = (pack_chunk(chunk, spec) for chunk in todo)
     else:
-        fresh = _parallel_results(todo, spec, workers, backend, scheduler)
+        fresh = _local_results(todo, spec, workers)
     if not done:
         yield from fresh
         return
@@ -151,13 +158,72 @@ def run_chunks(chunks: Iterable[Chunk], spec: TransformSpec, workers: int, backe
         yield done[key] if key in done else next(fresh)
 
 
-def _start_resource_trackers() -> None:
-    from multiprocessing import resource_tracker
+def _pool_context():
+    """How to start the workers. ``fork`` from a single-threaded process (the command line) on
+    Linux: a worker starts in milliseconds with every module already imported. From a process
+    running other threads (a notebook, a Dask client) a fork could copy a lock some thread
+    holds, so ``forkserver`` (a clean process that imports the packer once, then forks the
+    workers). ``spawn`` where neither exists (Windows; macOS, where fork is unsafe)."""
+    import multiprocessing
 
-    from joblib.externals.loky.backend import resource_tracker as loky_resource_tracker
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform == "darwin" or "fork" not in methods:
+        return multiprocessing.get_context("spawn")
+    if threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
-    resource_tracker.ensure_running()
-    loky_resource_tracker.ensure_running()
+
+def _local_results(chunks: Iterator[Chunk], spec: TransformSpec, workers: int) -> Iterator[ChunkResult]:
+    """``pack_chunk`` on ``workers`` processes, at most ``IN_FLIGHT`` chunks per worker queued."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending = deque()
+    # The workers start at the first submit and inherit an ignored SIGINT, so a Ctrl-C
+    # cannot print their tracebacks; the parent stops them. SIGINT is also blocked
+    # meanwhile: a blocked signal stays pending, so the parent still gets a Ctrl-C
+    # pressed now, once it is unblocked.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_start_worker)
+        for chunk in islice(chunks, IN_FLIGHT * workers):
+            pending.append(pool.submit(pack_chunk, chunk, spec))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        while pending:
+            result = pending.popleft().result()
+            for chunk in islice(chunks, 1):
+                pending.append(pool.submit(pack_chunk, chunk, spec))
+            yield result
+    except BrokenProcessPool:
+        raise UserError("a worker process died (killed by the system, e.g. out of memory); run again, "
+                        "with fewer --workers if memory is short") from None
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_worker() -> None:
+    """In a local worker: leave Ctrl-C to the build process (which stops the workers; a worker
+    that took it would print a traceback), and exit when the worker's parent is gone: the build
+    process, or the fork server, which itself exits with the build process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    parent = os.getppid()
+
+    def exit_with_parent():
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, name="exit-with-parent", daemon=True).start()
 
 
 def check_dask_scheduler(address: str) -> None:
@@ -170,37 +236,17 @@ def check_dask_scheduler(address: str) -> None:
         raise UserError(f"cannot reach the Dask scheduler at {address} ({exc}); start it or fix --scheduler") from None
 
 
-def _parallel_results(chunks, spec: TransformSpec, workers: int, backend: str, scheduler: str | None):
+def _dask_results(chunks, spec: TransformSpec, workers: int, scheduler: str | None):
+    """``pack_chunk`` on the Dask cluster at ``scheduler``, through joblib's Dask backend."""
     from joblib import Parallel, delayed, parallel_config
 
-    local = backend != "dask"
-    config = {"backend": "loky"} if local else {"backend": "dask", "scheduler_host": scheduler}
     results = None
-    with parallel_config(**config), warnings.catch_warnings():
+    with parallel_config(backend="dask", scheduler_host=scheduler), warnings.catch_warnings():
         # joblib warns when a run stops early (Ctrl-C, a bad image) about tasks it dropped
         warnings.filterwarnings("ignore", message=".*adjusting the input task iterator", category=UserWarning)
-        parallel = Parallel(n_jobs=workers, return_as="generator", pre_dispatch="2*n_jobs", batch_size=1)
+        parallel = Parallel(n_jobs=workers, return_as="generator", pre_dispatch=f"{IN_FLIGHT}*n_jobs", batch_size=1)
         try:
-            if local:
-                # Worker processes start here and inherit an ignored SIGINT, so a Ctrl-C that
-                # lands while they import cannot print their tracebacks; the parent stops them.
-                # SIGINT is also blocked meanwhile: a blocked signal is kept pending rather than
-                # ignored, so the parent still gets a Ctrl-C pressed now, once it is unblocked.
-                # (The resource trackers are started first: starting them unblocks SIGINT.)
-                _start_resource_trackers()
-                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-                try:
-                    results = parallel(delayed(pack_chunk)(chunk, spec, local) for chunk in chunks)
-                    first = next(results, None)
-                finally:
-                    signal.signal(signal.SIGINT, previous)
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-                if first is None:
-                    return
-                yield first
-            else:
-                results = parallel(delayed(pack_chunk)(chunk, spec) for chunk in chunks)
+            results = parallel(delayed(pack_chunk)(chunk, spec) for chunk in chunks)
             yield from results
         finally:
             if results is not None:

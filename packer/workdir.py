@@ -25,7 +25,7 @@ from pathlib import Path
 from .errors import UserError
 from .work import ChunkResult
 
-FLUSH_SECONDS = 2.0
+FLUSH_SECONDS = 1.0
 
 
 class WorkFolder:
@@ -84,7 +84,7 @@ class WorkFolder:
         return done
 
     def record(self, result: ChunkResult, writers) -> None:
-        """Note a finished chunk; every few seconds flush the archives, then the journal (in the background)."""
+        """Note a finished chunk; every second flush the archives, then the journal (in the background)."""
         self._pending.append(result)
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS and (self._flushing is None or self._flushing.done()):
             self._wait_for_flush()

@@ -119,6 +119,15 @@ class SlowBuild:
             assert time.monotonic() - self.started < 60, f"no {what} after 60 s"
             time.sleep(0.002)
 
+    def __enter__(self) -> "SlowBuild":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+    def wait_for_workers(self) -> None:
+        self.wait_until(lambda: len(self.descendants()) >= 2, "worker processes")
+
     def interrupt(self, whole_group: bool, timeout: float = 60) -> tuple[int, str]:
         """Send SIGINT; the exit code and stderr (code None: still running ``timeout`` s later)."""
         self.descendants()
@@ -126,6 +135,10 @@ class SlowBuild:
             os.killpg(self.proc.pid, signal.SIGINT)
         else:
             os.kill(self.proc.pid, signal.SIGINT)
+        return self.outcome(timeout)
+
+    def outcome(self, timeout: float) -> tuple[int, str]:
+        """The exit code and stderr (code None: still running ``timeout`` s later)."""
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -148,6 +161,14 @@ class SlowBuild:
         self.proc.wait(timeout=10)
 
 
+def _assert_ended_cleanly(code, err, expected_code: int, last_line: str, out, before) -> None:
+    """Exit code, one final line starting ``last_line``, no traceback, ``out`` as it was."""
+    assert code == expected_code, err
+    assert err.rstrip().split("\n")[-1].startswith(last_line), err
+    assert "Traceback" not in err, err  # neither the parent nor a worker
+    assert snapshot(out) == before
+
+
 def _earlier_outputs(out):
     out.mkdir()
     (out / "slow_cls.npz").write_bytes(b"earlier archive \x00\x01")
@@ -159,53 +180,54 @@ def _earlier_outputs(out):
 def test_ctrl_c(slow_tree, tmp_path, target):
     out = tmp_path / "out"
     before = _earlier_outputs(out)
-    build_ = SlowBuild(slow_tree, out)
-    try:
+    with SlowBuild(slow_tree, out) as build_:
         # a progress bar that has moved (so the signal does not land while the bar is being set up)
         moved = re.compile(rb"train: +\d+%\|[^|]*\| *[1-9]\d*/1000")
         build_.wait_until(lambda: moved.search(build_.stderr) and time.monotonic() - build_.started > 1.5,
                           "progress bar")
         assert partial_files(out), "no temporary file while building"
         code, err = build_.interrupt(whole_group=target == "process_group")
-        assert code == 130, err
-        assert err.rstrip().split("\n")[-1].startswith("imagenet-subset: interrupted"), err
-        assert "Traceback" not in err, err  # neither the parent nor a worker
-        assert snapshot(out) == before
+        _assert_ended_cleanly(code, err, 130, "imagenet-subset: interrupted", out, before)
         # the worker processes do not outlive the build
         deadline = time.monotonic() + 10
         while not build_.workers_gone():
             assert time.monotonic() < deadline, "worker processes still running after the build ended"
             time.sleep(0.1)
-    finally:
-        build_.cleanup()
+
+
+def test_workers_exit_when_the_build_is_killed(slow_tree, tmp_path):
+    """SIGKILL of the build alone (no clean-up can run): its worker processes notice and exit."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with SlowBuild(slow_tree, out) as build_:
+        build_.wait_for_workers()
+        workers = list(build_.seen.values())
+        os.kill(build_.proc.pid, signal.SIGKILL)
+        assert build_.proc.wait(timeout=10) == -signal.SIGKILL
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"workers still running 10 s after the build was killed: {alive}"
+
+
+def test_a_killed_worker_is_one_line_and_keeps_earlier_outputs(slow_tree, tmp_path):
+    """A worker killed from outside (as the OOM killer does): one line, exit 1, nothing half-written."""
+    out = tmp_path / "out"
+    before = _earlier_outputs(out)
+    with SlowBuild(slow_tree, out) as build_:
+        build_.wait_for_workers()
+        build_.descendants()[0].kill()
+        code, err = build_.outcome(timeout=60)
+        _assert_ended_cleanly(code, err, 1, "imagenet-subset: error: a worker process died (killed by the system, "
+                              "e.g. out of memory); run again, with fewer --workers if memory is short", out, before)
 
 
 def test_ctrl_c_while_workers_start(slow_tree, tmp_path):
     """Ctrl-C at a terminal (SIGINT to the process group) just after the worker processes appear."""
     out = tmp_path / "out"
     before = _earlier_outputs(out)
-    build_ = SlowBuild(slow_tree, out)
-
-    def workers_started():
-        return len([p for p in build_.descendants() if "LokyProcess" in " ".join(_cmdline(p))]) >= 2
-
-    try:
-        build_.wait_until(workers_started, "worker processes")
-        time.sleep(0.3)  # they are starting up (importing) now; the first chunk takes seconds
+    with SlowBuild(slow_tree, out) as build_:
+        build_.wait_for_workers()
         code, err = build_.interrupt(whole_group=True, timeout=10)
-        assert code == 130, err
-        assert err.rstrip().split("\n")[-1].startswith("imagenet-subset: interrupted"), err
-        assert "Traceback" not in err, err
-        assert snapshot(out) == before
-    finally:
-        build_.cleanup()
-
-
-def _cmdline(process) -> list[str]:
-    try:
-        return process.cmdline()
-    except psutil.Error:
-        return []
+        _assert_ended_cleanly(code, err, 130, "imagenet-subset: interrupted", out, before)
 
 
 def test_failure_while_moving_outputs_into_place_keeps_earlier_archive(tmp_path):

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections import namedtuple
 from pathlib import Path
@@ -282,13 +283,21 @@ def test_a_flipped_byte_in_one_shard_fails_verify_naming_it(small, tmp_path, cap
 
 # --------------------------------------------------------------------------- 3. resume and Ctrl-C
 
-BIG = {f"n0200000{i}": 150 for i in range(1, 5)}  # 600 train images of 300 px, default sizes: several seconds
+BIG = {f"n0200000{i}": 150 for i in range(1, 5)}  # 600 train images of 1600 x 1200: several seconds at default sizes
 
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
     root = tmp_path_factory.mktemp("big")
     data_dir = _write_tree(root, BIG, {"n02000001": 4, "n02000003": 3}, sizes=[(300, 225), (225, 300), (256, 256)])
+    # large photos make the build last long enough to be interrupted: hard links to three of them
+    large = []
+    for k, size in enumerate([(1600, 1200), (1200, 1600), (1400, 1400)]):
+        large.append(root / f"large{k}.JPEG")
+        _photo(size, 1000 + k).save(large[-1], quality=90)
+    for k, path in enumerate(sorted((data_dir / "train").rglob("*.JPEG"))):
+        path.unlink()
+        os.link(large[k % 3], path)
     return root, data_dir
 
 
@@ -693,3 +702,20 @@ def test_more_workers_than_cores_gives_the_same_bytes(many, tmp_path):
     assert one.counts == {"train": 2000, "val": 40}
     assert one.sha256 == five.sha256 == sha256(five.archive)
     assert json.loads(five.manifest.read_text())["build"]["workers"] == 5
+
+
+def test_a_build_from_a_process_running_threads_uses_a_fork_server(small, good, tmp_path):
+    """A notebook or a Dask client runs threads: the workers are then not forked from it."""
+    from packer.work import _pool_context
+
+    root, data_dir = small
+    release = threading.Event()
+    bystander = threading.Thread(target=release.wait, daemon=True)
+    bystander.start()
+    try:
+        assert _pool_context().get_start_method() == "forkserver"
+        threaded = _build(root / "list.txt", data_dir, tmp_path / "threaded", workers=2)
+    finally:
+        release.set()
+        bystander.join()
+    assert threaded.sha256 == good[0].sha256

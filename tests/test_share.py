@@ -329,6 +329,28 @@ def test_manifest_train_statistics(built, manifest):
     np.testing.assert_allclose(stats["std"], X.std(axis=0), rtol=0, atol=1e-3)
 
 
+def test_manifest_layout_one_line_per_value_below_two_levels(built):
+    text = (built.archive.parent / "mine_cls.manifest.json").read_text(encoding="utf-8")
+    lines = text.split("\n")
+    assert lines[:2] == ["{", ' "manifest_version": 1,'] and lines[-2:] == ["}", ""]
+    # each split's sources (thousands of paths for a real subset) is one line of compact JSON
+    train = [line for line in lines if line.startswith('  "train": {"root"')]
+    assert len(train) == 1
+    assert json.loads("{" + train[0].rstrip(",") + "}")["train"] == json.loads(text)["sources"]["train"]
+
+
+def test_channel_sums_are_exact_in_both_accumulators():
+    from packer.work import channel_sums
+
+    rng = np.random.default_rng(3)
+    for rows in (rng.integers(0, 256, (5, 7, 6, 3), dtype=np.uint8),  # a uint32 total is exact
+                 np.full((70000, 1, 1, 3), 255, dtype=np.uint8)):     # 70,000 lines x 255**2 needs uint64
+        values = rows.reshape(-1, 3).astype(np.int64)
+        assert channel_sums(rows) == (tuple(int(v) for v in values.sum(axis=0)),
+                                      tuple(int(v) for v in (values ** 2).sum(axis=0)))
+    assert channel_sums(np.zeros((0, 4, 4, 3), dtype=np.uint8)) == ((0, 0, 0), (0, 0, 0))
+
+
 def test_manifest_files_and_build_records(built, manifest):
     files = manifest["files"]
     assert files["archive"] == {"file": "mine_cls.npz", "bytes": built.archive.stat().st_size,
