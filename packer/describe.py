@@ -151,10 +151,14 @@ def write_json(document: dict, path) -> None:
         f.write(_json_text(document, levels=2) + "\n")
 
 
+def _json_key(key) -> str:
+    """A dict key as ``json.dumps`` writes it: strings as they are, 1 as "1", None as "null"."""
+    return json.dumps(key if isinstance(key, str) else json.dumps(key), ensure_ascii=False)
+
+
 def _json_text(value, levels: int, indent: str = "") -> str:
     if not isinstance(value, dict) or not value or levels == 0:
         return json.dumps(value, ensure_ascii=False)
     inner = indent + " "
-    items = (f"{inner}{json.dumps(key, ensure_ascii=False)}: {_json_text(item, levels - 1, inner)}"
-             for key, item in value.items())
+    items = (f"{inner}{_json_key(key)}: {_json_text(item, levels - 1, inner)}" for key, item in value.items())
     return "{\n" + ",\n".join(items) + "\n" + indent + "}"

@@ -54,7 +54,6 @@ import numpy as np
 from .crc32 import crc32_combine
 
 DEFLATE_LEVEL = 6
-READ_BACK_BYTES = 8 << 20  # the parent reads the finished file back for its SHA-256 in blocks this size
 _ZIP64_LIMIT = 0xFFFFFFFF
 _DOS_DATE = (1 << 5) | 1  # 1980-01-01, the earliest ZIP date
 _VERSION_STORED = 20
@@ -196,7 +195,6 @@ class _NpzWriter:
         self._members: dict[str, _Member] = {}
         self._sha256 = hashlib.sha256()
         self._hashed = 0  # bytes of the file already fed to the hash
-        self._read_back: bytearray | None = None
 
     @property
     def sha256(self) -> str:
@@ -287,15 +285,12 @@ class StoredNpzWriter(_NpzWriter):
 
     def _advance_hash(self) -> None:
         until = self._final_until()
-        if self._hashed < until and self._read_back is None:
-            self._read_back = bytearray(READ_BACK_BYTES)  # one buffer for the whole file: no new memory per read
         while self._hashed < until:
-            view = memoryview(self._read_back)[:min(until - self._hashed, READ_BACK_BYTES)]
-            count = os.preadv(self._fd, [view], self._hashed)
-            if not count:
+            block = os.pread(self._fd, min(until - self._hashed, 8 << 20), self._hashed)
+            if not block:
                 raise OSError(f"{self.path} is shorter than expected")
-            self._sha256.update(view[:count])
-            self._hashed += count
+            self._sha256.update(block)
+            self._hashed += len(block)
 
     def flush(self) -> None:
         """Make every row written so far durable (before recording it as done)."""

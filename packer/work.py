@@ -27,7 +27,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import warnings
 import zlib
 from collections import deque
@@ -43,7 +42,6 @@ from .npz import deflate_segment
 from .transform import TransformSpec, store_rows, transform_image
 
 CHUNK_SIZE = 32
-PARENT_CHECK_SECONDS = 0.5
 IN_FLIGHT = 2  # chunks per worker queued or running: keeps every worker busy, memory flat
 
 
@@ -162,8 +160,9 @@ def _pool_context():
     """How to start the workers. ``fork`` from a single-threaded process (the command line) on
     Linux: a worker starts in milliseconds with every module already imported. From a process
     running other threads (a notebook, a Dask client) a fork could copy a lock some thread
-    holds, so ``forkserver`` (a clean process that imports the packer once, then forks the
-    workers). ``spawn`` where neither exists (Windows; macOS, where fork is unsafe)."""
+    holds, so ``forkserver``: a clean process, started here (so that a Ctrl-C meanwhile is an
+    ordinary one), forks the workers, which then import the packer. ``spawn`` where neither
+    exists (Windows; macOS, where fork is unsafe)."""
     import multiprocessing
 
     methods = multiprocessing.get_all_start_methods()
@@ -171,9 +170,10 @@ def _pool_context():
         return multiprocessing.get_context("spawn")
     if threading.active_count() == 1:
         return multiprocessing.get_context("fork")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+    return multiprocessing.get_context("forkserver")
 
 
 def _local_results(chunks: Iterator[Chunk], spec: TransformSpec, workers: int) -> Iterator[ChunkResult]:
@@ -181,49 +181,53 @@ def _local_results(chunks: Iterator[Chunk], spec: TransformSpec, workers: int) -
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    pending = deque()
-    # The workers start at the first submit and inherit an ignored SIGINT, so a Ctrl-C
-    # cannot print their tracebacks; the parent stops them. SIGINT is also blocked
-    # meanwhile: a blocked signal stays pending, so the parent still gets a Ctrl-C
-    # pressed now, once it is unblocked.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    context = _pool_context()
+    pool, pending = None, deque()
     try:
-        pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_start_worker)
-        for chunk in islice(chunks, IN_FLIGHT * workers):
-            pending.append(pool.submit(pack_chunk, chunk, spec))
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    try:
+        # The workers start at the first submit and inherit an ignored SIGINT, so a Ctrl-C
+        # cannot print their tracebacks; the parent stops them. SIGINT is also blocked
+        # meanwhile: a blocked signal stays pending, so the parent still gets a Ctrl-C
+        # pressed now, when it is unblocked (and the pool is shut down below).
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker)
+            for chunk in islice(chunks, IN_FLIGHT * workers):
+                pending.append(pool.submit(pack_chunk, chunk, spec))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         while pending:
             result = pending.popleft().result()
             for chunk in islice(chunks, 1):
                 pending.append(pool.submit(pack_chunk, chunk, spec))
             yield result
     except BrokenProcessPool:
-        raise UserError("a worker process died (killed by the system, e.g. out of memory); run again, "
-                        "with fewer --workers if memory is short") from None
+        raise UserError("a worker process died (killed by the system, e.g. out of memory) or could not start; "
+                        "run again, with fewer --workers if memory is short") from None
     finally:
         for future in pending:
             future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _start_worker() -> None:
     """In a local worker: leave Ctrl-C to the build process (which stops the workers; a worker
-    that took it would print a traceback), and exit when the worker's parent is gone: the build
-    process, or the fork server, which itself exits with the build process."""
+    that took it would print a traceback), and exit as soon as the build process is gone
+    (SIGKILLed, say), whether it is the worker's parent or asked a fork server for it."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    parent = os.getppid()
+    build = multiprocessing.parent_process()
 
-    def exit_with_parent():
-        while os.getppid() == parent:
-            time.sleep(PARENT_CHECK_SECONDS)
+    def exit_with_build():
+        wait([build.sentinel])
         os._exit(1)
 
-    threading.Thread(target=exit_with_parent, name="exit-with-parent", daemon=True).start()
+    threading.Thread(target=exit_with_build, name="exit-with-build", daemon=True).start()
 
 
 def check_dask_scheduler(address: str) -> None:

@@ -89,13 +89,22 @@ def slow_tree(tmp_path_factory):
     return root
 
 
-class SlowBuild:
-    """``python main.py`` on the slow tree with 2 workers, in its own process group, stderr collected."""
+# the command line run from a process with a second thread: its workers come from a fork server
+THREADED_MAIN = ("import sys, threading; threading.Thread(target=threading.Event().wait, daemon=True).start(); "
+                 "import packer.cli; sys.exit(packer.cli.main())")
 
-    def __init__(self, slow_tree, out):
+
+class SlowBuild:
+    """``python main.py`` on the slow tree with 2 workers, in its own process group, stderr collected.
+
+    ``threaded``: the same run from a process with a second thread (fork-server workers).
+    """
+
+    def __init__(self, slow_tree, out, threaded: bool = False):
+        self.threaded = threaded
         self.proc = subprocess.Popen(
-            [PYTHON, "main.py", "--subset_name", str(slow_tree / "slow.txt"), "--data_dir", str(slow_tree / "data"),
-             "--out_dir", str(out), "--workers", "2"],
+            [PYTHON, *(["-c", THREADED_MAIN] if threaded else ["main.py"]), "--subset_name", str(slow_tree / "slow.txt"),
+             "--data_dir", str(slow_tree / "data"), "--out_dir", str(out), "--workers", "2"],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env(), start_new_session=True)
         self.started = time.monotonic()
         self.stderr = bytearray()
@@ -126,7 +135,8 @@ class SlowBuild:
         self.cleanup()
 
     def wait_for_workers(self) -> None:
-        self.wait_until(lambda: len(self.descendants()) >= 2, "worker processes")
+        """Until the 2 workers run (with a fork server, also the server and its resource tracker)."""
+        self.wait_until(lambda: len(self.descendants()) >= (4 if self.threaded else 2), "worker processes")
 
     def interrupt(self, whole_group: bool, timeout: float = 60) -> tuple[int, str]:
         """Send SIGINT; the exit code and stderr (code None: still running ``timeout`` s later)."""
@@ -148,7 +158,7 @@ class SlowBuild:
         return code, self.stderr.decode(errors="replace")
 
     def workers_gone(self) -> bool:
-        return not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in self.seen.values())
+        return not any(_running(p) for p in self.seen.values())
 
     def cleanup(self) -> None:
         """Kill whatever of this build is still running (only processes it started)."""
@@ -195,17 +205,18 @@ def test_ctrl_c(slow_tree, tmp_path, target):
             time.sleep(0.1)
 
 
-def test_workers_exit_when_the_build_is_killed(slow_tree, tmp_path):
+@pytest.mark.parametrize("threaded", [False, True], ids=["fork", "forkserver"])
+def test_workers_exit_when_the_build_is_killed(slow_tree, tmp_path, threaded):
     """SIGKILL of the build alone (no clean-up can run): its worker processes notice and exit."""
     out = tmp_path / "out"
     out.mkdir()
-    with SlowBuild(slow_tree, out) as build_:
+    with SlowBuild(slow_tree, out, threaded) as build_:
         build_.wait_for_workers()
         workers = list(build_.seen.values())
         os.kill(build_.proc.pid, signal.SIGKILL)
         assert build_.proc.wait(timeout=10) == -signal.SIGKILL
         _, alive = psutil.wait_procs(workers, timeout=10)
-        assert not alive, f"workers still running 10 s after the build was killed: {alive}"
+        assert not alive, f"processes of the build still running 10 s after it was killed: {alive}"
 
 
 def test_a_killed_worker_is_one_line_and_keeps_earlier_outputs(slow_tree, tmp_path):
@@ -217,14 +228,16 @@ def test_a_killed_worker_is_one_line_and_keeps_earlier_outputs(slow_tree, tmp_pa
         build_.descendants()[0].kill()
         code, err = build_.outcome(timeout=60)
         _assert_ended_cleanly(code, err, 1, "imagenet-subset: error: a worker process died (killed by the system, "
-                              "e.g. out of memory); run again, with fewer --workers if memory is short", out, before)
+                              "e.g. out of memory) or could not start; run again, with fewer --workers if memory "
+                              "is short", out, before)
 
 
-def test_ctrl_c_while_workers_start(slow_tree, tmp_path):
+@pytest.mark.parametrize("threaded", [False, True], ids=["fork", "forkserver"])
+def test_ctrl_c_while_workers_start(slow_tree, tmp_path, threaded):
     """Ctrl-C at a terminal (SIGINT to the process group) just after the worker processes appear."""
     out = tmp_path / "out"
     before = _earlier_outputs(out)
-    with SlowBuild(slow_tree, out) as build_:
+    with SlowBuild(slow_tree, out, threaded) as build_:
         build_.wait_for_workers()
         code, err = build_.interrupt(whole_group=True, timeout=10)
         _assert_ended_cleanly(code, err, 130, "imagenet-subset: interrupted", out, before)
@@ -247,3 +260,26 @@ def test_failure_while_moving_outputs_into_place_keeps_earlier_archive(tmp_path)
         build(class_list, tree.data_dir, out)
     assert str(csv) in str(info.value)
     assert first.archive.read_bytes() == earlier
+
+
+def test_an_error_while_the_first_chunks_are_queued_stops_the_workers():
+    """The pool is shut down whatever stops the run, even before its first result."""
+    from packer.transform import TransformSpec
+    from packer.work import Chunk, run_chunks
+
+    def chunks():
+        yield Chunk("X_train", 0, ())
+        raise RuntimeError("the chunk source failed")
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(RuntimeError, match="the chunk source failed"):
+        list(run_chunks(chunks(), TransformSpec(), workers=2))
+    # already stopped when the error arrives, not some time later
+    assert not [p for p in psutil.Process().children(recursive=True) if p.pid not in before and _running(p)]
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
