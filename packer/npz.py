@@ -293,8 +293,13 @@ class StoredNpzWriter(_NpzWriter):
             self._hashed += len(block)
 
     def flush(self) -> None:
-        """Make every row written so far durable (before recording it as done)."""
+        """Make every row written so far durable (before recording it as done), then drop from
+        the page cache what the checksum has already read back: a build recycles its own memory
+        as it goes instead of filling the cache with an archive of any size."""
+        hashed = self._hashed
         os.fsync(self._fd)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self._fd, 0, hashed, os.POSIX_FADV_DONTNEED)
 
     def close(self) -> None:
         """Write the central directory, flush to disk, close the file."""

@@ -237,6 +237,22 @@ def test_zip64_stored_writer(tmp_path, monkeypatch):
 
 # -- CRC-32 combining ---------------------------------------------------------------
 
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this platform")
+def test_flush_syncs_then_drops_only_what_the_checksum_has_read(tmp_path, monkeypatch):
+    rows = np.arange(3 * 4 * 4 * 3, dtype=np.uint8).reshape(3, 4, 4, 3)
+    specs = [ArraySpec("X_train", "|u1", rows.shape), ArraySpec("y_train", "<i4", (3,))]
+    writer = StoredNpzWriter(str(tmp_path / "a.npz"), specs, {"y_train": np.zeros(3, np.int32)})
+    calls = []
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(("fsync", fd)))
+    monkeypatch.setattr(os, "posix_fadvise", lambda *args: calls.append(("fadvise", *args)))
+    writer.write_rows("X_train", 0, rows[:2].tobytes())
+    writer.add_chunk("X_train", zlib.crc32(rows[:2].tobytes()), rows[:2].nbytes)
+    writer.flush()
+    hashed = writer.pixel_offset("X_train", 2)  # the rows reported so far, and everything before them
+    assert calls == [("fsync", writer._fd), ("fadvise", writer._fd, 0, hashed, os.POSIX_FADV_DONTNEED)]
+    writer.abort()
+
+
 def test_crc32_combine_equals_crc_of_concatenation():
     rng = random.Random(1234)
     for _ in range(300):
