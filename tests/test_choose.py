@@ -165,6 +165,15 @@ def _ids(items):
     return np.array([t[0] for t in items], np.int32)
 
 
+def _assert_split(data, split: str, items, label_of, everything=None, source: str | None = None) -> None:
+    """``<split>_id`` and ``y_<split>`` are those of ``items``; given ``everything``, ``X_<split>`` holds
+    the full build's rows of those ids, taken from its split ``source`` (default: the same split)."""
+    np.testing.assert_array_equal(data[f"{split}_id"], _ids(items))
+    np.testing.assert_array_equal(data[f"y_{split}"], _labels(items, label_of))
+    if everything is not None:
+        np.testing.assert_array_equal(data[f"X_{split}"], _expected_rows(everything, source or split, data[f"{split}_id"]))
+
+
 # --------------------------------------------------------------------------- 1. per-class sampling
 
 SAMPLED = [TIGER, TENCH, TIGER_CAT, GOLDFISH]  # not sorted; TIGER_CAT has 2 train and 1 val image
@@ -178,12 +187,8 @@ def test_per_class_sampling_takes_the_lowest_ranks_in_original_order(tree, every
     assert list(data) == KEYS
     train = choose(tree.train_of(SAMPLED), label_of, 3, 5, "train")
     val = choose(tree.val_of(SAMPLED), label_of, 2, 5, "val")
-    np.testing.assert_array_equal(data["train_id"], _ids(train))
-    np.testing.assert_array_equal(data["y_train"], _labels(train, label_of))
-    np.testing.assert_array_equal(data["val_id"], _ids(val))
-    np.testing.assert_array_equal(data["y_val"], _labels(val, label_of))
-    np.testing.assert_array_equal(data["X_train"], _expected_rows(everything, "train", data["train_id"]))
-    np.testing.assert_array_equal(data["X_val"], _expected_rows(everything, "val", data["val_id"]))
+    _assert_split(data, "train", train, label_of, everything)
+    _assert_split(data, "val", val, label_of, everything)
     # exactly N per label, fewer only where the label has fewer; ids increase like the full build
     assert np.bincount(data["y_train"]).tolist() == [3, 3, 2, 3]
     assert np.bincount(data["y_val"]).tolist() == [2, 2, 1, 2]
@@ -273,12 +278,8 @@ def test_holdout(tree, everything, tmp_path, train_per_class):
     holdout = choose(items, label_of, 2, 8, "holdout")
     remaining = [t for t in items if t not in holdout]
     train = choose(remaining, label_of, train_per_class, 8, "train")
-    np.testing.assert_array_equal(data["holdout_id"], _ids(holdout))
-    np.testing.assert_array_equal(data["y_holdout"], _labels(holdout, label_of))
-    np.testing.assert_array_equal(data["train_id"], _ids(train))
-    np.testing.assert_array_equal(data["y_train"], _labels(train, label_of))
-    np.testing.assert_array_equal(data["X_holdout"], _expected_rows(everything, "train", data["holdout_id"]))
-    np.testing.assert_array_equal(data["X_train"], _expected_rows(everything, "train", data["train_id"]))
+    _assert_split(data, "holdout", holdout, label_of, everything, source="train")
+    _assert_split(data, "train", train, label_of, everything)
     assert np.bincount(data["y_holdout"]).tolist() == [2, 2, 2, 2]
     assert not set(data["holdout_id"].tolist()) & set(data["train_id"].tolist())
     assert set(data["holdout_id"].tolist()) | set(data["train_id"].tolist()) <= {t[0] for t in items}
@@ -304,11 +305,8 @@ def test_label_group_gets_one_label_and_a_metadata_row(tree, everything, tmp_pat
     data = _arrays(result.archive)
     label_of = {PUG: 0, HUNTING: 0, TENCH: 1, RETRIEVER: 2}
     train, val = tree.train_of(label_of), tree.val_of(label_of)
-    np.testing.assert_array_equal(data["train_id"], _ids(train))
-    np.testing.assert_array_equal(data["y_train"], _labels(train, label_of))
-    np.testing.assert_array_equal(data["val_id"], _ids(val))
-    np.testing.assert_array_equal(data["y_val"], _labels(val, label_of))
-    np.testing.assert_array_equal(data["X_train"], _expected_rows(everything, "train", data["train_id"]))
+    _assert_split(data, "train", train, label_of, everything)
+    _assert_split(data, "val", val, label_of)
     assert np.bincount(data["y_train"]).tolist() == [TRAIN_COUNTS[PUG] + TRAIN_COUNTS[HUNTING],
                                                     TRAIN_COUNTS[TENCH], TRAIN_COUNTS[RETRIEVER]]
     rows = _metadata(result.metadata)
@@ -373,12 +371,8 @@ def test_rest_label(tree, everything, tmp_path, rest_val):
     label_of, train, val, expected_rest_val = _rest_expectation(tree, listed, 7, 3, rest_val)
     if rest_val is None:  # 7 of 49 pool train images, 26 pool val images: round(3.71) = 4
         assert expected_rest_val == 4
-    np.testing.assert_array_equal(data["train_id"], _ids(train))
-    np.testing.assert_array_equal(data["y_train"], _labels(train, label_of))
-    np.testing.assert_array_equal(data["val_id"], _ids(val))
-    np.testing.assert_array_equal(data["y_val"], _labels(val, label_of))
-    np.testing.assert_array_equal(data["X_train"], _expected_rows(everything, "train", data["train_id"]))
-    np.testing.assert_array_equal(data["X_val"], _expected_rows(everything, "val", data["val_id"]))
+    _assert_split(data, "train", train, label_of, everything)
+    _assert_split(data, "val", val, label_of, everything)
     assert np.bincount(data["y_train"]).tolist() == [TRAIN_COUNTS[GOLDFISH], TRAIN_COUNTS[TENCH], 7]
     assert np.bincount(data["y_val"]).tolist() == [VAL_COUNTS[GOLDFISH], VAL_COUNTS[TENCH], expected_rest_val]
     # rest rows are interleaved in train_cls order with the others
@@ -410,8 +404,7 @@ def test_builtin_hotdog_list_with_rest(tree, tmp_path):
     assert Path(result.archive).name == "hotdog_cls.npz"
     data = _arrays(result.archive)
     label_of, train, val, _ = _rest_expectation(tree, [HOTDOG], 10, 1)
-    np.testing.assert_array_equal(data["train_id"], _ids(train))
-    np.testing.assert_array_equal(data["y_train"], _labels(train, label_of))
+    _assert_split(data, "train", train, label_of)
     np.testing.assert_array_equal(data["val_id"], _ids(val))
     rows = _metadata(result.metadata)
     assert [(r["WNID"], r["human_label"]) for r in rows] == [(HOTDOG, NAMES[HOTDOG]), ("", "rest")]
@@ -438,9 +431,7 @@ def test_classes_by_name_build(tree, everything, tmp_path):
     data = _arrays(result.archive)
     label_of = {GOLDFISH: 0, TENCH: 1}
     train = tree.train_of(label_of)
-    np.testing.assert_array_equal(data["train_id"], _ids(train))
-    np.testing.assert_array_equal(data["y_train"], _labels(train, label_of))
-    np.testing.assert_array_equal(data["X_train"], _expected_rows(everything, "train", data["train_id"]))
+    _assert_split(data, "train", train, label_of, everything)
     rows = _metadata(result.metadata)
     assert [(r["WNID"], r["human_label"]) for r in rows] == [(GOLDFISH, NAMES[GOLDFISH]), (TENCH, NAMES[TENCH])]
 
@@ -500,8 +491,7 @@ def test_search_takes_every_matching_class_sorted_by_wnid(tree, everything, tmp_
     assert Path(result.archive).name == "search_dog_cls.npz"
     data = _arrays(result.archive)
     label_of = {PUG: 0, HUNTING: 1, DOGSLED: 2, HOTDOG: 3}
-    np.testing.assert_array_equal(data["train_id"], _ids(tree.train_of(label_of)))
-    np.testing.assert_array_equal(data["y_train"], _labels(tree.train_of(label_of), label_of))
+    _assert_split(data, "train", tree.train_of(label_of), label_of)
     np.testing.assert_array_equal(data["val_id"], _ids(tree.val_of(label_of)))
 
 
