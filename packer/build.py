@@ -1,7 +1,8 @@
 """Build a subset archive: options, the plan of every row, and the entry points.
 
     plan_build:  find_tree -> choose the classes -> list and label the images
-                 -> sampling (per class, holdout, rest)
+                 -> sampling (per class, holdout, rest) -> notes on what the
+                 metadata CSV will leave empty and which file would fill it
     execute:     (execute.py) pack the plan into archives, safely
 
 ``build_subset("imagenet30", data_dir=...)`` and ``build(BuildOptions(...))``
@@ -19,7 +20,8 @@ from .sampling import Sampling, apply_sampling
 from .subset import (Label, SubsetList, check_classes_present, classes_by_name, classes_by_search, label_images,
                      read_subset_list)
 from .transform import LAYOUTS, RESIZE_MODES, TransformSpec
-from .tree import ClassInfo, SplitImages, Tree, class_table, find_tree, list_train_images, list_val_images, train_classes
+from .tree import (ClassInfo, SplitImages, Tree, class_table, class_table_gaps, find_tree, human_labels,
+                   list_train_images, list_val_images, train_classes)
 from .work import CHUNK_SIZE
 
 RESIZE_RULE = "torchvision Resize(resize_size) + CenterCrop(crop_size), bilinear (Pillow)"
@@ -70,7 +72,8 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class BuildPlan:
-    """Everything decided before any image is decoded: names, labelled images in row order, class facts."""
+    """Everything decided before any image is decoded: names, labelled images in row order, class facts,
+    and notes for the user (labels left short of images, metadata columns left empty)."""
 
     name: str
     subset: SubsetList
@@ -160,15 +163,15 @@ def _input_description(tree: Tree, splits: list[SplitImages]) -> dict:
     return {"train_order": splits[0].label_source, "val_labels": splits[1].label_source, "label_files": found}
 
 
-def _choose_subset(options: BuildOptions, tree: Tree, classes: dict[str, ClassInfo]) -> SubsetList:
+def _choose_subset(options: BuildOptions, tree: Tree, classes: dict[str, ClassInfo], folders: list[str]) -> SubsetList:
     if options.classes or options.search:
-        names = {w: c.human_label for w, c in sorted(classes.items()) if c.human_label}
-        source = " / ".join(p.name for p in (tree.synset_mapping, tree.map_clsloc) if p) or "the tree"
+        names = human_labels(classes)
         if options.classes:
+            source = " / ".join(p.name for p in (tree.synset_mapping, tree.map_clsloc) if p) or "the tree"
             wnids = classes_by_name(list(options.classes), names, source)
             default_name, how = "custom", f"--classes {','.join(options.classes)}"
         else:
-            wnids = classes_by_search(options.search, names, source)
+            wnids = classes_by_search(options.search, names, folders, str(tree.train_dir))
             default_name, how = "search_" + re.sub(r"[^a-z0-9]+", "_", options.search.lower()).strip("_"), \
                 f"--search {options.search}"
         subset = SubsetList(options.subset_name or default_name, tuple(Label(w, (w,)) for w in wnids), how)
@@ -182,14 +185,15 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     check_options(options)
     tree = find_tree(options.data_dir, options.devkit_dir)
     classes = class_table(tree)
-    subset = _choose_subset(options, tree, classes)
     folders = train_classes(tree)
+    subset = _choose_subset(options, tree, classes, folders)
     check_classes_present(subset, folders, tree.train_dir)
     listed = folders if options.rest is not None else list(subset.wnids)
     train = label_images(list_train_images(tree, listed), subset)
     val = label_images(list_val_images(tree, listed), subset)
     rest_label = len(subset.labels) - 1 if options.rest is not None else None
     splits, notes = apply_sampling(train, val, [label.name for label in subset.labels], rest_label, options.sampling())
+    notes += class_table_gaps(tree, classes, subset.single_classes())
     description = _input_description(tree, splits)
     return BuildPlan(subset.name, subset, tuple(splits), classes, description, tuple(notes))
 

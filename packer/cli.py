@@ -8,13 +8,16 @@
     imagenet-subset demo [--dir DIR] [--out_dir DIR]
 """
 import argparse
+import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from .build import BuildOptions, build
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 PROG = "imagenet-subset"
 COMMANDS = """commands:
@@ -102,7 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
                              "that shape the output come from the recipe)")
     parser.add_argument("--max_ram", type=float, help="accepted for compatibility; memory stays flat without it")
     parser.add_argument("--concatenate", action="store_true", help="accepted for compatibility; one file is always written")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
+
+
+# what a recipe fixes; the other options (where to read and write, how to run) may be given beside it
+RECIPE_FIXES = ("subset_name", "resize_size", "crop_size", "resize", "layout", "fast", "compress", "classes",
+                "search", "train_per_class", "val_per_class", "holdout_per_class", "rest", "rest_val", "seed",
+                "on_error", "shard_size")
+
+
+def _given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The options ``argv`` sets explicitly (an option given with its default value counts)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 def _build(argv: list[str]) -> int:
@@ -113,8 +132,15 @@ def _build(argv: list[str]) -> int:
     if args.recipe:
         from .recipe import rebuild_from_recipe
 
+        fixed = [f"--{name}" for name in RECIPE_FIXES if name in _given(build_parser(), argv)]
+        if fixed:
+            raise UserError(f"{', '.join(fixed)}: the recipe {args.recipe} fixes the options that shape the archive; "
+                            "drop them (beside --recipe give only --data_dir, --devkit_dir, --out_dir, --workers, "
+                            "--backend, --scheduler, --resume, --quiet)")
+
         report = rebuild_from_recipe(args.recipe, args.data_dir, args.devkit_dir, args.out_dir, args.workers,
-                                     progress=not args.quiet, backend=args.backend, scheduler=args.scheduler)
+                                     progress=not args.quiet, backend=args.backend, scheduler=args.scheduler,
+                                     resume=args.resume)
         print(report.summary())
         return 0 if report.archive_matches else 1
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
@@ -146,7 +172,8 @@ def _demo(argv: list[str]) -> int:
         data_dir = write_sample_tree(root)
         class_list = root / "demo.txt"
         class_list.write_text("".join(f"{wnid}\n" for wnid in IMAGENETTE))
-        print(f"wrote a synthetic ILSVRC tree at {root} (12 classes, 20 train + 5 val images each)")
+        where = f"at {root}" if args.dir else "in a temporary folder (removed at the end; --dir DIR keeps it)"
+        print(f"wrote a synthetic ILSVRC tree {where}: 12 classes, 20 train + 5 val images each")
         result = build(BuildOptions(str(class_list), str(data_dir), out_dir=args.out_dir, workers=args.workers))
         print(result.summary())
         data = load(result.archive)
@@ -204,15 +231,14 @@ def _classes(argv: list[str]) -> int:
     parser.add_argument("--devkit_dir", help="folder with map_clsloc.txt, if not found beside the data")
     parser.add_argument("--search", help="only classes whose name contains this text")
     args = parser.parse_args(argv)
-    from .tree import class_table, find_tree, image_counts, train_classes
+    from .subset import classes_by_search
+    from .tree import class_table, find_tree, human_labels, image_counts, train_classes
 
     tree = find_tree(args.data_dir, args.devkit_dir)
     names = class_table(tree)
     wnids = train_classes(tree)
     if args.search:
-        wnids = [w for w in wnids if w in names and args.search.lower() in (names[w].human_label or "").lower()]
-        if not wnids:
-            raise UserError(f"--search: no class of {tree.train_dir} has a name containing '{args.search}'")
+        wnids = classes_by_search(args.search, human_labels(names), wnids, str(tree.train_dir))
     counts = image_counts(tree, wnids)
     print(f"{'WNID':<10} {'train':>6} {'val':>5}  human_label")
     for wnid in wnids:
@@ -228,21 +254,71 @@ COMMAND_HANDLERS = {"demo": _demo, "info": _info, "verify": _verify, "preview": 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv[:1] and argv[0] in COMMAND_HANDLERS else "build"
     try:
-        if argv[:1] and argv[0] in COMMAND_HANDLERS:
-            return COMMAND_HANDLERS[argv[0]](argv[1:])
-        return _build(argv[1:] if argv[:1] == ["build"] else argv)
+        with _notes_on_stderr(), _stop_signals_interrupt():
+            if command != "build":
+                return COMMAND_HANDLERS[command](argv[1:])
+            return _build(argv[1:] if argv[:1] == ["build"] else argv)
     except UserError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"{PROG}: error: out of memory; use fewer --workers or a smaller --crop_size, or free memory",
+              file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into e.g. head, which stopped reading
         sys.stdout = open(os.devnull, "w")
         return 0
+    except Interrupted as exc:
+        hint = "; run the same command with --resume to continue" if command == "build" else ""
+        print(f"{PROG}: interrupted ({exc.signal_name}){hint}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         resumable = "--resume" in argv
         print(f"{PROG}: interrupted; nothing was written at the output paths (earlier outputs are untouched)"
               + ("; run the same command again to continue" if resumable else ""), file=sys.stderr)
         return 130
+
+
+class _notes_on_stderr:
+    """While the command runs, the package's log messages go to stderr as ``imagenet-subset: <message>``."""
+
+    def __enter__(self):
+        self.logger = logging.getLogger("packer")
+        self.handler = logging.StreamHandler(sys.stderr)
+        self.handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+        self.saved = self.logger.level, self.logger.propagate
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.level, self.logger.propagate = self.saved
+
+
+class _stop_signals_interrupt:
+    """While the command runs, SIGTERM and SIGHUP (``kill``, a batch scheduler, a container stop, a
+    closed terminal) raise ``Interrupted`` in the main thread, so the build stops as on Ctrl-C."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+    def __enter__(self):
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for number in self.SIGNALS:
+                self.previous[number] = signal.signal(number, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(number, frame):
+        raise Interrupted(number)
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
 if __name__ == "__main__":

@@ -19,3 +19,16 @@ class ImageError(UserError):
 
     def __str__(self) -> str:
         return f"cannot read image {self.path}: {self.reason}"
+
+
+class Interrupted(KeyboardInterrupt):
+    """The build was asked to stop by a signal other than Ctrl-C (SIGTERM from ``kill``, a batch
+    scheduler or a container stop; SIGHUP from a closed terminal). It stops as Ctrl-C does, but
+    keeps its work folder (with every finished chunk journaled) for ``--resume``."""
+
+    def __init__(self, signal_number: int):
+        import signal
+
+        super().__init__(signal_number)
+        self.signal_name = signal.Signals(signal_number).name
+        self.exit_code = 128 + signal_number

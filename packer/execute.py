@@ -13,7 +13,9 @@ work folder (``workdir.py``), so a failed or interrupted run leaves nothing at
 the final paths and never touches an earlier output.
 """
 import contextlib
+import dataclasses
 import datetime
+import logging
 import math
 import os
 import shutil
@@ -26,11 +28,15 @@ import numpy as np
 
 from . import describe
 from .crc32 import crc32_of_parts
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .npz import ArraySpec, DeflatedNpzWriter, StoredNpzWriter, deflate_segment
+from .progress import Progress
 from .transform import TransformSpec
-from .work import CHUNK_SIZE, Chunk, check_dask_scheduler, run_chunks
+from .work import CHUNK_SIZE, Chunk, available_memory, check_dask_scheduler, memory_per_worker, run_chunks
 from .workdir import WorkFolder
+
+log = logging.getLogger("packer")
+WORKERS_PER_CORE = 4  # more local workers than this only add processes competing for the same cores
 
 
 @dataclass(frozen=True)
@@ -93,22 +99,18 @@ class _Totals:
     sums: dict[str, np.ndarray]
     squares: dict[str, np.ndarray]
     failed: dict[str, dict[int, str]]  # split -> {row: reason}
+    warned: dict[str, dict[int, str]]  # split -> {row: warning} of images packed despite a warning
 
 
-def _run(parts, splits, writers, work: WorkFolder, spec: TransformSpec, options) -> _Totals:
+def _run(parts, splits, writers, work: WorkFolder, spec: TransformSpec, options, done: dict) -> _Totals:
     """Feed the chunks to the workers and the results to the writers and the journal."""
-    from tqdm import tqdm
-
     totals = _Totals({s.split: np.zeros(len(s), dtype=np.uint32) for s in splits},
                      {s.split: np.zeros(3, dtype=np.uint64) for s in splits},
-                     {s.split: np.zeros(3, dtype=np.uint64) for s in splits}, {s.split: {} for s in splits})
-    done = work.finished_chunks() if all(writer.kept_rows for writer in writers) else {}
-    sizes = {images.split: len(images) for images in splits}
-    bars = {}
-    earlier_bars = set(getattr(tqdm, "_instances", ()))
+                     {s.split: np.zeros(3, dtype=np.uint64) for s in splits}, {s.split: {} for s in splits},
+                     {s.split: {} for s in splits})
     chunks = _chunks(parts, splits, writers, options.on_error == "skip")
-    try:
-        for result in run_chunks(chunks, spec, _workers(options), options.backend, options.scheduler, done):
+    with Progress({images.split: len(images) for images in splits}, options.progress) as progress:
+        for result in run_chunks(chunks, spec, options.workers, options.backend, options.scheduler, done):
             writers[result.part].add_chunk(result.key, result.crc32, result.nbytes, result.payload)
             if (result.part, result.key, result.start) not in done:
                 work.record(result, writers)
@@ -119,24 +121,48 @@ def _run(parts, splits, writers, work: WorkFolder, spec: TransformSpec, options)
             totals.squares[split] += np.array(result.channel_squares, dtype=np.uint64)
             for row, _, reason in result.failed:
                 totals.failed[split][parts[result.part].rows[split][0] + row] = reason
-            if split not in bars:
-                bars[split] = tqdm(total=sizes[split], desc=split, unit="img", disable=not options.progress,
-                                   dynamic_ncols=True, initial=0)
-            bars[split].update(result.count)
+            for row, warning in result.warned:
+                totals.warned[split][parts[result.part].rows[split][0] + row] = warning
+            progress.update(split, result.count)
         work.flush(writers)
-    finally:
-        # every bar of this run, also one whose constructor a Ctrl-C interrupted after drawing it
-        for bar in set(bars.values()) | (set(getattr(tqdm, "_instances", ())) - earlier_bars):
-            bar.close()
     return totals
 
 
-def _workers(options) -> int:
+def _chunk_count(parts: list[ArchivePart]) -> int:
+    return sum(math.ceil((end - start) / CHUNK_SIZE) for part in parts for start, end in part.rows.values())
+
+
+def _worker_count(options, spec: TransformSpec, chunks: int) -> int:
+    """How many workers to run: as asked (all cores by default), but no more than there are
+    chunks, ``WORKERS_PER_CORE`` per core (local processes) or fit in the memory available."""
     from .build import default_workers
 
-    workers = default_workers() if options.workers is None else options.workers
-    if not isinstance(workers, int) or workers < 1:
-        raise UserError(f"--workers {workers!r} must be a whole number of at least 1")
+    cores = default_workers()
+    asked = cores if options.workers is None else options.workers
+    if not isinstance(asked, int) or asked < 1:
+        raise UserError(f"--workers {asked!r} must be a whole number of at least 1")
+    local = options.backend == "local"  # Dask workers run on other machines, with their own memory
+    need = memory_per_worker(spec)
+    shared, per_process = available_memory() if local else (None, None)
+    sizes = f"--resize_size {spec.resize_size} --crop_size {spec.crop_size}"
+    if per_process is not None and need > per_process:
+        raise UserError(f"{sizes} needs about {_size(need)} of memory per worker, but a process may map only "
+                        f"{_size(max(per_process, 0))} more (ulimit -v); use a smaller --crop_size or raise the limit")
+    if shared is not None and need > shared:
+        raise UserError(f"{sizes} needs about {_size(need)} of memory per worker, but only {_size(shared)} is "
+                        "available; use a smaller --crop_size or free memory")
+    workers = max(1, min(asked, chunks, WORKERS_PER_CORE * cores if local else asked))  # more would only wait
+    if local and asked > WORKERS_PER_CORE * cores:
+        log.warning(f"note: --workers {asked} capped at {workers}: at most {WORKERS_PER_CORE} per core ({cores} cores) "
+                    f"and one per chunk of {CHUNK_SIZE} images ({chunks} chunks)")
+    if shared is not None and workers * need > shared:
+        fit = max(1, shared // need)
+        if options.workers is not None:
+            raise UserError(f"--workers {asked} would need about {_size(workers * need)} of memory ({_size(need)} "
+                            f"each) but only {_size(shared)} is available; use --workers {fit} or fewer")
+        log.warning(f"note: running {fit} workers instead of {workers}: each needs about {_size(need)} of memory "
+                    f"and {_size(shared)} is available")
+        workers = fit
     return workers
 
 
@@ -193,15 +219,38 @@ def _without_failed(name: str, parts, splits, writers, totals: _Totals, work: Wo
 
 def execute(plan, options, started: float | None = None):
     """Pack the images of ``plan`` with ``options``; see the module docstring for the guarantees."""
-    from .build import BuildResult, check_options
+    from .build import check_options
 
     started = time.perf_counter() if started is None else started
     spec = check_options(options)
     out_dir = Path(options.out_dir)
+    created = _make_folder(out_dir)
+    try:
+        return _execute(plan, options, spec, out_dir, started)
+    except BaseException:
+        for folder in created:  # deepest first; only those this build made and left empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _make_folder(out_dir: Path) -> list[Path]:
+    """Create ``out_dir`` as needed; the folders created, deepest first."""
+    missing = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out_dir {out_dir} is a file, not a folder; choose a folder (it is created if missing)")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"cannot create --out_dir {out_dir}: part of that path is a file; choose a folder") from None
     except OSError as exc:
         raise UserError(f"cannot create --out_dir {out_dir}: {exc.strerror}; choose a writable folder") from None
+    return missing
+
+
+def _execute(plan, options, spec: TransformSpec, out_dir: Path, started: float):
+    from .build import BuildResult
+
     splits = list(plan.splits)
     parts = plan_parts(plan.name, splits, options.shard_size)
     needed = sum(s.nbytes for part in parts for s in _array_specs(part, spec))
@@ -209,21 +258,37 @@ def execute(plan, options, started: float | None = None):
     if not options.compress and needed > free:
         raise UserError(f"--out_dir {out_dir} has {_size(free)} free but the archive needs {_size(needed)}; "
                         "free some space, choose another folder, or add --compress")
+    chunk_count = _chunk_count(parts)
+    options = dataclasses.replace(options, workers=_worker_count(options, spec, chunk_count))
     if options.backend == "dask":
         check_dask_scheduler(options.scheduler)
-    work = WorkFolder(out_dir, plan.name, describe.plan_fingerprint(plan, options.output_options()), options.resume)
-    finished = False
+    output_options = options.output_options()
+    work = WorkFolder(out_dir, plan.name, describe.plan_fingerprint(plan, output_options), output_options,
+                      options.resume)
+    if work.resume_state:
+        log.warning(work.resume_state)
+    finished, stopped_by = False, None
     writers = []
     try:
         writer_class = DeflatedNpzWriter if options.compress else StoredNpzWriter
         for part in parts:
             writers.append(writer_class(work.partial(part.file_name), _array_specs(part, spec),
-                                        _small_arrays(part, splits), resume=work.resumed))
-        totals = _run(parts, splits, writers, work, spec, options)
+                                        _small_arrays(part, splits), resume=work.resumed,
+                                        hash_after_close=options.backend == "dask"))
+        done = {}
+        if work.resumed:
+            if all(writer.kept_rows for writer in writers):
+                done = work.finished_chunks()
+                log.warning(f"resuming: {len(done)} of {chunk_count} chunks already done")
+            else:
+                log.warning("nothing to resume (the partial archive is gone) — starting afresh")
+        totals = _run(parts, splits, writers, work, spec, options, done)
         for writer in writers:
             writer.close()
         skipped = [{"split": s.split, "path": s.paths[row], "reason": reason}
                    for s in splits for row, reason in sorted(totals.failed[s.split].items())]
+        warned = [f"{s.split}/{s.paths[row]} ({warning})"
+                  for s in splits for row, warning in sorted(totals.warned[s.split].items())]
         if skipped:
             parts, splits, writers = _without_failed(plan.name, parts, splits, writers, totals, work, spec, options)
         outputs = _describe(plan, options, splits, parts, writers, totals, work, spec, skipped, started)
@@ -234,22 +299,30 @@ def execute(plan, options, started: float | None = None):
         target = named[0] if named else out_dir / (f"{plan.name}_cls.index.json" if options.shard_size else parts[0].file_name)
         raise UserError(f"writing {target} failed: {exc.strerror or exc}; free space or fix permissions and "
                         "run again (earlier outputs are untouched)") from None
+    except BaseException as exc:
+        stopped_by = exc
+        raise
     finally:
-        if not finished and options.resume:
+        # --resume, SIGTERM or SIGHUP: keep the work folder, with every finished chunk journaled
+        keep = not finished and (options.resume or isinstance(stopped_by, Interrupted))
+        if keep:
             with contextlib.suppress(OSError, ValueError):
-                work.flush(writers)  # journal every finished chunk, so --resume redoes none of them
+                work.flush(writers)
         work.stop_flushing()
         for writer in writers:
             writer.abort()
-        if finished or not options.resume:
-            work.remove()
-        else:
+        if keep:
             work.release()
+        else:
+            work.remove()
     notes = tuple(note for images in splits for note in images.notes) + plan.notes
     if skipped:
         notes += (f"left out {len(skipped)} unreadable images (listed in the manifest): "
                   + ", ".join(f"{s['path']} ({s['reason']})" for s in skipped[:3])
                   + (" ..." if len(skipped) > 3 else ""),)
+    if warned:
+        notes += (f"{len(warned)} images gave a warning and were packed: " + ", ".join(warned[:3])
+                  + (" ..." if len(warned) > 3 else ""),)
     archive = out_dir / (f"{plan.name}_cls.index.json" if options.shard_size else parts[0].file_name)
     return BuildResult(plan.name, archive, out_dir / f"{plan.name}_cls_metadata.csv",
                        out_dir / f"{plan.name}_cls.manifest.json", {s.split: len(s) for s in splits},
@@ -329,7 +402,7 @@ def _describe(plan, options, splits, parts, writers, totals, work, spec, skipped
         "files": files,
         "skipped": skipped,
         "build": {"seconds": round(seconds, 3), "images_per_second": round(images / seconds, 1) if seconds else None,
-                  "workers": _workers(options), "backend": options.backend, "resumed": work.resumed,
+                  "workers": options.workers, "backend": options.backend, "resumed": work.resumed,
                   "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
         "sources": {s.split: describe.split_sources(s, totals.row_crcs[s.split]) for s in splits},
     }

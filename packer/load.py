@@ -13,6 +13,10 @@ With ``mmap=True`` (the default) every uncompressed member is a read-only
 ``np.memmap`` straight into the ``.npz`` file: nothing is copied or extracted,
 so a 20 GB subset opens at once on a small machine. Compressed members, and
 everything when ``mmap=False``, are read into memory as ``np.load`` would.
+
+Only C-ordered arrays of plain dtypes are read, as every build writes them. A
+member holding Python objects is refused and never unpickled (unpickling can
+run code from the file); so is a Fortran-ordered one.
 """
 import json
 import re
@@ -166,8 +170,13 @@ def array_headers(path: str | Path) -> dict[str, ArrayHeader]:
                 f.seek(info.header_offset + 30 + name_length + extra_length)
                 shape, fortran_order, dtype = _read_npy_header(f, path, info.filename)
                 offset = f.tell()
-            if fortran_order or dtype.hasobject:
-                raise UserError(f"{path}: {info.filename} is not a plain C-ordered array; load it with np.load")
+            if dtype.hasobject:
+                raise UserError(f"{path}: {info.filename} holds Python objects (pickled), which this tool never loads "
+                                "because unpickling can run code from the file; archives written by imagenet-subset "
+                                "never contain them")
+            if fortran_order:
+                raise UserError(f"{path}: {info.filename} is a Fortran-ordered (column-major) array, which this tool "
+                                "does not read; archives written by imagenet-subset are C-ordered; np.load reads it")
             headers[key] = ArrayHeader(key, dtype, tuple(shape), compressed, offset, info.compress_size)
     return headers
 

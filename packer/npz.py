@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .crc32 import crc32_combine
+from .errors import UserError
 
 DEFLATE_LEVEL = 6
 _ZIP64_LIMIT = 0xFFFFFFFF
@@ -219,9 +220,18 @@ class StoredNpzWriter(_NpzWriter):
 
     compressed = False
 
-    def __init__(self, path: str, specs: list[ArraySpec], arrays: dict[str, np.ndarray], resume: bool = False):
-        """``resume=True`` keeps the rows already in an existing file at ``path`` (a resumed run)."""
+    def __init__(self, path: str, specs: list[ArraySpec], arrays: dict[str, np.ndarray], resume: bool = False,
+                 hash_after_close: bool = False):
+        """``resume=True`` keeps the rows already in an existing file at ``path`` (a resumed run).
+
+        ``hash_after_close=True`` is for workers on other machines writing through a shared file
+        system, whose writes this process's open descriptor may not see (NFS promises only
+        close-to-open consistency): nothing is read back during the build, and ``close`` reads
+        the whole file from a fresh descriptor into the SHA-256, checking every image member
+        against the CRC-32 its workers reported.
+        """
         super().__init__(path, specs, arrays)
+        self._hash_after_close = hash_after_close
         offset = 0
         for spec in sorted(specs, key=lambda s: s.key not in arrays):  # small arrays first
             member = _Member(spec, offset, method=0, streamed=spec.key not in arrays)
@@ -284,6 +294,8 @@ class StoredNpzWriter(_NpzWriter):
         return self._directory_offset
 
     def _advance_hash(self) -> None:
+        if self._hash_after_close:
+            return
         until = self._final_until()
         while self._hashed < until:
             block = os.pread(self._fd, min(until - self._hashed, 8 << 20), self._hashed)
@@ -298,7 +310,7 @@ class StoredNpzWriter(_NpzWriter):
         as it goes instead of filling the cache with an archive of any size."""
         hashed = self._hashed
         os.fsync(self._fd)
-        if hasattr(os, "posix_fadvise"):
+        if hashed and hasattr(os, "posix_fadvise"):  # (a length of 0 would mean the whole file)
             os.posix_fadvise(self._fd, 0, hashed, os.POSIX_FADV_DONTNEED)
 
     def close(self) -> None:
@@ -309,6 +321,30 @@ class StoredNpzWriter(_NpzWriter):
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
+        if self._hash_after_close:
+            self._hash_closed_file()
+
+    def _hash_closed_file(self) -> None:
+        """The SHA-256 of the file as a fresh descriptor reads it; a ``UserError`` if an image
+        member's bytes differ from the CRC-32s its workers reported."""
+        self._sha256 = hashlib.sha256()
+        regions = {key: (self._data_offset(m) - len(npy_header(m.spec)), self._data_offset(m) + m.spec.nbytes)
+                   for key, m in self._members.items() if m.streamed}
+        crcs = dict.fromkeys(regions, 0)
+        offset = 0
+        with open(self.path, "rb") as f:
+            while block := f.read(8 << 20):
+                self._sha256.update(block)
+                view = memoryview(block)
+                for key, (start, end) in regions.items():
+                    if start < offset + len(block) and offset < end:
+                        crcs[key] = zlib.crc32(view[max(start - offset, 0):end - offset], crcs[key])
+                offset += len(block)
+        differing = [f"{key}.npy" for key in regions if crcs[key] != self._members[key].crc]
+        if differing:
+            raise UserError(f"{self.path}: {', '.join(differing)} reads back other bytes than the workers wrote; the "
+                            "shared file system must show each host what the others wrote and closed (close-to-open "
+                            "consistency, as NFS gives); check it and run again")
 
     def abort(self) -> None:
         """Close without finishing (the caller removes the file)."""
@@ -328,8 +364,10 @@ class DeflatedNpzWriter(_NpzWriter):
     compressed = True
     kept_rows = True  # finished rows live in the work folder's segments, not in this file
 
-    def __init__(self, path: str, specs: list[ArraySpec], arrays: dict[str, np.ndarray], resume: bool = False):
-        """Always starts afresh: a resumed run replays the deflate segments it kept."""
+    def __init__(self, path: str, specs: list[ArraySpec], arrays: dict[str, np.ndarray], resume: bool = False,
+                 hash_after_close: bool = False):
+        """Always starts afresh: a resumed run replays the deflate segments it kept. This process
+        writes every byte itself, so the file is always hashed as it is written."""
         super().__init__(path, specs, arrays)
         self._file = open(path, "wb")
         self._current: _Member | None = None

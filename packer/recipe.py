@@ -6,7 +6,32 @@ THEIR/Data/CLS-LOC``. The recipe fixes everything: the options, the classes,
 and every row (split, relative path, id, label). The rebuild packs exactly those
 files, then compares each row's pixel CRC-32 and the archive's SHA-256 with
 the recipe's and names every image that differs.
+
+A recipe is input from someone else, so ``check_recipe`` reads all of it
+before any image is looked at or the output folder is touched, and rejects, in
+one error, anything a build would not have written. What it reads (the
+manifest format is in ``describe.py``):
+
+    name        a file-name stem (it names the outputs): not empty, no ``/``,
+                ``\\``, ``:``, ``..`` or control characters
+    options     resize_size, crop_size (whole numbers, at least 1), fast,
+                compress (true or false); optional resize, layout, shard_size
+    classes     a non-empty list, in label order, of {name, wnids}: WNIDs
+                (``n`` + 8 digits, each in one class only), or none for the
+                ``rest`` label (``"rest": true``)
+    sources     ``train`` and ``val``, and ``holdout`` if the build had one, each
+                {label_source, paths, ids, labels, row_crc32}: lists of one
+                length (the rows); ids 1 to 2**31 - 1, labels 0 to len(classes) - 1,
+                CRC-32s 0 to 2**32 - 1
+    input, subset_source, files (the SHA-256s compared with the rebuild)
+
+Every path must be relative: ``/``-separated parts, none of them empty, ``.``
+or ``..``, no backslash, drive (``C:``) or control character. The paths are
+looked up under ``--data_dir`` only, in the split's own folder (``SPLIT_FOLDERS``);
+the manifest's ``root`` entries are ignored.
 """
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +40,20 @@ import numpy as np
 from .build import BuildOptions, BuildPlan, BuildResult
 from .execute import execute
 from .errors import UserError
+from .labelfiles import WNID_RE
 from .subset import Label, SubsetList
-from .tree import SplitImages, class_table, find_tree
+from .transform import LAYOUTS, RESIZE_MODES
+from .tree import SplitImages, _some, class_table, find_tree
 from .verify import read_manifest
+
+SPLIT_FOLDERS = {"train": "train", "val": "val", "holdout": "train"}
+"""The splits a recipe may hold, in row-group order, and the folder of ``--data_dir`` holding
+each one's images (held-out images are train images)."""
+
+ROW_LISTS = ("paths", "ids", "labels", "row_crc32")
+INT32_MAX, UINT32_MAX = 2**31 - 1, 2**32 - 1
+_DRIVE_RE = re.compile(r"[A-Za-z]:")
+_ABSENT = object()
 
 
 @dataclass(frozen=True)
@@ -41,50 +77,203 @@ class RecipeReport:
         return f"{self.result.summary()}\narchive {verdict}; {csv}"
 
 
-def plan_from_recipe(recipe: dict, data_dir: str, devkit_dir: str | None = None) -> BuildPlan:
-    """The recipe's rows, found under ``data_dir``; every missing image is named."""
+def is_safe_image_path(path) -> bool:
+    """Whether ``path`` names a file inside whatever folder it is joined to (symlinks aside): a
+    string of printable characters, ``/``-separated parts none of which is empty, ``.`` or ``..``,
+    no backslash, no drive such as ``C:``."""
+    return (isinstance(path, str) and path.isprintable() and "\\" not in path and not _DRIVE_RE.match(path)
+            and all(part not in ("", ".", "..") for part in path.split("/")))
+
+
+def _is_file_stem(name) -> bool:
+    return (isinstance(name, str) and name != "" and name.isprintable()
+            and not any(text in name for text in ("/", "\\", ":", "..")))
+
+
+def _is_whole(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _entry(document, *keys):
+    """``document[keys[0]][keys[1]]...`` (a key is an object's name or a list's index), or
+    ``_ABSENT`` where a level is missing."""
+    for key in keys:
+        if isinstance(document, dict) and key in document:
+            document = document[key]
+        elif isinstance(document, list) and isinstance(key, int) and key < len(document):
+            document = document[key]
+        else:
+            return _ABSENT
+    return document
+
+
+def _where(keys) -> str:
+    """``sources.train.paths``, ``classes[2].name``."""
+    return "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in keys).lstrip(".")
+
+
+def _shown(value) -> str:
+    """A value as one short line: its repr (which escapes newlines and other control characters)."""
+    if value is _ABSENT:
+        return "missing"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _listed(what: str, entries: list[str]) -> list[str]:
+    """``["<count> <what>: <first five entries> and N more"]``, or nothing for no entries."""
+    return [f"{len(entries)} {what}: {_some(entries, 5)}"] if entries else []
+
+
+def _entry_problems(recipe: dict) -> list[str]:
+    """``where value (expected)`` of every entry, other than the rows themselves, missing or not
+    of the kind a build writes."""
+    positive = (lambda v: _is_whole(v, 1, INT32_MAX), "a whole number of at least 1")
+    flag = (lambda v: isinstance(v, bool), "true or false")
+    text = (lambda v: isinstance(v, str), "a text")
+    required = {
+        ("name",): (_is_file_stem, "a file-name stem: not empty, no /, \\, :, .. or control characters"),
+        ("options", "resize_size"): positive, ("options", "crop_size"): positive,
+        ("options", "fast"): flag, ("options", "compress"): flag,
+        ("input",): (lambda v: isinstance(v, dict), "an object"),
+        ("classes",): (lambda v: isinstance(v, list) and v != [], "a non-empty list of classes"),
+        ("sources", "train"): (lambda v: isinstance(v, dict), "the train rows"),
+        ("sources", "val"): (lambda v: isinstance(v, dict), "the val rows"),
+        ("files", "metadata", "sha256"): text,
+    }
+    optional = {
+        ("options", "resize"): (lambda v: v in RESIZE_MODES, " or ".join(map(repr, RESIZE_MODES))),
+        ("options", "layout"): (lambda v: v in LAYOUTS, " or ".join(map(repr, LAYOUTS))),
+        ("options", "shard_size"): (lambda v: v is None or positive[0](v), "null or " + positive[1]),
+        ("subset_source",): text,
+        ("sources", "holdout"): (lambda v: isinstance(v, dict), "the holdout rows"),
+    }
+    if _entry(recipe, "options", "shard_size") in (None, _ABSENT):
+        required["files", "archive", "sha256"] = text
+    else:
+        required["files", "shards"] = (lambda v: isinstance(v, list) and v != []
+                                       and all(isinstance(_entry(shard, "sha256"), str) for shard in v),
+                                       "a list of {sha256}, one per shard")
+    for i in range(len(recipe["classes"]) if isinstance(recipe.get("classes"), list) else 0):
+        required["classes", i, "name"] = text
+        optional["classes", i, "rest"] = flag
+    for split in SPLIT_FOLDERS:
+        if isinstance(_entry(recipe, "sources", split), dict):
+            required["sources", split, "label_source"] = text
+            for key in ROW_LISTS:
+                required["sources", split, key] = (lambda v: isinstance(v, list), "a list")
+    wrong = []
+    for keys, (is_right, expected) in (required | optional).items():
+        value = _entry(recipe, *keys)
+        if (value is not _ABSENT or keys in required) and not is_right(value):
+            wrong.append(f"{_where(keys)} {_shown(value)} ({expected})")
+    return _listed("entries missing or not as a build writes them", wrong)
+
+
+def _row_problems(recipe: dict) -> list[str]:
+    """The splits' rows: unknown splits, lists of different lengths, unsafe paths, ids, labels
+    and CRC-32s out of range (lists that are not lists are ``_entry_problems``')."""
+    sources = recipe.get("sources") if isinstance(recipe.get("sources"), dict) else {}
+    classes = recipe.get("classes") if isinstance(recipe.get("classes"), list) else None
+    unknown = [_shown(split) for split in sources if split not in SPLIT_FOLDERS]
+    uneven, paths, ids, labels, crcs = [], [], [], [], []
+    for split in SPLIT_FOLDERS:
+        rows = {key: _entry(sources, split, key) for key in ROW_LISTS}
+        rows = {key: value for key, value in rows.items() if isinstance(value, list)}
+        if len({len(value) for value in rows.values()}) > 1:
+            uneven.append(f"{split} ({', '.join(f'{len(value)} {key}' for key, value in rows.items())})")
+        paths += [f"{split}: {_shown(path)}" for path in rows.get("paths", []) if not is_safe_image_path(path)]
+        ids += [f"{split} row {row}: {_shown(value)}" for row, value in enumerate(rows.get("ids", []))
+                if not _is_whole(value, 1, INT32_MAX)]
+        if classes:
+            labels += [f"{split} row {row}: {_shown(value)}" for row, value in enumerate(rows.get("labels", []))
+                       if not _is_whole(value, 0, len(classes) - 1)]
+        crcs += [f"{split} row {row}: {_shown(value)}" for row, value in enumerate(rows.get("row_crc32", []))
+                 if not _is_whole(value, 0, UINT32_MAX)]
+    return (_listed("unknown splits (a recipe holds train, val and holdout rows)", unknown)
+            + _listed("splits whose paths, ids, labels and row_crc32 differ in length", uneven)
+            + _listed("unsafe image paths in the recipe (only relative paths inside --data_dir are allowed)", paths)
+            + _listed(f"ids that are not whole numbers from 1 to {INT32_MAX}", ids)
+            + _listed(f"labels outside 0..{len(classes or ()) - 1} (one per class)", labels)
+            + _listed(f"row_crc32 values that are not whole numbers from 0 to {UINT32_MAX}", crcs))
+
+
+def _class_problems(recipe: dict) -> list[str]:
+    """Classes whose WNIDs are malformed, missing (other than the rest label's) or repeated."""
+    classes = recipe.get("classes") if isinstance(recipe.get("classes"), list) else []
+    malformed, first_class, repeated = [], {}, []
+    for i, record in enumerate(classes):
+        wnids = _entry(record, "wnids")
+        is_rest = _entry(record, "rest") is True
+        valid = isinstance(wnids, list) and all(isinstance(w, str) and WNID_RE.fullmatch(w) for w in wnids)
+        if not valid or (wnids == []) != is_rest:
+            malformed.append(f"class {i} {_shown(wnids)}")
+            continue
+        for wnid in wnids:
+            if wnid in first_class:
+                repeated.append(f"{wnid} (classes {first_class[wnid]} and {i})")
+            first_class.setdefault(wnid, i)
+    return (_listed("classes without valid WNIDs (a WNID is 'n' and 8 digits; only the rest label has none)", malformed)
+            + _listed("WNIDs in more than one class", repeated))
+
+
+def check_recipe(recipe: dict, source: str) -> None:
+    """Raise one ``UserError``, naming ``source`` (the manifest file), that lists everything in
+    ``recipe`` a build would not have written (see the module docstring). Reads only the recipe."""
+    if not isinstance(recipe, dict):
+        raise UserError(f"{source} is not an imagenet-subset manifest")
+    problems = _entry_problems(recipe) + _class_problems(recipe) + _row_problems(recipe)
+    if problems:
+        raise UserError(f"{source}: {'; '.join(problems)}; ask the sender for the manifest written by the build")
+
+
+def plan_from_recipe(recipe: dict, data_dir: str, devkit_dir: str | None = None, source: str = "recipe") -> BuildPlan:
+    """The recipe's rows (after ``check_recipe``), found under ``data_dir``; every missing image is named."""
+    check_recipe(recipe, source)
     tree = find_tree(data_dir, devkit_dir)
     labels_of_recipe = tuple(Label(c["name"], tuple(c["wnids"]), c.get("rest", False)) for c in recipe["classes"])
     subset = SubsetList(recipe["name"], labels_of_recipe, recipe.get("subset_source", "recipe"))
     splits, missing = [], []
-    for split, sources in recipe["sources"].items():
-        root = tree.data_dir / sources["root"]
-        missing += [f"{sources['root']}/{p}" for p in sources["paths"] if not (root / p).is_file()]
+    for split, folder in SPLIT_FOLDERS.items():
+        if split not in recipe["sources"]:
+            continue
+        sources, root = recipe["sources"][split], tree.data_dir / folder
+        missing += [f"{folder}/{p}" for p in sources["paths"] if not os.path.isfile(root / p)]
         labels = np.array(sources["labels"], dtype=np.int32)
         splits.append(SplitImages(split, root, list(sources["paths"]), [subset.labels[i].name for i in labels],
                                   np.array(sources["ids"], dtype=np.int32), sources["label_source"], labels))
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise UserError(f"{len(missing)} images of the recipe are missing from {tree.data_dir}: {shown}; "
+        raise UserError(f"{len(missing)} images of the recipe are missing from {tree.data_dir}: {_some(missing, 5)}; "
                         "this copy of ImageNet lacks them")
     return BuildPlan(recipe["name"], subset, tuple(splits), class_table(tree), recipe["input"])
 
 
 def rebuild_from_recipe(recipe_path: str | Path, data_dir: str, devkit_dir: str | None = None,
                         out_dir: str = "out_files", workers: int | None = None, progress: bool = True,
-                        backend: str = "local", scheduler: str | None = None) -> RecipeReport:
-    """Build the recipe's archive from ``data_dir`` and compare it with the recipe."""
+                        backend: str = "local", scheduler: str | None = None, resume: bool = False) -> RecipeReport:
+    """Build the recipe's archive from ``data_dir`` and compare it with the recipe; ``resume``
+    continues an interrupted rebuild of it, as ``--resume`` does for any build."""
     recipe = read_manifest(recipe_path)
-    try:
-        options = recipe["options"]
-        plan = plan_from_recipe(recipe, data_dir, devkit_dir)
-        build_options = BuildOptions(recipe["name"], str(data_dir), devkit_dir, out_dir, options["resize_size"],
-                                     options["crop_size"], options["fast"], options["compress"], workers, progress,
-                                     options.get("resize", "crop"), options.get("layout", "nhwc"),
-                                     shard_size=options.get("shard_size"), backend=backend, scheduler=scheduler)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{recipe_path} is not a complete recipe ({exc!r} is missing or wrong); "
-                        "use the manifest.json written by a build") from None
+    plan = plan_from_recipe(recipe, data_dir, devkit_dir, source=str(recipe_path))
+    options = recipe["options"]
+    build_options = BuildOptions(recipe["name"], str(data_dir), devkit_dir, out_dir, options["resize_size"],
+                                 options["crop_size"], options["fast"], options["compress"], workers, progress,
+                                 options.get("resize", "crop"), options.get("layout", "nhwc"),
+                                 shard_size=options.get("shard_size"), backend=backend, scheduler=scheduler,
+                                 resume=resume)
     result = execute(plan, build_options)
     rebuilt = read_manifest(result.manifest)
     differing = tuple(
-        f"{sources['root']}/{path}"
-        for split, sources in recipe["sources"].items()
-        for path, theirs, ours in zip(sources["paths"], sources["row_crc32"], rebuilt["sources"][split]["row_crc32"])
+        f"{SPLIT_FOLDERS[images.split]}/{path}"
+        for images in plan.splits
+        for path, theirs, ours in zip(images.paths, recipe["sources"][images.split]["row_crc32"],
+                                      rebuilt["sources"][images.split]["row_crc32"])
         if theirs != ours
     )
-    archive_sha = recipe["files"]["archive"]["sha256"] if "archive" in recipe["files"] else \
-        [s["sha256"] for s in recipe["files"]["shards"]]
-    rebuilt_sha = result.sha256 if "archive" in recipe["files"] else [s["sha256"] for s in rebuilt["files"]["shards"]]
-    return RecipeReport(result, rebuilt_sha == archive_sha,
+    if build_options.shard_size:
+        recipe_sha = [shard["sha256"] for shard in recipe["files"]["shards"]]
+        rebuilt_sha = [shard["sha256"] for shard in rebuilt["files"]["shards"]]
+    else:
+        recipe_sha, rebuilt_sha = recipe["files"]["archive"]["sha256"], result.sha256
+    return RecipeReport(result, rebuilt_sha == recipe_sha,
                         rebuilt["files"]["metadata"]["sha256"] == recipe["files"]["metadata"]["sha256"], differing)

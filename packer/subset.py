@@ -14,10 +14,16 @@ remaining line is one label, in order (the first line is label 0):
 2. ``./aux_files/NAME.txt`` (a user's own list works as in the original script);
 3. the lists shipped with the package (``builtin_list_names()``).
 
+When none matches, a folder, and a name that looks like a path (it has a path
+separator or ends in ``.txt``), each get an error saying so.
+
 ``classes_by_name`` picks classes from the human labels of the tree's mapping
 file instead: a name matches a class when it equals one of the class's
 comma-separated synonyms (case-insensitive), otherwise when it is part of one;
 an ambiguous or unknown name is an error listing the candidates.
+``classes_by_search`` takes every class the tree holds whose human label
+contains a text: the build's ``--search`` and ``imagenet-subset classes
+--search`` both use it, so they agree.
 """
 import difflib
 from dataclasses import dataclass, replace
@@ -54,6 +60,10 @@ class SubsetList:
     def wnids(self) -> tuple[str, ...]:
         """Every listed WNID, in label order."""
         return tuple(w for label in self.labels for w in label.wnids)
+
+    def single_classes(self) -> list[str]:
+        """The WNIDs of the labels that are one class each (not groups, not ``rest``), in label order."""
+        return [label.wnids[0] for label in self.labels if label.wnids == (label.name,)]
 
     def label_of(self) -> dict[str, int]:
         """WNID -> label number, for the listed classes."""
@@ -119,8 +129,15 @@ def read_subset_list(name_or_path: str, aux_dir: str | Path = "aux_files") -> Su
         text = resources.files("packer.lists").joinpath(f"{name_or_path}.txt").read_text(encoding="utf-8")
         return SubsetList(name_or_path, tuple(parse_class_list(text, f"built-in list {name_or_path}")),
                           f"built-in:{name_or_path}")
+    builtins = ", ".join(builtin_list_names())
+    if Path(name_or_path).is_dir():
+        raise UserError(f"--subset_name {name_or_path} is a folder; pass a class-list file or a built-in list name "
+                        f"({builtins})")
+    if Path(name_or_path).name != name_or_path or name_or_path.endswith(".txt"):  # a path, not a list name
+        raise UserError(f"class list file {name_or_path} does not exist; check the path, or pass a built-in list "
+                        f"name ({builtins})")
     raise UserError(f"unknown --subset_name '{name_or_path}': no such file, no {Path(aux_dir) / (name_or_path + '.txt')}, "
-                    f"and no built-in list of that name (built-ins: {', '.join(builtin_list_names())})")
+                    f"and no built-in list of that name (built-ins: {builtins})")
 
 
 def _synonyms(human_label: str) -> list[str]:
@@ -161,13 +178,17 @@ def classes_by_name(requested: list[str], names: dict[str, str], source: str) ->
     return chosen
 
 
-def classes_by_search(text: str, names: dict[str, str], source: str) -> list[str]:
-    """WNIDs (sorted) of every class whose human label contains ``text`` (case-insensitive)."""
+def classes_by_search(text: str, names: dict[str, str], present: list[str], tree_name: str) -> list[str]:
+    """WNIDs (sorted) of the classes in ``present`` whose human label in ``names`` contains ``text``
+    (case-insensitive). ``present`` is what the tree holds (its ``train/<wnid>`` folders), so a
+    mapping file listing more classes than the tree adds none; ``tree_name`` names the tree in errors."""
     if not names:
-        raise UserError(f"--search needs LOC_synset_mapping.txt or map_clsloc.txt; none found ({source})")
-    found = sorted(w for w, name in names.items() if text.lower() in name.lower())
+        raise UserError(f"--search needs class names from LOC_synset_mapping.txt or map_clsloc.txt; none found "
+                        f"for {tree_name}: pass --devkit_dir DIR")
+    found = sorted(w for w in present if w in names and text.lower() in names[w].lower())
     if not found:
-        raise UserError(f"--search: no class name contains '{text}' in {source}")
+        raise UserError(f"--search: no class in {tree_name} has a name containing '{text}'; "
+                        "imagenet-subset classes --data_dir DIR lists the classes and their names")
     return found
 
 

@@ -13,8 +13,11 @@ recognised with no flags (any mix of their label files works):
 
 2. A devkit (``--devkit_dir``, or found beside the data): ``map_clsloc.txt`` and
    ``ILSVRC2015_clsloc_validation_ground_truth.txt`` (or the 2012
-   ``ILSVRC2012_validation_ground_truth.txt``), directly or under ``data/`` or
-   ``devkit/data/``.
+   ``ILSVRC2012_validation_ground_truth.txt``), directly in a searched folder or
+   in one of its ``DEVKIT_FOLDERS``: ``data/``, ``devkit/``, ``devkit/data/``,
+   and where the devkit archives extract, ``ILSVRC2012_devkit_t12/data/`` and
+   ``ILSVRC2015/devkit/data/``. A devkit in ``<top>/devkit/`` beside
+   ``<top>/ILSVRC/`` is found this way.
 3. A val folder already sorted into ``val/<wnid>/*.JPEG`` (``valprep.sh``).
 
 Label files are looked for in ``--devkit_dir``, then in ``data_dir`` and its
@@ -44,16 +47,19 @@ from .labelfiles import WNID_RE, val_image_number
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
+# Where devkit files may sit below each searched folder, first match first.
+DEVKIT_FOLDERS = ("", "data/", "devkit/", "devkit/data/", "ILSVRC2012_devkit_t12/data/", "ILSVRC2015/devkit/data/")
+
 LABEL_FILE_PLACES = {
     "train_cls": ("ImageSets/CLS-LOC/train_cls.txt", "train_cls.txt"),
     "synset_mapping": ("LOC_synset_mapping.txt",),
     "val_solution": ("LOC_val_solution.csv",),
     "val_annotations": ("Annotations/CLS-LOC/val",),
-    "map_clsloc": ("map_clsloc.txt", "data/map_clsloc.txt", "devkit/data/map_clsloc.txt"),
+    "map_clsloc": tuple(folder + "map_clsloc.txt" for folder in DEVKIT_FOLDERS),
     "val_ground_truth": tuple(
-        prefix + name
+        folder + name
         for name in ("ILSVRC2015_clsloc_validation_ground_truth.txt", "ILSVRC2012_validation_ground_truth.txt")
-        for prefix in ("", "data/", "devkit/data/")
+        for folder in DEVKIT_FOLDERS
     ),
 }
 
@@ -72,6 +78,10 @@ class Tree:
     val_annotations: Path | None = None
     map_clsloc: Path | None = None
     val_ground_truth: Path | None = None
+
+    def looked_in(self) -> str:
+        """The searched folders, comma-separated, for messages."""
+        return ", ".join(str(folder) for folder in self.searched)
 
 
 @dataclass(frozen=True)
@@ -122,18 +132,24 @@ def _search_folders(data_dir: Path, devkit_dir: Path | None) -> tuple[Path, ...]
     return tuple(unique)
 
 
+def _check_folder(flag: str, folder: Path, what_to_pass: str) -> None:
+    """A one-line error unless ``folder`` is a folder: it may be missing, or a file."""
+    if not folder.is_dir():
+        problem = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"{flag} {folder} {problem}; pass {what_to_pass}")
+
+
 def find_tree(data_dir: str | os.PathLike, devkit_dir: str | os.PathLike | None = None) -> Tree:
     """Check ``data_dir`` holds ``train/`` and ``val/`` and locate the label files."""
     data_dir = Path(data_dir).resolve()
-    if not data_dir.is_dir():
-        raise UserError(f"--data_dir {data_dir} does not exist; pass the folder holding train/ and val/ (e.g. ILSVRC/Data/CLS-LOC)")
+    data_dir_hint = "the folder holding train/ and val/ (e.g. ILSVRC/Data/CLS-LOC)"
+    _check_folder("--data_dir", data_dir, data_dir_hint)
     for split in ("train", "val"):
         if not (data_dir / split).is_dir():
-            raise UserError(f"--data_dir {data_dir} has no {split}/ folder; pass the folder holding train/ and val/ (e.g. ILSVRC/Data/CLS-LOC)")
+            raise UserError(f"--data_dir {data_dir} has no {split}/ folder; pass {data_dir_hint}")
     if devkit_dir is not None:
         devkit_dir = Path(devkit_dir).resolve()
-        if not devkit_dir.is_dir():
-            raise UserError(f"--devkit_dir {devkit_dir} does not exist; pass the devkit folder holding map_clsloc.txt")
+        _check_folder("--devkit_dir", devkit_dir, "the devkit folder holding map_clsloc.txt")
     searched = _search_folders(data_dir, devkit_dir)
     found = {}
     for kind, places in LABEL_FILE_PLACES.items():
@@ -268,7 +284,7 @@ def _flat_val_labels(tree: Tree, numbers: list[int]) -> tuple[dict[int, str], st
     raise UserError(
         f"no val labels found for {tree.val_dir}: looked for val/<wnid>/ folders, LOC_val_solution.csv, "
         f"ILSVRC2015_clsloc_validation_ground_truth.txt{hint}, Annotations/CLS-LOC/val/ in "
-        f"{', '.join(str(f) for f in tree.searched)}; pass --devkit_dir or sort val/ into class folders")
+        f"{tree.looked_in()}; pass --devkit_dir or sort val/ into class folders")
 
 
 def class_table(tree: Tree) -> dict[str, ClassInfo]:
@@ -289,6 +305,37 @@ def class_table(tree: Tree) -> dict[str, ClassInfo]:
                         clsloc.get(wnid, (None, None))[0], index.get(wnid))
         for wnid in set(names) | set(clsloc) | set(index)
     }
+
+
+def human_labels(classes: dict[str, ClassInfo]) -> dict[str, str]:
+    """WNID -> human label, in WNID order, of the classes of ``class_table`` that have one."""
+    return {wnid: info.human_label for wnid, info in sorted(classes.items()) if info.human_label}
+
+
+def class_table_gaps(tree: Tree, classes: dict[str, ClassInfo], wnids: list[str]) -> list[str]:
+    """Notes on the ``ClassInfo`` fields that ``class_table`` left None for some of ``wnids``:
+    one for every field whose file was not found (naming the files and the folders searched),
+    and one per field whose file was found but does not list some of the classes."""
+    mapping_files = " and ".join(str(p) for p in (tree.synset_mapping, tree.map_clsloc) if p)
+    has_index = any(info.imagenet_index is not None for info in classes.values())
+    columns = (  # (field, the file that fills it, why it is empty when that file was found)
+        ("human_label", "LOC_synset_mapping.txt or map_clsloc.txt", mapping_files and f"not named in {mapping_files}"),
+        ("original_label", "map_clsloc.txt", tree.map_clsloc and f"not listed in {tree.map_clsloc}"),
+        ("imagenet_index", "a 1000-class LOC_synset_mapping.txt or map_clsloc.txt, or a complete train/",
+         has_index and "not among the 1000 ImageNet classes"),
+    )
+    unknown = ClassInfo(None, None, None)
+    missing_files, notes = [], []
+    for column, filled_by, lacking in columns:
+        empty = [wnid for wnid in wnids if getattr(classes.get(wnid, unknown), column) is None]
+        if empty and lacking:
+            notes.append(f"{column} is empty for {_some(empty)}: {lacking}")
+        elif empty:
+            missing_files.append(f"{column} (from {filled_by})")
+    if missing_files:
+        notes.insert(0, f"metadata columns left empty: {'; '.join(missing_files)}: not found in "
+                        f"{tree.looked_in()}; pass --devkit_dir DIR to fill them")
+    return notes
 
 
 def image_counts(tree: Tree, wnids: list[str]) -> dict[str, tuple[int, int]]:

@@ -21,11 +21,20 @@ images. ``backend="dask"`` sends the chunks to an existing Dask cluster instead
 
 With ``skip_errors`` a worker leaves an unreadable image's row zero and
 reports it in ``failed``; the caller removes such rows afterwards, so no
-blank image ever reaches the final archive.
+blank image ever reaches the final archive. A warning an image raises while it
+is decoded (Pillow's ``DecompressionBombWarning`` for an image of more than
+``Image.MAX_IMAGE_PIXELS`` pixels, a corrupt EXIF block, ...) is not printed
+by the worker: it comes back in ``warned`` with the image's row, and the image
+is packed.
+
+Workers ignore SIGINT, SIGTERM and SIGHUP: the build process receives them and
+stops the workers itself. A worker that runs out of memory ends the build with
+a ``UserError`` naming the image it was packing.
 """
 import os
 import signal
 import sys
+import tempfile
 import threading
 import warnings
 import zlib
@@ -35,6 +44,7 @@ from dataclasses import dataclass
 from itertools import islice
 
 import numpy as np
+from PIL import Image
 
 from .crc32 import crc32_of_parts
 from .errors import ImageError, UserError
@@ -43,6 +53,7 @@ from .transform import TransformSpec, store_rows, transform_image
 
 CHUNK_SIZE = 32
 IN_FLIGHT = 2  # chunks per worker queued or running: keeps every worker busy, memory flat
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,7 @@ class ChunkResult:
     payload: bytes | None = None
     part: int = 0
     failed: tuple[tuple[int, str, str], ...] = ()  # (row, path, reason) of images left out
+    warned: tuple[tuple[int, str], ...] = ()  # (row, warning) of images packed despite a warning
 
     @property
     def count(self) -> int:
@@ -88,32 +100,92 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 def pack_chunk(chunk: Chunk, spec: TransformSpec) -> ChunkResult:
     """Transform the chunk's images into rows, checksum them, and write or deflate them."""
-    rows = np.empty((len(chunk.paths), spec.crop_size, spec.crop_size, 3), dtype=np.uint8)
-    failed = []
-    for i, path in enumerate(chunk.paths):
-        try:
-            rows[i] = transform_image(path, spec)
-        except ImageError as exc:
-            if not chunk.skip_errors:
-                raise
-            rows[i] = 0
-            failed.append((chunk.start + i, path, exc.reason))
-    sums, squares = channel_sums(rows) if chunk.key == "X_train" else ((0, 0, 0), (0, 0, 0))  # stats are of X_train
-    rows = store_rows(rows, spec)
-    data = memoryview(rows).cast("B")
-    row_crcs = tuple(zlib.crc32(row) for row in rows)
-    payload = None
-    if chunk.archive is None:
-        payload = deflate_segment(data)
-    else:
-        fd = os.open(chunk.archive, os.O_WRONLY)
-        try:
-            _pwrite_all(fd, data, chunk.offset)
-        finally:
-            os.close(fd)
+    path = chunk.paths[0] if chunk.paths else ""
+    try:
+        rows = np.empty((len(chunk.paths), spec.crop_size, spec.crop_size, 3), dtype=np.uint8)
+        failed, warned = [], []
+        for i, path in enumerate(chunk.paths):
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    rows[i] = transform_image(path, spec)
+                warned += [(chunk.start + i, _warning_text(w.message)) for w in caught]
+            except ImageError as exc:
+                if not chunk.skip_errors:
+                    raise
+                rows[i] = 0
+                failed.append((chunk.start + i, path, exc.reason))
+        sums, squares = channel_sums(rows) if chunk.key == "X_train" else ((0, 0, 0), (0, 0, 0))  # stats of X_train
+        rows = store_rows(rows, spec)
+        data = memoryview(rows).cast("B")
+        row_crcs = tuple(zlib.crc32(row) for row in rows)
+        payload = None
+        if chunk.archive is None:
+            payload = deflate_segment(data)
+        else:
+            fd = os.open(chunk.archive, os.O_WRONLY)
+            try:
+                _pwrite_all(fd, data, chunk.offset)
+            finally:
+                os.close(fd)
+    except MemoryError:
+        raise UserError(f"out of memory while packing {path} (a worker holds {CHUNK_SIZE} images of "
+                        f"{spec.crop_size}x{spec.crop_size} at a time); use fewer --workers or a smaller "
+                        "--crop_size, or free memory") from None
     crc = crc32_of_parts(row_crcs, rows[0].nbytes) if len(rows) else 0
     return ChunkResult(chunk.key, chunk.start, row_crcs, crc, len(data), sums, squares, payload, chunk.part,
-                       tuple(failed))
+                       tuple(failed), tuple(warned))
+
+
+def _warning_text(message: Warning | str) -> str:
+    """A warning raised while decoding an image, as a short note (Pillow's bomb warning in plain words)."""
+    if isinstance(message, Image.DecompressionBombWarning):
+        pixels = next((int(word.strip("(")) for word in str(message).split() if word.strip("(").isdigit()), 0)
+        return f"{pixels:,} pixels, above Pillow's decompression-bomb warning limit of {Image.MAX_IMAGE_PIXELS:,}"
+    return str(message)
+
+
+def memory_per_worker(spec: TransformSpec) -> int:
+    """Bytes a worker needs at most, roughly: a chunk's rows four times over (the rows, their
+    squares as uint16 for the channel sums, and their copy in the stored layout or deflated),
+    the resized image before its crop (up to a 2:1 aspect ratio), and ``WORKER_BASE_BYTES``
+    for the decoded photo and the interpreter."""
+    rows = CHUNK_SIZE * spec.crop_size * spec.crop_size * 3
+    resized = 0 if spec.resize == "squash" else 2 * spec.resize_size * spec.resize_size * 3
+    return 4 * rows + resized + WORKER_BASE_BYTES
+
+
+WORKER_BASE_BYTES = 96 << 20
+
+
+def available_memory() -> tuple[int | None, int | None]:
+    """``(shared, per_process)``: the bytes all processes of this machine (or container) may still
+    use together, and the bytes one process forked from this one may still map (``ulimit -v``);
+    None where nothing says."""
+    shared = []
+    try:
+        with open("/proc/meminfo") as f:
+            shared += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except OSError:
+        pass
+    try:
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        if limit.isdigit():
+            shared.append(int(limit) - int(open("/sys/fs/cgroup/memory.current").read()))
+    except (OSError, ValueError):
+        pass
+    per_process = None
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/status") as f:
+                mapped = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:")), 0)
+            per_process = soft - mapped
+    except (ImportError, OSError, ValueError):
+        pass
+    return (min(shared) if shared else None), per_process
 
 
 def channel_sums(rows: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -172,7 +244,11 @@ def _pool_context():
         return multiprocessing.get_context("fork")
     from multiprocessing import forkserver
 
-    forkserver.ensure_running()
+    try:
+        forkserver.ensure_running()
+    except OSError as exc:  # e.g. its socket path under TMPDIR is longer than AF_UNIX allows
+        raise UserError(f"cannot start the fork server that starts the workers ({exc.strerror or exc}, socket "
+                        f"under {tempfile.gettempdir()}); set TMPDIR to a short path such as /tmp") from None
     return multiprocessing.get_context("forkserver")
 
 
@@ -185,18 +261,19 @@ def _local_results(chunks: Iterator[Chunk], spec: TransformSpec, workers: int) -
     pool, pending = None, deque()
     try:
         # The workers start at the first submit and inherit an ignored SIGINT, so a Ctrl-C
-        # cannot print their tracebacks; the parent stops them. SIGINT is also blocked
-        # meanwhile: a blocked signal stays pending, so the parent still gets a Ctrl-C
-        # pressed now, when it is unblocked (and the pool is shut down below).
+        # cannot print their tracebacks; the parent stops them. SIGINT, SIGTERM and SIGHUP
+        # are also blocked meanwhile: a blocked signal stays pending, so the parent still
+        # gets one sent now, when it is unblocked (and the pool is shut down below), and a
+        # worker never runs the parent's handler before its own initializer ignores them.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker)
             for chunk in islice(chunks, IN_FLIGHT * workers):
                 pending.append(pool.submit(pack_chunk, chunk, spec))
         finally:
             signal.signal(signal.SIGINT, previous)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         while pending:
             result = pending.popleft().result()
             for chunk in islice(chunks, 1):
@@ -213,14 +290,15 @@ def _local_results(chunks: Iterator[Chunk], spec: TransformSpec, workers: int) -
 
 
 def _start_worker() -> None:
-    """In a local worker: leave Ctrl-C to the build process (which stops the workers; a worker
-    that took it would print a traceback), and exit as soon as the build process is gone
+    """In a local worker: leave Ctrl-C, SIGTERM and SIGHUP to the build process (which stops the
+    workers; a worker that took them would print a traceback or die unrecorded), and exit as soon as the build process is gone
     (SIGKILLed, say), whether it is the worker's parent or asked a fork server for it."""
     import multiprocessing
     from multiprocessing.connection import wait
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     build = multiprocessing.parent_process()
 
     def exit_with_build():

@@ -3,14 +3,16 @@
 Every build keeps its unfinished outputs in ``<out_dir>/.<name>_cls.work/``::
 
     lock                 held (flock) by the running build; a second one is refused
-    plan.sha256          fingerprint of what is being built (options and every row)
+    plan.json            {"fingerprint": SHA-256 of what is being built (options and every
+                         row), "options": the options that shape the bytes}
     journal.jsonl        one JSON line per finished chunk, appended in row order
     segments/            deflate segments of finished chunks (--compress only)
     <file>.partial       the archives, CSV and manifest being written
 
 A chunk is written to the journal only after its rows are flushed to disk, so
-after any interruption (Ctrl-C, SIGKILL, a lost machine) ``--resume`` redoes
-only the chunks that are not in the journal. Flushing runs in a background
+after any interruption (Ctrl-C, SIGTERM, SIGKILL, a lost machine) ``--resume``
+redoes only the chunks that are not in the journal. A run whose plan differs
+from the folder's starts afresh, and ``resume_state`` says why. Flushing runs in a background
 thread (``os.fsync`` releases the GIL), so the parent keeps feeding the workers. The folder is removed when the
 outputs are in place, and when a run without ``--resume`` is stopped cleanly.
 """
@@ -31,7 +33,14 @@ FLUSH_SECONDS = 1.0
 class WorkFolder:
     """A locked work folder; see the module docstring."""
 
-    def __init__(self, out_dir: Path, name: str, fingerprint: str, resume: bool):
+    def __init__(self, out_dir: Path, name: str, fingerprint: str, options: dict, resume: bool):
+        """Lock the folder of build ``name``; keep its contents only if ``resume`` and its
+        ``fingerprint`` matches. ``options`` (the options that shape the bytes) are kept beside
+        the fingerprint, to say which changed when a later ``--resume`` cannot resume.
+
+        ``resume_state`` is then None, or a sentence for the user: why there is nothing to
+        resume, or that an interrupted run of the same build is being discarded.
+        """
         self.path = out_dir / f".{name}_cls.work"
         self.resumed = False
         try:
@@ -43,19 +52,32 @@ class WorkFolder:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise UserError(f"another build is writing {self.path} right now; wait for it or stop it") from None
-        stamp = self.path / "plan.sha256"
-        if resume and stamp.is_file() and stamp.read_text().strip() == fingerprint:
+        previous = self._read_plan()
+        resumable = previous is not None and previous.get("fingerprint") == fingerprint
+        interrupted = resumable and (self.path / "journal.jsonl").is_file()
+        if resume and resumable:
             self.resumed = True
+            self.resume_state = None
         else:
+            self.resume_state = (_why_not_resumable(previous, options, self.path) if resume else
+                                 "a previous run of this build was interrupted; add --resume to continue it "
+                                 "(starting afresh)" if interrupted else None)
             for entry in self.path.iterdir():
                 if entry.name != "lock":
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-            stamp.write_text(fingerprint + "\n")
+            (self.path / "plan.json").write_text(json.dumps({"fingerprint": fingerprint, "options": options},
+                                                            default=str) + "\n")
         (self.path / "segments").mkdir(exist_ok=True)
         self._pending: list[ChunkResult] = []
         self._last_flush = time.monotonic()
         self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._flushing: Future | None = None
+
+    def _read_plan(self) -> dict | None:
+        try:
+            return json.loads((self.path / "plan.json").read_text())
+        except (OSError, ValueError):
+            return None
 
     def partial(self, file_name: str) -> str:
         """Where the unfinished version of output ``file_name`` lives."""
@@ -79,7 +101,8 @@ class WorkFolder:
                 result = ChunkResult(record["key"], record["start"], tuple(record["row_crcs"]), record["crc32"],
                                      record["nbytes"], tuple(record["sums"]), tuple(record["squares"]),
                                      segment.read_bytes() if segment else None, record["part"],
-                                     tuple(tuple(f) for f in record["failed"]))
+                                     tuple(tuple(f) for f in record["failed"]),
+                                     tuple(tuple(w) for w in record.get("warned", ())))
                 done[(result.part, result.key, result.start)] = result
         return done
 
@@ -118,7 +141,8 @@ class WorkFolder:
             lines.append(json.dumps({"part": r.part, "key": r.key, "start": r.start, "row_crcs": list(r.row_crcs),
                                      "crc32": r.crc32, "nbytes": r.nbytes, "sums": list(r.channel_sums),
                                      "squares": list(r.channel_squares), "segment": segment,
-                                     "failed": [list(f) for f in r.failed]}) + "\n")
+                                     "failed": [list(f) for f in r.failed],
+                                     "warned": [list(w) for w in r.warned]}) + "\n")
         with open(self.path / "journal.jsonl", "a", encoding="utf-8") as f:
             f.write("".join(lines))
             f.flush()
@@ -142,3 +166,21 @@ class WorkFolder:
         """Unlock, keeping the folder for a later ``--resume``."""
         self.stop_flushing()
         self._lock.close()
+
+
+def _flat(options: dict) -> dict:
+    """Nested option groups (``sampling``) flattened into one level."""
+    flat = {}
+    for key, value in options.items():
+        flat.update(_flat(value) if isinstance(value, dict) else {key: value})
+    return flat
+
+
+def _why_not_resumable(previous: dict | None, options: dict, folder: Path) -> str:
+    """Why ``--resume`` starts afresh, for a folder whose plan was ``previous``."""
+    if previous is None:
+        return f"nothing to resume (no interrupted run of this build in {folder}) — starting afresh"
+    before, now = _flat(previous.get("options", {})), _flat(json.loads(json.dumps(options, default=str)))
+    changed = [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in now if before.get(key) != now.get(key)]
+    reason = "options changed: " + ", ".join(changed) if changed else "the classes or images changed"
+    return f"nothing to resume ({reason}) — starting afresh"

@@ -22,23 +22,23 @@ ROW = 224 * 224 * 3
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    return kaggle_tree(tmp_path_factory.mktemp("archive") / "kaggle", counts=COUNTS, val=VAL)
+def tree(module_tmp_path_factory):
+    return kaggle_tree(module_tmp_path_factory.mktemp("archive") / "kaggle", counts=COUNTS, val=VAL)
 
 
 @pytest.fixture(scope="module")
-def class_list(tmp_path_factory):
-    return write_list(tmp_path_factory.mktemp("lists") / "abc.txt", [B, C, A])
+def class_list(module_tmp_path_factory):
+    return write_list(module_tmp_path_factory.mktemp("lists") / "abc.txt", [B, C, A])
 
 
 @pytest.fixture(scope="module")
-def stored(tree, class_list, tmp_path_factory):
-    return build(class_list, tree.data_dir, tmp_path_factory.mktemp("stored")).archive
+def stored(tree, class_list, module_tmp_path_factory):
+    return build(class_list, tree.data_dir, module_tmp_path_factory.mktemp("stored")).archive
 
 
 @pytest.fixture(scope="module")
-def compressed(tree, class_list, tmp_path_factory):
-    return build(class_list, tree.data_dir, tmp_path_factory.mktemp("compressed"), compress=True).archive
+def compressed(tree, class_list, module_tmp_path_factory):
+    return build(class_list, tree.data_dir, module_tmp_path_factory.mktemp("compressed"), compress=True).archive
 
 
 def test_rows_of_a_multi_chunk_archive(tree, stored):

@@ -12,6 +12,7 @@ from PIL import Image
 
 from helpers import A, B, C, D, PYTHON, REPO, SUBSET, build, kaggle_tree, noise, read_npz, subprocess_env, write_list
 from packer import UserError
+from packer.verify import verify
 
 
 def snapshot(folder):
@@ -67,9 +68,9 @@ SLOW_CLASS = "n07000001"
 
 
 @pytest.fixture(scope="module")
-def slow_tree(tmp_path_factory):
+def slow_tree(module_tmp_path_factory):
     """1000 train images of 1600x1200 (hard links to 4 JPEGs): a 2-worker build takes many seconds."""
-    root = tmp_path_factory.mktemp("slow")
+    root = module_tmp_path_factory.mktemp("slow")
     data_dir = root / "data"
     sources = []
     for k in range(4):
@@ -138,13 +139,14 @@ class SlowBuild:
         """Until the 2 workers run (with a fork server, also the server and its resource tracker)."""
         self.wait_until(lambda: len(self.descendants()) >= (4 if self.threaded else 2), "worker processes")
 
-    def interrupt(self, whole_group: bool, timeout: float = 60) -> tuple[int, str]:
-        """Send SIGINT; the exit code and stderr (code None: still running ``timeout`` s later)."""
+    def interrupt(self, whole_group: bool, timeout: float = 60, signal_number: int = signal.SIGINT) -> tuple[int, str]:
+        """Send SIGINT (or ``signal_number``); the exit code and stderr (code None: still running
+        ``timeout`` s later)."""
         self.descendants()
         if whole_group:  # what a terminal does on Ctrl-C: the whole foreground process group
-            os.killpg(self.proc.pid, signal.SIGINT)
+            os.killpg(self.proc.pid, signal_number)
         else:
-            os.kill(self.proc.pid, signal.SIGINT)
+            os.kill(self.proc.pid, signal_number)
         return self.outcome(timeout)
 
     def outcome(self, timeout: float) -> tuple[int, str]:
@@ -191,8 +193,8 @@ def test_ctrl_c(slow_tree, tmp_path, target):
     out = tmp_path / "out"
     before = _earlier_outputs(out)
     with SlowBuild(slow_tree, out) as build_:
-        # a progress bar that has moved (so the signal does not land while the bar is being set up)
-        moved = re.compile(rb"train: +\d+%\|[^|]*\| *[1-9]\d*/1000")
+        # progress reported (stderr is a pipe: plain lines), so the signal lands while workers run
+        moved = re.compile(rb"train: [1-9]\d*/1000 images")
         build_.wait_until(lambda: moved.search(build_.stderr) and time.monotonic() - build_.started > 1.5,
                           "progress bar")
         assert partial_files(out), "no temporary file while building"
@@ -203,6 +205,41 @@ def test_ctrl_c(slow_tree, tmp_path, target):
         while not build_.workers_gone():
             assert time.monotonic() < deadline, "worker processes still running after the build ended"
             time.sleep(0.1)
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("target", ["parent", "process_group"])
+def test_sigterm_and_sighup_stop_like_ctrl_c_and_keep_the_work_for_resume(slow_tree, tmp_path, name, target):
+    """What ``kill``, a batch scheduler or a container stop (SIGTERM) and a closed terminal (SIGHUP) send:
+    workers stopped, every finished chunk journaled, the work folder kept, a line saying how to go on.
+    After SIGTERM of the build alone, the same command with --resume finishes the job."""
+    out = tmp_path / "out"
+    before = _earlier_outputs(out)
+    work = out / ".slow_cls.work"
+    with SlowBuild(slow_tree, out) as build_:
+        build_.wait_until(lambda: (work / "journal.jsonl").is_file() and b"\n" in (work / "journal.jsonl").read_bytes(),
+                          "a journaled chunk")
+        code, err = build_.interrupt(whole_group=target == "process_group", signal_number=getattr(signal, name))
+        assert code == 128 + getattr(signal, name), err
+        assert err.rstrip().split("\n")[-1] == (f"imagenet-subset: interrupted ({name}); run the same command with "
+                                                 "--resume to continue"), err
+        assert "Traceback" not in err, err
+        deadline = time.monotonic() + 10
+        while not build_.workers_gone():
+            assert time.monotonic() - deadline < 0, "worker processes still running after the build ended"
+            time.sleep(0.1)
+    journaled = (work / "journal.jsonl").read_text().count("\n")
+    assert journaled >= 1
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith(".slow_cls.work")} == before
+    if (name, target) != ("SIGTERM", "parent"):
+        return
+    resumed = subprocess.run([PYTHON, "main.py", "--subset_name", str(slow_tree / "slow.txt"), "--data_dir",
+                              str(slow_tree / "data"), "--out_dir", str(out), "--workers", "2", "--quiet", "--resume"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"imagenet-subset: resuming: {journaled} of 33 chunks already done" in resumed.stderr.splitlines()
+    assert not work.exists()
+    assert verify(out / "slow_cls.npz") == []
 
 
 @pytest.mark.parametrize("threaded", [False, True], ids=["fork", "forkserver"])

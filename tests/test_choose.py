@@ -21,6 +21,7 @@ from helpers import assert_one_error_line, run_main
 from packer import BuildOptions, UserError
 from packer.build import plan_build
 from packer.subset import read_subset_list
+from packer.tree import find_tree
 
 TENCH, GOLDFISH, TIGER_SHARK = "n01440764", "n01443537", "n01491361"
 RETRIEVER, PUG, HUNTING = "n02099601", "n02110958", "n02116738"
@@ -102,8 +103,8 @@ def _write_tree(root: Path) -> Tree:
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Tree:
-    return _write_tree(tmp_path_factory.mktemp("choose"))
+def tree(module_tmp_path_factory) -> Tree:
+    return _write_tree(module_tmp_path_factory.mktemp("choose"))
 
 
 def _list(tmp_path: Path, text: str, name: str = "mine") -> str:
@@ -123,9 +124,9 @@ def _arrays(path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def everything(tree, tmp_path_factory):
+def everything(tree, module_tmp_path_factory):
     """Every image of every class (label = sorted position), no sampling: the source of expected rows."""
-    folder = tmp_path_factory.mktemp("everything")
+    folder = module_tmp_path_factory.mktemp("everything")
     result = _build(tree, _list(folder, "".join(w + "\n" for w in ALL), "all"), folder / "out")
     data = _arrays(result.archive)
     return {"train": {int(i): x for i, x in zip(data["train_id"], data["X_train"])},
@@ -604,7 +605,11 @@ def test_defaults_are_unchanged_by_unset_sampling_options(tree, tmp_path):
         train_per_class=None, val_per_class=None, holdout_per_class=0, rest=None, rest_val=None, seed=1234))
     assert explicit.sha256 == default.sha256
     assert Path(explicit.archive).read_bytes() == Path(default.archive).read_bytes()
-    assert default.notes == ()
+    looked = find_tree(tree.data_dir).looked_in()  # the mapping file has 11 classes, there is no map_clsloc.txt
+    assert default.notes == (
+        "metadata columns left empty: original_label (from map_clsloc.txt); imagenet_index (from a 1000-class "
+        f"LOC_synset_mapping.txt or map_clsloc.txt, or a complete train/): not found in {looked}; "
+        "pass --devkit_dir DIR to fill them",)
     data = _arrays(default.archive)
     assert list(data) == KEYS
     label_of = {TIGER_CAT: 0, TIGER_SHARK: 1}

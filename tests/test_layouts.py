@@ -12,6 +12,7 @@ from helpers import (A, B, C, D, NAMES, SUBSET, TRAIN_COUNTS, VAL_LABELS, TreeWr
                      kaggle_tree, plain_tree, read_npz, sha256, write_annotations, write_ground_truth,
                      write_list, write_map_clsloc, write_synset_mapping, write_train_cls, write_val_solution)
 from packer import UserError
+from packer.tree import find_tree
 
 TRAIN_FILES = ([f"{A}/{A}_{k}.JPEG" for k in (1, 10, 11, 2, 3, 4, 5, 6, 7, 8, 9)]
                + [f"{B}/{B}_{k}.JPEG" for k in (1, 2, 3)] + [f"{C}/{C}_{k}.JPEG" for k in (1, 2, 3, 4)])
@@ -207,7 +208,11 @@ def test_label_files_left_in_aux_files_are_used(tmp_path, class_list, _isolated_
     write_ground_truth(aux / "ILSVRC2015_clsloc_validation_ground_truth.txt", VAL_LABELS, CLSLOC_IDS)
     result = build(class_list, tree.data_dir, tmp_path / "out")
     check_archive(result.archive, tree)
-    assert not result.notes
+    # every image is listed in train_cls.txt; only the 4-class map_clsloc.txt cannot give the 0-999 index
+    looked = find_tree(tree.data_dir).looked_in()
+    assert result.notes == (
+        "metadata columns left empty: imagenet_index (from a 1000-class LOC_synset_mapping.txt or map_clsloc.txt, "
+        f"or a complete train/): not found in {looked}; pass --devkit_dir DIR to fill them",)
 
 
 def test_subset_with_no_val_images(tmp_path):

@@ -10,8 +10,8 @@ from helpers import KEYS, NAMES, SUBSET, build, kaggle_tree, read_npz, write_lis
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("load")
+def built(module_tmp_path_factory):
+    root = module_tmp_path_factory.mktemp("load")
     tree = kaggle_tree(root / "kaggle")
     class_list = write_list(root / "mine.txt", SUBSET)
     stored = build(class_list, tree.data_dir, root / "stored")

@@ -15,9 +15,9 @@ MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
+def tree(module_tmp_path_factory):
     """300 images of SMALL and 900 more of EXTRA, 300x240 (hard links to 8 JPEGs)."""
-    root = tmp_path_factory.mktemp("memory")
+    root = module_tmp_path_factory.mktemp("memory")
     sources = []
     for k in range(8):
         path = root / f"source{k}.JPEG"

@@ -8,6 +8,7 @@ photo-like JPEGs of varied sizes, every image different.
 import errno
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -71,8 +72,8 @@ VAL = {A: 12, B: 10, C: 8}     # 30 val rows
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    root = tmp_path_factory.mktemp("small")
+def small(module_tmp_path_factory):
+    root = module_tmp_path_factory.mktemp("small")
     return root, _write_tree(root, TRAIN, VAL)
 
 
@@ -87,10 +88,10 @@ def _arrays(path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def good(small, tmp_path_factory):
+def good(small, module_tmp_path_factory):
     """The stored, unsharded build of the small tree: result and arrays."""
     root, data_dir = small
-    result = _build(root / "list.txt", data_dir, tmp_path_factory.mktemp("good"))
+    result = _build(root / "list.txt", data_dir, module_tmp_path_factory.mktemp("good"))
     return result, _arrays(result.archive)
 
 
@@ -101,10 +102,15 @@ def _snapshot(folder: Path) -> dict:
 # --------------------------------------------------------------------------- 1. Dask
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(module_tmp_path_factory):
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-                                  silence_logs=40) as local:
+    import dask
+
+    # the scheduler's and workers' dask-scratch-space (lock files) in a folder removed with the module
+    scratch = module_tmp_path_factory.mktemp("dask")
+    with dask.config.set({"temporary-directory": str(scratch)}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+                                     silence_logs=40, local_directory=str(scratch)) as local:
         yield local
 
 
@@ -283,8 +289,8 @@ BIG = {f"n0200000{i}": 150 for i in range(1, 5)}  # 600 train images of 1600 x 1
 
 
 @pytest.fixture(scope="module")
-def big(tmp_path_factory):
-    root = tmp_path_factory.mktemp("big")
+def big(module_tmp_path_factory):
+    root = module_tmp_path_factory.mktemp("big")
     data_dir = _write_tree(root, BIG, {"n02000001": 4, "n02000003": 3}, sizes=[(300, 225), (225, 300), (256, 256)])
     # large photos make the build last long enough to be interrupted: hard links to three of them
     large = []
@@ -419,6 +425,43 @@ def test_resume_of_a_different_build_starts_afresh(small, tmp_path, monkeypatch)
     assert json.loads(result.manifest.read_text())["build"]["resumed"] is False
     fresh = _build(root / "list.txt", data_dir, tmp_path / "fresh", crop_size=20)
     assert result.sha256 == fresh.sha256
+
+
+def test_resume_says_what_it_does(small, tmp_path, monkeypatch, caplog):
+    """Each kind of start gets its own line: nothing to resume (and why), resuming, or an interrupted
+    run of the same build discarded by a run without --resume."""
+    root, data_dir = small
+    out = tmp_path / "out"
+    work = out / ".list_cls.work"
+
+    def run(class_list=root / "list.txt", interrupt=False, **options) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="packer"):
+            if interrupt:
+                restore = _interrupt_after(monkeypatch, 2)
+                with pytest.raises(KeyboardInterrupt):
+                    _build(class_list, data_dir, out, resume=True, **options)
+                restore()
+                assert work.is_dir()
+            else:
+                _build(class_list, data_dir, out, **options)
+        return caplog.messages
+
+    afresh = " — starting afresh"
+    assert run(resume=True) == [f"nothing to resume (no interrupted run of this build in {work}){afresh}"]
+    assert run(interrupt=True) == [f"nothing to resume (no interrupted run of this build in {work}){afresh}"]
+    assert run(resume=True, crop_size=20, seed=3) == [f"nothing to resume (options changed: crop_size 24 -> 20, "
+                                                      f"seed 0 -> 3){afresh}"]
+    run(interrupt=True)
+    other = tmp_path / "other" / "list.txt"  # the same name and options, other classes
+    other.parent.mkdir()
+    other.write_text((root / "list.txt").read_text().splitlines()[0] + "\n")
+    assert run(other, resume=True) == [f"nothing to resume (the classes or images changed){afresh}"]
+    run(interrupt=True)
+    assert run() == ["a previous run of this build was interrupted; add --resume to continue it (starting afresh)"]
+    run(interrupt=True)
+    assert run(resume=True) == ["resuming: 2 of 4 chunks already done"]
+    assert not work.exists()
 
 
 def test_ctrl_c_without_resume_removes_the_work_folder(big, tmp_path):
@@ -632,8 +675,8 @@ def _expected_transform(path, resize: int, crop: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def scratch(tmp_path_factory):
-    return tmp_path_factory.mktemp("hypothesis")
+def scratch(module_tmp_path_factory):
+    return module_tmp_path_factory.mktemp("hypothesis")
 
 
 @st.composite
@@ -668,8 +711,8 @@ def test_transform_image_matches_the_rule_for_any_image(scratch, case):
 # --------------------------------------------------------------------------- 7. more workers than cores
 
 @pytest.fixture(scope="module")
-def many(tmp_path_factory):
-    root = tmp_path_factory.mktemp("many")
+def many(module_tmp_path_factory):
+    root = module_tmp_path_factory.mktemp("many")
     return root, _write_tree(root, {f"n0300000{i}": 500 for i in range(1, 5)}, {"n03000002": 20, "n03000004": 20},
                              sizes=[(40, 30)], quality=75)
 

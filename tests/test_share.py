@@ -162,8 +162,8 @@ def _read_npz(path) -> dict:
 # --------------------------------------------------------------------------- shared fixtures
 
 @pytest.fixture(scope="module")
-def share_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("share")
+def share_root(module_tmp_path_factory):
+    return module_tmp_path_factory.mktemp("share")
 
 
 @pytest.fixture(scope="module")

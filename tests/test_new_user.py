@@ -1,0 +1,310 @@
+"""What a new user trips over: a devkit beside ILSVRC/, empty metadata columns, misleading messages,
+``--search`` taking classes the tree lacks, and pickled members in an archive.
+
+Trees come from helpers.py (classes A, B, C, D; the subset lists C, A, B). Every
+message is checked word for word, through ``packer.cli.main`` where the command
+line is what a user sees: exit code 1 and one line on stderr.
+"""
+import csv
+import re
+
+import numpy as np
+import pytest
+
+import packer
+from helpers import (A, B, C, D, NAMES, REPO, SUBSET, VAL_LABELS, assert_one_error_line, build, kaggle_tree,
+                     plain_tree, read_npz, run_main, wnid, write_ground_truth, write_list, write_map_clsloc)
+from packer import BuildOptions, UserError
+from packer.build import plan_build
+
+CLSLOC_IDS = {A: 449, B: 218, C: 492, D: 11}
+BUILTINS = ", ".join(sorted(p.stem for p in (REPO / "packer" / "lists").glob("*.txt")))
+HUMAN = "human_label (from LOC_synset_mapping.txt or map_clsloc.txt)"
+ORIGINAL = "original_label (from map_clsloc.txt)"
+INDEX = "imagenet_index (from a 1000-class LOC_synset_mapping.txt or map_clsloc.txt, or a complete train/)"
+
+
+def _gaps(looked: str, *columns: str) -> str:
+    """The note on metadata columns whose label files were not found."""
+    return (f"metadata columns left empty: {'; '.join(columns)}: not found in {looked}; "
+            "pass --devkit_dir DIR to fill them")
+
+SMALL = ["--workers", "1", "--quiet", "--resize_size", "32", "--crop_size", "24"]
+
+
+def _data_dir(root):
+    return root / "ILSVRC" / "Data" / "CLS-LOC"
+
+
+def _looked_in(root, cwd) -> str:
+    """The folders searched for label files of a tree at ``<root>/ILSVRC/Data/CLS-LOC``, run from ``cwd``."""
+    data_dir = _data_dir(root)
+    return ", ".join(str(p) for p in (data_dir, data_dir.parent, root / "ILSVRC", root, cwd / "aux_files"))
+
+
+def _clsloc(wnids) -> dict:
+    return {w: (CLSLOC_IDS[w], f"name_of_{w}") for w in wnids}
+
+
+def _thousand_classes(wnids) -> dict:
+    """``wnids`` (from CLSLOC_IDS) padded with made-up classes to the 1000 of a real map_clsloc.txt."""
+    filler = {wnid(90000000 + k): (1001 + k, f"filler_{k}") for k in range(1000 - len(wnids))}
+    return _clsloc(wnids) | filler
+
+
+def _metadata(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _plan(data_dir, subset_name=None, **options):
+    return plan_build(BuildOptions(None if subset_name is None else str(subset_name), str(data_dir), **options))
+
+
+# --------------------------------------------------------------------------- A. a devkit beside ILSVRC/
+
+@pytest.mark.parametrize("devkit", ["devkit", "ILSVRC2012_devkit_t12/data", "ILSVRC2015/devkit/data"])
+def test_devkit_beside_ilsvrc_is_found(tmp_path, devkit):
+    """Only train/ and val/ in the tree: val labels and original_label come from <root>/<devkit>/."""
+    root = tmp_path / "imagenet"
+    tree = plain_tree(_data_dir(root))
+    write_map_clsloc(root / devkit / "map_clsloc.txt", _clsloc([A, B, C, D]))
+    write_ground_truth(root / devkit / "ILSVRC2012_validation_ground_truth.txt", VAL_LABELS, CLSLOC_IDS)
+    result = build(write_list(tmp_path / "mine.txt", SUBSET), tree.data_dir, tmp_path / "out",
+                   resize_size=32, crop_size=24)
+    z = read_npz(result.archive)
+    assert z["val_id"].tolist() == [1, 2, 4, 5, 7, 8, 9, 12]
+    assert z["y_val"].tolist() == [2, 1, 0, 1, 2, 0, 0, 1]
+    rows = _metadata(result.metadata)
+    assert [(r["WNID"], r["human_label"], r["original_label"], r["imagenet_index"]) for r in rows] == [
+        (C, f"name_of_{C}", "492", ""), (A, f"name_of_{A}", "449", ""), (B, f"name_of_{B}", "218", "")]
+    assert result.notes == (_gaps(_looked_in(root, tmp_path / 'cwd'), INDEX),)
+
+
+@pytest.fixture(scope="module")
+def kaggle(module_tmp_path_factory):
+    """The Kaggle layout: LOC_synset_mapping.txt names the tree's 4 classes, no map_clsloc.txt anywhere."""
+    return kaggle_tree(module_tmp_path_factory.mktemp("kaggle"))
+
+
+def test_map_clsloc_in_devkit_beside_ilsvrc_fills_original_label(tmp_path):
+    tree = kaggle_tree(tmp_path / "kaggle")
+    write_map_clsloc(tmp_path / "kaggle" / "devkit" / "map_clsloc.txt", _thousand_classes([A, B, C, D]))
+    result = build(write_list(tmp_path / "mine.txt", SUBSET), tree.data_dir, tmp_path / "out",
+                   resize_size=32, crop_size=24)
+    rows = _metadata(result.metadata)
+    # human_label from LOC_synset_mapping.txt (first), original_label and the 0-999 index from map_clsloc.txt
+    assert [(r["human_label"], r["original_label"], r["imagenet_index"]) for r in rows] == [
+        (NAMES[C], "492", "3"), (NAMES[A], "449", "0"), (NAMES[B], "218", "2")]
+    assert result.notes == ()
+
+
+def test_notes_name_the_missing_files(kaggle, _isolated_cwd):
+    looked = _looked_in(kaggle.root, _isolated_cwd)
+    assert _plan(kaggle.data_dir, write_list(_isolated_cwd / "mine.txt", SUBSET)).notes == (
+        _gaps(looked, ORIGINAL, INDEX),)
+
+
+def test_notes_without_any_label_file(tmp_path, _isolated_cwd):
+    root = tmp_path / "bare"
+    tree = plain_tree(_data_dir(root), sorted_val=True)
+    looked = _looked_in(root, _isolated_cwd)
+    assert _plan(tree.data_dir, write_list(tmp_path / "mine.txt", SUBSET)).notes == (
+        _gaps(looked, HUMAN, ORIGINAL, INDEX),)
+
+
+def test_notes_name_the_classes_a_found_file_lacks(tmp_path):
+    """Both files are found but neither lists C: the notes say so, for C only."""
+    root = tmp_path / "kaggle"
+    tree = kaggle_tree(root, names={w: NAMES[w] for w in (A, B, D)})
+    write_map_clsloc(root / "devkit" / "map_clsloc.txt", _thousand_classes([A, B, D]))
+    mapping, clsloc = root / "LOC_synset_mapping.txt", root / "devkit" / "map_clsloc.txt"
+    assert _plan(tree.data_dir, write_list(tmp_path / "mine.txt", SUBSET)).notes == (
+        f"human_label is empty for {C}: not named in {mapping} and {clsloc}",
+        f"original_label is empty for {C}: not listed in {clsloc}",
+        f"imagenet_index is empty for {C}: not among the 1000 ImageNet classes")
+
+
+def test_groups_and_rest_get_no_note(tmp_path):
+    """A group's ids and index, and everything of rest, are empty by design; D, in the group only, is
+    missing from map_clsloc.txt and gets no note either."""
+    root = tmp_path / "kaggle"
+    tree = kaggle_tree(root)
+    write_map_clsloc(root / "devkit" / "map_clsloc.txt", _thousand_classes([A, B, C]))
+    listed = tmp_path / "groups.txt"
+    listed.write_text(f"fish_and_bird: {A} {D}\n{C}\n")
+    plan = _plan(tree.data_dir, listed, rest=2)
+    assert [label.name for label in plan.subset.labels] == ["fish_and_bird", C, "rest"]
+    assert plan.notes == ()
+
+
+def test_cli_prints_the_note(kaggle, tmp_path, capsys):
+    listed = write_list(tmp_path / "mine.txt", SUBSET)
+    code, out, err = run_main(["--subset_name", listed, "--data_dir", kaggle.data_dir, "--out_dir", tmp_path / "out",
+                               *SMALL], capsys)
+    assert code == 0, err
+    looked = _looked_in(kaggle.root, tmp_path / "cwd")
+    assert err.splitlines() == [f"imagenet-subset: note: {_gaps(looked, ORIGINAL, INDEX)}"]
+    rows = _metadata(tmp_path / "out" / "mine_cls_metadata.csv")
+    assert [(r["original_label"], r["imagenet_index"]) for r in rows] == [("", "")] * 3
+
+
+# --------------------------------------------------------------------------- B. messages that mislead
+
+def _build_args(kaggle, subset_name, out_dir, *extra):
+    return ["--subset_name", subset_name, "--data_dir", kaggle.data_dir, "--out_dir", out_dir, *SMALL, *extra]
+
+
+@pytest.mark.parametrize("name", ["aux_files/lists/x.txt", "lists/birds", "birds.txt"])
+def test_missing_class_list_file(kaggle, tmp_path, capsys, name):
+    code, out, err = run_main(_build_args(kaggle, name, tmp_path / "out"), capsys)
+    assert code == 1 and out == ""
+    line = assert_one_error_line(err)
+    assert line == (f"imagenet-subset: error: class list file {name} does not exist; check the path, "
+                    f"or pass a built-in list name ({BUILTINS})")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_folder_as_subset_name(kaggle, tmp_path, capsys, _isolated_cwd, relative):
+    (_isolated_cwd / "lists").mkdir()
+    name = "lists" if relative else str(_isolated_cwd / "lists")
+    code, _, err = run_main(_build_args(kaggle, name, tmp_path / "out"), capsys)
+    assert code == 1
+    assert assert_one_error_line(err) == (f"imagenet-subset: error: --subset_name {name} is a folder; "
+                                          f"pass a class-list file or a built-in list name ({BUILTINS})")
+
+
+def test_a_list_named_without_a_path_still_resolves(kaggle, _isolated_cwd):
+    """aux_files/NAME.txt with a NAME holding a folder still wins over the 'missing file' error."""
+    write_list(_isolated_cwd / "aux_files" / "lists" / "birds.txt", [D, A])
+    assert _plan(kaggle.data_dir, "lists/birds").subset.wnids == (D, A)
+
+
+@pytest.mark.parametrize("command", [["build", "--out_dir", "out"], ["classes"]])
+def test_file_as_data_dir(tmp_path, capsys, command):
+    not_a_folder = tmp_path / "CLS-LOC.tar"
+    not_a_folder.write_bytes(b"\0" * 10)
+    code, _, err = run_main(command + ["--data_dir", not_a_folder], capsys)
+    assert code == 1
+    assert assert_one_error_line(err) == (f"imagenet-subset: error: --data_dir {not_a_folder} is a file, not a "
+                                          "folder; pass the folder holding train/ and val/ (e.g. ILSVRC/Data/CLS-LOC)")
+
+
+def test_file_as_devkit_dir(kaggle, tmp_path, capsys):
+    map_file = tmp_path / "map_clsloc.txt"
+    write_map_clsloc(map_file, _clsloc([A, B, C, D]))
+    code, _, err = run_main(_build_args(kaggle, write_list(tmp_path / "mine.txt", SUBSET), tmp_path / "out",
+                                        "--devkit_dir", map_file), capsys)
+    assert code == 1
+    assert assert_one_error_line(err) == (f"imagenet-subset: error: --devkit_dir {map_file} is a file, not a "
+                                          "folder; pass the devkit folder holding map_clsloc.txt")
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- C. --search, build and classes
+
+CHIHUAHUA, SETTER, ZEBRA = wnid(2085620), wnid(2100735), wnid(2391049)
+
+
+@pytest.fixture(scope="module")
+def partial(module_tmp_path_factory):
+    """A tree of A, B, C, D whose LOC_synset_mapping.txt also names three classes the tree lacks."""
+    names = NAMES | {CHIHUAHUA: "Chihuahua", SETTER: "English setter", ZEBRA: "zebra"}
+    return kaggle_tree(module_tmp_path_factory.mktemp("partial"), names=names)
+
+
+@pytest.mark.parametrize("text, expected", [("English", [B]), ("CH", [A, C])])
+def test_search_takes_only_classes_the_tree_holds(partial, capsys, text, expected):
+    assert _plan(partial.data_dir, search=text).subset.wnids == tuple(expected)
+    code, out, err = run_main(["classes", "--data_dir", partial.data_dir, "--search", text], capsys)
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()[1:-1]] == expected
+
+
+def test_search_build_on_the_command_line(partial, tmp_path, capsys):
+    code, _, err = run_main(["--search", "ch", "--data_dir", partial.data_dir, "--out_dir", tmp_path / "out", *SMALL],
+                            capsys)
+    assert code == 0, err
+    assert [r["WNID"] for r in _metadata(tmp_path / "out" / "search_ch_cls_metadata.csv")] == [A, C]
+
+
+@pytest.mark.parametrize("command", [[], ["classes"]])
+def test_search_matching_only_absent_classes_is_one_error(partial, tmp_path, capsys, command):
+    argv = command + ["--data_dir", partial.data_dir, "--search", "zebra"]
+    code, _, err = run_main(argv + ([] if command else ["--out_dir", tmp_path / "out"]), capsys)
+    assert code == 1
+    assert assert_one_error_line(err) == (
+        f"imagenet-subset: error: --search: no class in {partial.train_dir} has a name containing 'zebra'; "
+        "imagenet-subset classes --data_dir DIR lists the classes and their names")
+
+
+def test_classes_naming_an_absent_class_stays_an_error(partial, tmp_path, capsys):
+    code, _, err = run_main(["--classes", "Chihuahua", "--data_dir", partial.data_dir, "--out_dir", tmp_path / "o"],
+                            capsys)
+    assert code == 1
+    assert assert_one_error_line(err) == (
+        f"imagenet-subset: error: --classes Chihuahua: 1 WNIDs have no folder in {partial.train_dir}: {CHIHUAHUA}; "
+        "remove them from the list or point --data_dir at a tree that has them")
+
+
+def test_search_without_class_names_says_what_is_needed(tmp_path):
+    tree = plain_tree(tmp_path / "bare", sorted_val=True)
+    with pytest.raises(UserError) as info:
+        _plan(tree.data_dir, search="dog")
+    assert str(info.value) == ("--search needs class names from LOC_synset_mapping.txt or map_clsloc.txt; none "
+                               f"found for {tree.train_dir}: pass --devkit_dir DIR")
+
+
+def test_readme_classes_examples_name_the_tree():
+    examples = re.findall(r"`(imagenet-subset classes[^`]*)`", (REPO / "README.md").read_text())
+    assert examples and all("--data_dir" in example for example in examples), examples
+
+
+# --------------------------------------------------------------------------- D. pickled members
+
+def _pickled_message(path) -> str:
+    return (f"{path}: X_train.npy holds Python objects (pickled), which this tool never loads because unpickling "
+            "can run code from the file; archives written by imagenet-subset never contain them")
+
+
+class _MakesFolder:
+    """Unpickling it makes a folder: proof that nothing was unpickled when the folder is absent."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.folder,)
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+@pytest.mark.parametrize("mmap", [True, False])
+def test_pickled_member_is_refused_and_never_unpickled(tmp_path, save, mmap):
+    path = tmp_path / "objects.npz"
+    marker = tmp_path / "unpickled"
+    save(path, X_train=np.array([{"a": 1}, _MakesFolder(marker)], dtype=object), y_train=np.zeros(2, np.int32))
+    with pytest.raises(UserError) as info:
+        packer.load(path, mmap=mmap)
+    assert str(info.value) == _pickled_message(path)
+    assert "np.load" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_pickled_member_on_the_command_line(tmp_path, capsys):
+    path = tmp_path / "objects.npz"
+    np.savez(path, X_train=np.array([{"a": 1}], dtype=object), y_train=np.zeros(1, np.int32))
+    code, out, err = run_main(["info", path], capsys)
+    assert code == 1 and out == ""
+    assert assert_one_error_line(err) == f"imagenet-subset: error: {_pickled_message(path)}"
+
+
+def test_fortran_ordered_member_has_its_own_message(tmp_path):
+    path = tmp_path / "fortran.npz"
+    np.savez(path, X_train=np.asfortranarray(np.zeros((2, 3), np.uint8)), y_train=np.zeros(2, np.int32))
+    with pytest.raises(UserError) as info:
+        packer.load(path)
+    assert str(info.value) == (f"{path}: X_train.npy is a Fortran-ordered (column-major) array, which this tool "
+                               "does not read; archives written by imagenet-subset are C-ordered; np.load reads it")
