@@ -40,7 +40,6 @@ class TreeMemorySampler(threading.Thread):
         self.interval, self.refresh, self.pss_every = interval, refresh, pss_every
         self.peak_rss = self.peak_pss = 0
         self.max_processes = 0
-        self.samples = 0
         self.procs = {pid: self.root}
         self._done = threading.Event()
 
@@ -77,7 +76,6 @@ class TreeMemorySampler(threading.Thread):
                 rss += info.rss
                 alive += 1
             if alive:
-                self.samples += 1
                 self.peak_rss = max(self.peak_rss, rss)
                 if with_pss:
                     self.peak_pss = max(self.peak_pss, pss)

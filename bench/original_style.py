@@ -1,17 +1,22 @@
 """Case (b) of the benchmark: the original script's way, one process, one image at a time.
 
-    python bench/original_style.py MANIFEST.json OUT.npz
+    python bench/original_style.py ROWS.json OUT.npz
 
-MANIFEST.json: ``{"train": {"paths": [...], "labels": [...], "ids": [...]}, "val": {...}}``
-(absolute paths, in row order, as the packer packs them). For each split: a
-preallocated (N, 224, 224, 3) uint8 array, filled image by image with
-``Image.open(p).convert('RGB')`` -> torchvision-equivalent ``Resize(256)`` +
-``CenterCrop(224)`` done with Pillow -> ``np.array``; then one ``np.savez``
-(uncompressed) of the six arrays.
+ROWS.json is what ``benchmark.py`` writes of its subset: ``{"train": {"paths": [...],
+"labels": [...], "ids": [...]}, "val": {...}}``, absolute image paths in the row
+order the packer packs. For each split: a preallocated (N, 224, 224, 3) uint8
+array, filled image by image with ``Image.open(p).convert('RGB')`` ->
+torchvision's ``Resize(256)`` + ``CenterCrop(224)`` done with Pillow ->
+``np.array``; then one ``np.savez`` (uncompressed, no fsync) of the six arrays.
 
-Self-contained on purpose (Pillow + numpy only; no ``packer`` import, whose
-``__init__`` pulls in pandas): the baseline pays no start-up it would not pay.
-The original imported torch/torchvision, which costs more than this.
+The benchmark times it as a whole process (spawn to exit) beside the packer's
+whole-process runs, and samples its peak memory, which grows with the output
+since every pixel is held until the end; it then checks that its arrays equal
+the packer's (``same_arrays``).
+
+Self-contained on purpose (Pillow and numpy, no ``packer`` import): the baseline
+shares no code with what it is compared against. The original script imported
+torch and torchvision as well, which takes longer than these imports.
 """
 import json
 import sys

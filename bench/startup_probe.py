@@ -1,38 +1,48 @@
-"""Case (f) of the benchmark: the packer's start-up, up to the first chunk handed to the workers.
+"""Case (f) of the benchmark: the packer's start-up, from process spawn to the first chunk of work.
 
     python bench/startup_probe.py [packer CLI options]
 
-Runs ``packer.cli.main`` with those options, but replaces ``packer.work.run_chunks``
-(in every packer module that imported it) with a probe that takes the first chunk from the chunk iterator and stops the run
-there (through ``build``'s clean-up, so no partial file is left). No image is
-opened. Prints one JSON line on stdout, all times ``time.monotonic()`` (one
-clock for every process on Linux, so the parent can subtract its spawn time)::
+Runs ``packer.cli.main`` with those options, with ``packer.work.run_chunks``
+replaced by a probe that takes the first chunk from the chunk iterator and stops
+the run there: it raises through the build, whose clean-up removes its work
+folder (and an ``--out_dir`` it created), so nothing is left behind and no image
+is opened. Prints one JSON line on stdout, all times ``time.monotonic()`` (one
+clock for every process on Linux, so the benchmark subtracts its spawn time)::
 
     {"t_main": ..., "t_imported": ..., "t_first_chunk": ..., "stages": {"find_tree": s, ...}}
 
-``stages`` are the seconds spent in the pipeline functions (``find_tree``,
-``list_train_images``, ...) where the packer's modules call them. Exit code 3 if
-no caller of ``packer.work.run_chunks`` is found (the packer changed shape).
+``t_imported`` follows ``import packer.cli`` (what ``main.py`` imports first); the
+build's own modules are imported after it, as a real run imports them, so their
+import time counts towards the first chunk. ``stages`` are the seconds spent in
+the planning functions (``plan_build``, ``find_tree``, ``list_train_images``, ...)
+where the packer's modules call them. The benchmark reports the interpreter's
+start, the imports, and the rest up to the first chunk, with the stages; its
+``--listing`` mode runs this probe alone on a full-size tree. Exit code 3 if
+``packer.work.run_chunks`` is not found (the packer changed shape); the run's
+own exit code (4 if that is 0) if it ended before the first chunk.
 """
 import time
 
 T_MAIN = time.monotonic()
 
 import importlib  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 
 import packer.cli  # noqa: E402
 
 T_IMPORTED = time.monotonic()
-STAGES = ("plan_build", "find_tree", "read_subset_list", "check_classes_present", "train_classes", "list_train_images",
-          "list_val_images", "label_images", "labels_of", "class_table", "metadata_table")
+STAGES = ("plan_build", "find_tree", "class_table", "train_classes", "read_subset_list", "check_classes_present",
+          "list_train_images", "list_val_images", "label_images", "apply_sampling")
+# The module that runs a build and imports the others; packer.build in revisions before packer.api.
+BUILD_MODULES = ("packer.api", "packer.build")
 stages: dict[str, float] = {}
 first_chunk: dict[str, float] = {}
 
 
 class FirstChunk(BaseException):
-    """Raised through ``build`` (its ``finally`` removes the temporary files) to stop the run."""
+    """Raised through the build (whose clean-up removes what it wrote) to stop the run."""
 
 
 def _timed(name, function):
@@ -46,9 +56,8 @@ def _timed(name, function):
 
 
 def _probe_run_chunks(chunks, *args, **kwargs):
-    chunk = next(iter(chunks), None)
+    next(iter(chunks), None)
     first_chunk["t"] = time.monotonic()
-    first_chunk["images"] = len(getattr(chunk, "paths", ())) if chunk is not None else 0
     raise FirstChunk
     yield  # a generator, like the function it replaces
 
@@ -57,6 +66,9 @@ def _patch() -> int:
     """Replace ``run_chunks`` wherever the packer refers to it (its own module included, for modules
     imported later) and wrap the pipeline stages where they are called from (not where defined,
     so nested calls are not counted twice). Returns the number of places ``run_chunks`` was replaced."""
+    build_module = next((name for name in BUILD_MODULES if importlib.util.find_spec(name)), None)
+    if build_module:
+        importlib.import_module(build_module)
     work = importlib.import_module("packer.work")
     original = getattr(work, "run_chunks", None)
     if original is None:
@@ -66,7 +78,7 @@ def _patch() -> int:
         if not (name == "packer" or name.startswith("packer.")) or module is None:
             continue
         if getattr(module, "run_chunks", None) is original:
-            setattr(module, "run_chunks", _probe_run_chunks)
+            module.run_chunks = _probe_run_chunks
             replaced += 1
         for stage in STAGES:
             function = getattr(module, stage, None)
@@ -87,7 +99,7 @@ def main(argv: list[str]) -> int:
         print(f"startup_probe: the run ended (code {code}) before a chunk was submitted", file=sys.stderr)
         return code or 4
     print(json.dumps({"t_main": T_MAIN, "t_imported": T_IMPORTED, "t_first_chunk": first_chunk["t"],
-                      "first_chunk_images": first_chunk["images"], "stages": stages}))
+                      "stages": stages}))
     return 0
 
 

@@ -3,28 +3,34 @@
     import packer
     result = packer.build_subset("imagenet30", data_dir="ILSVRC/Data/CLS-LOC")
     data = packer.load(result.archive)          # data.X_train, data.y_train, ..., data.classes
+
+The names below are imported when first used, so ``import packer`` is quick and
+imports neither numpy nor Pillow until a function needs them.
 """
-import signal as _signal
-import sys as _sys
-
-if "numpy" not in _sys.modules and hasattr(_signal, "pthread_sigmask"):
-    # numpy's BLAS starts threads when imported; started with SIGINT blocked they keep it
-    # blocked, so a Ctrl-C always goes to the main thread (see work._local_results).
-    _mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
-    try:
-        import numpy  # noqa: F401
-    finally:
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, _mask)
-
-from .build import BuildOptions, BuildPlan, BuildResult, build, build_subset, plan_build
-from .errors import ImageError, UserError
-from .load import ShardedArray, Subset, load
-from .preview import contact_sheet, write_preview
-from .recipe import rebuild_from_recipe
-from .verify import info, verify
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["BuildOptions", "BuildPlan", "BuildResult", "ImageError", "ShardedArray", "Subset", "UserError", "build",
-           "build_subset", "contact_sheet", "info", "load", "plan_build", "rebuild_from_recipe", "verify",
-           "write_preview", "__version__"]
+_MODULE_OF = {
+    "BuildOptions": "options", "BuildPlan": "options", "BuildResult": "options", "OutputNames": "options",
+    "ImageError": "errors", "UserError": "errors",
+    "build": "api", "build_subset": "api", "plan_build": "plan",
+    "ShardedArray": "loading", "Subset": "loading", "load": "loading",
+    "contact_sheet": "preview", "write_preview": "preview",
+    "rebuild_from_recipe": "recipe",
+    "info": "checking", "verify": "checking",
+}
+
+__all__ = sorted(_MODULE_OF) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'packer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value  # a function named like its module (load, verify) replaces the module here
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -14,10 +14,12 @@ import signal
 import sys
 import tempfile
 import threading
+import types
+import typing
 from pathlib import Path
 
-from .build import BuildOptions, build
 from .errors import Interrupted, UserError
+from .options import CHOOSING, GENERAL, SCALE, BuildOptions, option_fields
 
 PROG = "imagenet-subset"
 COMMANDS = """commands:
@@ -38,87 +40,61 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
-def _whole_number(minimum: int):
-    """An argparse type: a whole number of at least ``minimum``."""
+def _whole_number(minimum: int | None):
+    """An argparse type: a whole number of at least ``minimum`` (None: any)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
+        if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
         return value
     return parse
 
 
-_count = _whole_number(0)
-_positive_int = _whole_number(1)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The build's command line: one option per ``BuildOptions`` field, with its help text, then
+    the options of the command line alone (--recipe, --version, and two kept for compatibility)."""
     parser = _Parser(
         prog=PROG, description="Pack a subset of a local ImageNet (ILSVRC CLS-LOC) into a NumPy .npz archive.",
         epilog=COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subset_name",
-                        help="built-in list (imagenet30, imagenet100, imagenette, imagewoof, hotdog), "
-                             "aux_files/NAME.txt, or a path to a class-list file (default: imagenet30); with "
-                             "--classes or --search, the output name")
-    parser.add_argument("--data_dir", default="./Data/CLS-LOC",
-                        help="folder holding train/ and val/ (default: ./Data/CLS-LOC)")
-    parser.add_argument("--devkit_dir", help="folder with map_clsloc.txt and the val ground truth, if not found beside the data")
-    parser.add_argument("--out_dir", default="out_files", help="output folder (default: out_files)")
-    parser.add_argument("--resize_size", type=_positive_int, default=256, help="short side after resizing (default: 256)")
-    parser.add_argument("--crop_size", type=_positive_int, default=224, help="side of the center crop (default: 224)")
-    parser.add_argument("--resize", choices=["crop", "squash"], default="crop",
-                        help="crop: short side to --resize_size then center crop (default); squash: whole image "
-                             "to --crop_size square with a box filter, no crop")
-    parser.add_argument("--layout", choices=["nhwc", "nchw"], default="nhwc",
-                        help="store images channels last (default) or channels first")
-    parser.add_argument("--fast", action="store_true",
-                        help="resize only the window kept by the crop: faster, pixels within 1 of exact")
-    parser.add_argument("--compress", action="store_true", help="deflate the archive members (smaller, slower, not memory-mappable)")
-    parser.add_argument("--workers", type=_positive_int, help="worker processes (default: all cores)")
-    choose = parser.add_argument_group("choosing classes and images")
-    choose.add_argument("--classes", help="comma-separated class names or WNIDs from the tree's mapping file, "
-                                          "e.g. \"goldfish,tench\" (instead of --subset_name)")
-    choose.add_argument("--search", help="every class whose name contains this text, e.g. dog")
-    choose.add_argument("--train_per_class", type=_count, help="at most N train images per label (seeded choice)")
-    choose.add_argument("--val_per_class", type=_count, help="at most M val images per label (seeded choice)")
-    choose.add_argument("--holdout_per_class", type=_count, default=0,
-                        help="move K train images per label to X_holdout/y_holdout/holdout_id")
-    choose.add_argument("--rest", type=_count, help="add a final label 'rest' with N train images from all other classes")
-    choose.add_argument("--rest_val", type=_count, help="val images of 'rest' (default: proportional to --rest)")
-    choose.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
-    run = parser.add_argument_group("running at scale")
-    run.add_argument("--on_error", choices=["fail", "skip"], default="fail",
-                     help="an unreadable image stops the run (fail, default) or is left out and listed (skip)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue an interrupted run of the same build, redoing only unfinished chunks")
-    run.add_argument("--shard_size", type=_positive_int,
-                     help="write shards NAME_cls-00000-of-0000N.npz of at most N rows per split, plus an index")
-    run.add_argument("--backend", choices=["local", "dask"], default="local",
-                     help="local processes (default) or an existing Dask cluster (needs --scheduler)")
-    run.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="address of the Dask scheduler")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    groups = {GENERAL: parser, CHOOSING: parser.add_argument_group(CHOOSING), SCALE: parser.add_argument_group(SCALE)}
+    for option, kind in option_fields():
+        _add_option(groups[option.metadata["group"]], option, kind)
     parser.add_argument("--recipe", metavar="MANIFEST.json",
                         help="rebuild the archive a manifest describes from --data_dir, and compare (other options "
                              "that shape the output come from the recipe)")
     parser.add_argument("--max_ram", type=float, help="accepted for compatibility; memory stays flat without it")
-    parser.add_argument("--concatenate", action="store_true", help="accepted for compatibility; one file is always written")
+    parser.add_argument("--concatenate", action="store_true",
+                        help="accepted for compatibility; one file is always written")
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
 
 
-# what a recipe fixes; the other options (where to read and write, how to run) may be given beside it
-RECIPE_FIXES = ("subset_name", "resize_size", "crop_size", "resize", "layout", "fast", "compress", "classes",
-                "search", "train_per_class", "val_per_class", "holdout_per_class", "rest", "rest_val", "seed",
-                "on_error", "shard_size")
+def _add_option(group, option, kind) -> None:
+    """The command-line flag of one ``BuildOptions`` field, by its type: a boolean is a switch, a
+    ``Literal`` a choice, a whole number is checked against the field's minimum."""
+    meta = option.metadata
+    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    choices = next((typing.get_args(a) for a in allowed if typing.get_origin(a) is typing.Literal), None)
+    flag = meta["flag"] or f"--{option.name}"
+    if bool in allowed:  # a switch; one whose flag is not its name turns the option off (--quiet)
+        action = "store_false" if meta["flag"] else "store_true"
+        group.add_argument(flag, dest=option.name, action=action, default=option.default, help=meta["help"])
+    elif choices is not None:
+        group.add_argument(flag, dest=option.name, choices=choices, default=option.default, help=meta["help"])
+    else:
+        kind_of_value = _whole_number(meta["minimum"]) if int in allowed else str
+        group.add_argument(flag, dest=option.name, type=kind_of_value, default=option.default, metavar=meta["metavar"],
+                           help=meta["help"])
 
 
-def _given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+def _given(argv: list[str]) -> set[str]:
     """The options ``argv`` sets explicitly (an option given with its default value counts)."""
+    parser = build_parser()
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(argv)))
@@ -130,26 +106,10 @@ def _build(argv: list[str]) -> int:
         print(f"{PROG}: note: --max_ram and --concatenate are no longer needed: memory stays flat "
               "and one file is always written", file=sys.stderr)
     if args.recipe:
-        from .recipe import rebuild_from_recipe
+        return _rebuild(args, argv)
+    from .api import build
 
-        fixed = [f"--{name}" for name in RECIPE_FIXES if name in _given(build_parser(), argv)]
-        if fixed:
-            raise UserError(f"{', '.join(fixed)}: the recipe {args.recipe} fixes the options that shape the archive; "
-                            "drop them (beside --recipe give only --data_dir, --devkit_dir, --out_dir, --workers, "
-                            "--backend, --scheduler, --resume, --quiet)")
-
-        report = rebuild_from_recipe(args.recipe, args.data_dir, args.devkit_dir, args.out_dir, args.workers,
-                                     progress=not args.quiet, backend=args.backend, scheduler=args.scheduler,
-                                     resume=args.resume)
-        print(report.summary())
-        return 0 if report.archive_matches else 1
-    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
-    options = BuildOptions(args.subset_name, args.data_dir, args.devkit_dir, args.out_dir, args.resize_size,
-                           args.crop_size, args.fast, args.compress, args.workers, not args.quiet, args.resize,
-                           args.layout, classes, args.search, args.train_per_class, args.val_per_class,
-                           args.holdout_per_class, args.rest, args.rest_val, args.seed, args.on_error, args.resume,
-                           args.backend, args.scheduler, args.shard_size)
-    result = build(options)
+    result = build(BuildOptions(**{option.name: getattr(args, option.name) for option, _ in option_fields()}))
     for note in result.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     print(result.summary())
@@ -157,15 +117,35 @@ def _build(argv: list[str]) -> int:
     return 0
 
 
+def _rebuild(args: argparse.Namespace, argv: list[str]) -> int:
+    """``build --recipe``: every option that shapes the archive comes from the recipe."""
+    from .recipe import rebuild_from_recipe
+
+    given = _given(argv)
+    fixed = [f"--{option.name}" for option, _ in option_fields() if option.metadata["shapes_output"]
+             and option.name in given]
+    if fixed:
+        allowed = [option.metadata["flag"] or f"--{option.name}" for option, _ in option_fields()
+                   if not option.metadata["shapes_output"]]
+        raise UserError(f"{', '.join(fixed)}: the recipe {args.recipe} fixes the options that shape the archive; "
+                        f"drop them (beside --recipe give only {', '.join(allowed)})")
+    report = rebuild_from_recipe(args.recipe, args.data_dir, args.devkit_dir, args.out_dir, args.workers,
+                                 progress=args.progress, backend=args.backend, scheduler=args.scheduler,
+                                 resume=args.resume)
+    print(report.summary())
+    return 0 if report.archive_matches else 1
+
+
 def _demo(argv: list[str]) -> int:
     parser = _Parser(prog=f"{PROG} demo",
                                      description="Write a small synthetic ILSVRC tree (Kaggle layout) and pack it.")
     parser.add_argument("--dir", help="where to write the tree (default: a temporary folder, removed afterwards)")
     parser.add_argument("--out_dir", default="out_files", help="output folder (default: out_files)")
-    parser.add_argument("--workers", type=_positive_int, help="worker processes (default: all cores)")
+    parser.add_argument("--workers", type=_whole_number(1), help="worker processes (default: all cores)")
     args = parser.parse_args(argv)
+    from .api import build
     from .demo import IMAGENETTE, write_sample_tree
-    from .load import load
+    from .loading import load
 
     with tempfile.TemporaryDirectory(prefix="imagenet-subset-demo-") as scratch:
         root = Path(args.dir or scratch)
@@ -174,20 +154,22 @@ def _demo(argv: list[str]) -> int:
         class_list.write_text("".join(f"{wnid}\n" for wnid in IMAGENETTE))
         where = f"at {root}" if args.dir else "in a temporary folder (removed at the end; --dir DIR keeps it)"
         print(f"wrote a synthetic ILSVRC tree {where}: 12 classes, 20 train + 5 val images each")
-        result = build(BuildOptions(str(class_list), str(data_dir), out_dir=args.out_dir, workers=args.workers))
+        result = build(BuildOptions(subset_name=str(class_list), data_dir=str(data_dir), out_dir=args.out_dir,
+                                    workers=args.workers))
         print(result.summary())
         data = load(result.archive)
         for key, array in data.arrays.items():
             print(f"  {key:<8} {str(array.dtype):<6} {array.shape}")
         print(f"metadata: {result.metadata}")
-        print(data.classes.astype(object).fillna("").to_string(index=False))
+        if data.classes is not None:
+            print(data.classes.astype(object).fillna("").to_string(index=False))
     return 0
 
 
 def _info(argv: list[str]) -> int:
     parser = _Parser(prog=f"{PROG} info", description="Summarise an archive from its headers and manifest.")
     parser.add_argument("archive", help="a *_cls.npz file")
-    from .verify import info
+    from .checking import info
 
     print(info(parser.parse_args(argv).archive))
     return 0
@@ -197,7 +179,7 @@ def _verify(argv: list[str]) -> int:
     parser = _Parser(prog=f"{PROG} verify",
                                      description="Recompute the checksums and check the structure of an archive.")
     parser.add_argument("archive", help="a *_cls.npz file (its manifest must be beside it)")
-    from .verify import verify
+    from .checking import verify
 
     archive = parser.parse_args(argv).archive
     problems = verify(archive)
@@ -213,7 +195,7 @@ def _preview(argv: list[str]) -> int:
     parser.add_argument("archive", help="a *_cls.npz file")
     parser.add_argument("-o", "--output", default="preview.png", help="image to write (default: preview.png)")
     parser.add_argument("--split", default="train", help="split to show (default: train)")
-    parser.add_argument("--per_class", type=_positive_int, default=8, help="images per class (default: 8)")
+    parser.add_argument("--per_class", type=_whole_number(1), default=8, help="images per class (default: 8)")
     parser.add_argument("--classes", help="comma-separated labels or WNIDs to show (default: the first 30 classes)")
     args = parser.parse_args(argv)
     from .preview import write_preview
@@ -253,6 +235,7 @@ COMMAND_HANDLERS = {"demo": _demo, "info": _info, "verify": _verify, "preview": 
 
 
 def main(argv: list[str] | None = None) -> int:
+    _import_numpy_with_ctrl_c_blocked()
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv[0] if argv[:1] and argv[0] in COMMAND_HANDLERS else "build"
     try:
@@ -279,6 +262,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: interrupted; nothing was written at the output paths (earlier outputs are untouched)"
               + ("; run the same command again to continue" if resumable else ""), file=sys.stderr)
         return 130
+
+
+def _import_numpy_with_ctrl_c_blocked() -> None:
+    """numpy's BLAS starts threads when numpy is imported. Started with SIGINT blocked they keep it
+    blocked, so a Ctrl-C always reaches the main thread, which stops the workers at once (a BLAS
+    thread taking it would leave the main thread waiting). A change to the whole process's signal
+    mask, so done here, by the command line, and never by ``import packer``."""
+    if "numpy" in sys.modules or not hasattr(signal, "pthread_sigmask"):
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        import numpy  # noqa: F401
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class _notes_on_stderr:

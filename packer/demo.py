@@ -107,5 +107,6 @@ def write_sample_tree(root: str | Path, classes: dict[str, str] | None = None, t
         solution.append(f"{name},{wnid} 10 20 200 220\n")
         image_index += 1
     (root / "LOC_val_solution.csv").write_text("".join(solution))
-    (image_sets / "val.txt").write_text("".join(f"ILSVRC2012_val_{n:08d} {n}\n" for n in range(1, len(val_classes) + 1)))
+    numbers = range(1, len(val_classes) + 1)
+    (image_sets / "val.txt").write_text("".join(f"ILSVRC2012_val_{n:08d} {n}\n" for n in numbers))
     return data_dir

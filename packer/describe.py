@@ -19,26 +19,78 @@ num_holdout_images  (only with a holdout split) images in ``X_holdout``
 A cell the tree's label files say nothing about (and ``original_label`` and
 ``imagenet_index`` of groups and ``rest``) is left empty.
 
-``<name>_cls.manifest.json`` (UTF-8 JSON) records how the archive was made and
-what is in it, enough to check it (``verify``) and to rebuild it elsewhere
-(``build --recipe``)::
+``<name>_cls.manifest.json`` records how the archive was made and what is in
+it, enough to check it (``verify``) and to rebuild it elsewhere (``build
+--recipe``). It is UTF-8 JSON as ``write_json`` lays it out: one line per key of
+the top two levels, each value below them on one line. Its entries, in this
+order::
 
-    manifest_version   1
-    tool, tool_version "imagenet-subset", "0.1.0"
-    name               subset name (the output stem)
-    options            what shapes the bytes: resize_size, crop_size, resize_rule,
-                       fast, compress, chunk_size
-    classes            [{label, wnids: [...], human_label}] in label order
-    input              the layout read: train_order and val_labels sources,
-                       the label files found (file names only, no paths)
-    splits             {split: {images, per_class: [count per label]}}
-    sources            {split: {root, label_source, paths (relative to root),
-                       ids, labels, row_crc32 (CRC-32 of each row's pixels)}}
-    X_train_stats      {mean: [r, g, b], std: [r, g, b]} on the 0-255 scale
-    files              {archive|metadata: {file, bytes, sha256}}
-    build              {seconds, images_per_second, workers, finished_utc}
+    manifest_version    1 (``MANIFEST_VERSION``). A reader refuses a manifest of a
+                        higher version; one without this entry is version 1
+    tool                "imagenet-subset"
+    tool_version        the version that wrote it, e.g. "0.1.0"
+    name                the subset name, the stem of every output (<name>_cls.npz)
+    options             what shapes the archive's bytes; a recipe rebuilds with them:
+      resize_size         short side after resizing, in pixels
+      crop_size           side of the square crop, in pixels
+      resize              "crop" or "squash"
+      resize_rule         that rule in words, e.g. "torchvision Resize(resize_size) +
+                          CenterCrop(crop_size), bilinear (Pillow)"
+      layout              "nhwc" (images (N, S, S, 3)) or "nchw" ((N, 3, S, S))
+      fast                true with --fast
+      compress            true with --compress
+      chunk_size          rows per chunk of work (32); a compressed archive's bytes
+                          depend on it
+      shard_size          rows of each split per shard, or null for one archive
+      on_error            "fail" or "skip"
+      sampling            {train_per_class, val_per_class, holdout_per_class, rest,
+                          rest_val, seed}: the options of those names, null where
+                          not given (holdout_per_class and seed are 0 by default)
+    classes             one record per label, in label order: {label, name, wnids,
+                        human_label}. name is a class's WNID, a group's name or "rest";
+                        wnids is [] for the rest label, whose record also has
+                        "rest": true; human_label is null where no label file names it
+    subset_source       where the classes came from: "built-in:<list>", the class-list
+                        file's name (no folders), "--classes a,b" or "--search text"; a
+                        rebuild keeps its recipe's ("recipe" if the recipe has none)
+    input               the layout read (a rebuild keeps its recipe's): {train_order,
+                        val_labels, label_files}. train_order and val_labels name what
+                        gave the train order and the val labels (a file name, or e.g.
+                        "sorted listing of train/", "val/<wnid>/ folders"); label_files
+                        maps train_cls, synset_mapping, val_solution, val_annotations,
+                        map_clsloc and val_ground_truth to the file found (its name
+                        only) or null
+    splits              {split: {images, per_class}}: each split's row count and its
+                        count per label. The splits are train and val, then holdout
+                        with --holdout_per_class
+    X_train_stats       {mean, std}: per channel [r, g, b] over X_train on the 0-255
+                        scale, to 4 decimals; [null, null, null] without train images
+    files               what the build wrote, each as {file, bytes, sha256}:
+      metadata            the metadata CSV
+      archive             the archive (without --shard_size)
+      shards              with --shard_size: one record per shard, in order, each
+                          with rows {split: [start, end)} too, its rows of each split
+      index               with --shard_size: the file name of the shards' index
+    skipped             [{split, path, reason}] of the unreadable images that
+                        --on_error skip left out (path relative to the split's folder);
+                        [] when none
+    build               how the run went (nothing a rebuild reproduces):
+      seconds             wall time
+      images_per_second   images packed per second
+      workers             the worker count the run used
+      backend             "local" or "dask"
+      resumed             true when --resume took up an interrupted run of this build
+      finished_utc        when it ended, ISO 8601 in UTC: "2026-11-23T10:01:02+00:00"
+    sources             {split: {root, label_source, paths, ids, labels, row_crc32}}:
+                        root is the split's name (held-out images are in train/);
+                        label_source as in input; then one value per row, in row
+                        order: the image's path relative to the split's folder, its
+                        id, its label, and the CRC-32 of its stored pixels
 
-Dates and timings live only here, never in the archive or the CSV.
+Dates and timings live only here, never in the archive or the CSV. The shard
+index ``<name>_cls.index.json`` (with ``--shard_size``) is JSON in the same
+layout: {name, manifest, metadata, shards}, the last being the manifest's
+``files.shards``.
 """
 import csv
 import hashlib
@@ -49,6 +101,7 @@ import numpy as np
 
 from .subset import REST, Label, SubsetList
 from .tree import ClassInfo
+
 
 def _label_facts(label: Label, classes: dict[str, ClassInfo]) -> tuple:
     """(WNID cell, human_label, original_label, imagenet_index) of one label."""
@@ -68,7 +121,7 @@ def metadata_table(subset: SubsetList, classes: dict[str, ClassInfo], splits) ->
     counts of images actually packed in each split. Unknown values are None."""
     counts = {f"num_{images.split}_images": np.bincount(images.labels, minlength=len(subset.labels))
               for images in splits}
-    return [dict(zip(METADATA_COLUMNS, (i, *_label_facts(label, classes))))
+    return [dict(zip(METADATA_COLUMNS, (i, *_label_facts(label, classes)), strict=True))
             | {column: int(per_label[i]) for column, per_label in counts.items()}
             for i, label in enumerate(subset.labels)]
 
@@ -94,7 +147,7 @@ def write_metadata_csv(rows: list[dict], path) -> None:
         writer.writerows(rows)
 
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 1  # raised when an entry changes meaning or goes; a new entry keeps it
 
 
 def channel_statistics(sums, squares, count: int) -> dict:

@@ -1,20 +1,29 @@
 """Pack a planned build into archives on disk, safely.
 
-    parts (one archive, or shards) -> writers in the work folder
-      -> run_chunks (local processes or Dask) -> journal -> close
-      -> drop unreadable images (--on_error skip) -> metadata CSV, manifest, index
-      -> rename every output into place -> remove the work folder
+    Packing(plan, options):
+      enter     lock the work folder; open a writer per output archive in it
+      run       chunks -> workers (local processes or Dask) -> writers, journal
+      drop_failed   rewrite the archives without unreadable images (--on_error skip)
+      describe  the metadata CSV, the manifest, the shard index
+      commit    rename every output into place
+      exit      remove the work folder (or keep it for --resume), close what is open
 
-Outputs in ``out_dir``: ``<name>_cls.npz`` (or shards
-``<name>_cls-00000-of-0000N.npz`` with at most ``shard_size`` rows of each
-split, and ``<name>_cls.index.json`` listing them), ``<name>_cls_metadata.csv``
-and ``<name>_cls.manifest.json``. Until the last step everything lives in the
-work folder (``workdir.py``), so a failed or interrupted run leaves nothing at
-the final paths and never touches an earlier output.
+Outputs in ``out_dir`` are named by ``OutputNames`` (``options.py``): the
+archive, or shards with at most ``shard_size`` rows of each split and an index
+listing them, the metadata CSV and the manifest. Until ``commit`` everything
+lives in the work folder (``workdir.py``), so a failed or interrupted run leaves
+nothing at the final paths and never touches an earlier output.
+
+A plan's rows are cut into ``ArchivePart``s (one archive, or shards); each part
+has its writer (``npz.ArchiveWriter``), and the chunks of work name the part
+their rows belong to. A build that writes several output sets from one plan
+(several sizes in one pass) adds parts of the other sets here, not a second
+plan.
 """
 import contextlib
 import dataclasses
 import datetime
+import errno
 import logging
 import math
 import os
@@ -29,14 +38,31 @@ import numpy as np
 from . import describe
 from .crc32 import crc32_of_parts
 from .errors import Interrupted, UserError
-from .npz import ArraySpec, DeflatedNpzWriter, StoredNpzWriter, deflate_segment
+from .npz import ArchiveWriter, ArraySpec, DeflatedNpzWriter, StoredNpzWriter
+from .options import CHUNK_SIZE, BuildOptions, BuildPlan, BuildResult, OutputNames, TransformSpec, shown
 from .progress import Progress
-from .transform import TransformSpec
-from .work import CHUNK_SIZE, Chunk, available_memory, check_dask_scheduler, memory_per_worker, run_chunks
+from .work import (
+    Chunk,
+    ChunkResult,
+    ImageFile,
+    SendDeflated,
+    WriteInPlace,
+    available_memory,
+    check_dask_scheduler,
+    default_workers,
+    memory_per_worker,
+    run_chunks,
+)
 from .workdir import WorkFolder
 
 log = logging.getLogger("packer")
 WORKERS_PER_CORE = 4  # more local workers than this only add processes competing for the same cores
+
+# OSErrors that say something about the machine, not about the code, and what to do about them
+_WHAT_TO_DO = {errno.ENOSPC: "free space", errno.EDQUOT: "free space", errno.EFBIG: "free space",
+               errno.EACCES: "fix permissions", errno.EPERM: "fix permissions", errno.EROFS: "fix permissions",
+               errno.EISDIR: "move what is in the way", errno.ENOTDIR: "move what is in the way",
+               errno.ENOTEMPTY: "move what is in the way", errno.EIO: "check the disk"}
 
 
 @dataclass(frozen=True)
@@ -47,16 +73,12 @@ class ArchivePart:
     rows: dict[str, tuple[int, int]]
 
 
-def _size(nbytes: int) -> str:
-    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
-
-
-def plan_parts(name: str, splits, shard_size: int | None) -> list[ArchivePart]:
+def plan_parts(names: OutputNames, splits, shard_size: int | None) -> list[ArchivePart]:
     """One archive, or shards of at most ``shard_size`` rows of each split."""
     if not shard_size:
-        return [ArchivePart(f"{name}_cls.npz", {s.split: (0, len(s)) for s in splits})]
+        return [ArchivePart(names.archive, {s.split: (0, len(s)) for s in splits})]
     count = max(1, math.ceil(max(len(s) for s in splits) / shard_size))
-    return [ArchivePart(f"{name}_cls-{i:05d}-of-{count:05d}.npz",
+    return [ArchivePart(names.shard(i, count),
                         {s.split: (min(i * shard_size, len(s)), min((i + 1) * shard_size, len(s))) for s in splits})
             for i in range(count)]
 
@@ -79,16 +101,8 @@ def _small_arrays(part: ArchivePart, splits) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _chunks(parts: list[ArchivePart], splits, writers, skip_errors: bool):
-    for p, (part, writer) in enumerate(zip(parts, writers)):
-        for images in splits:
-            first, end = part.rows[images.split]
-            key, root = f"X_{images.split}", str(images.root)
-            for start in range(0, end - first, CHUNK_SIZE):
-                paths = tuple(os.path.join(root, path)
-                              for path in images.paths[first + start:min(first + start + CHUNK_SIZE, end)])
-                target = (None, 0) if writer.compressed else (writer.path, writer.pixel_offset(key, start))
-                yield Chunk(key, start, paths, *target, part=p, skip_errors=skip_errors)
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
 
 
 @dataclass
@@ -98,49 +112,334 @@ class _Totals:
     row_crcs: dict[str, np.ndarray]
     sums: dict[str, np.ndarray]
     squares: dict[str, np.ndarray]
-    failed: dict[str, dict[int, str]]  # split -> {row: reason}
+    failed: dict[str, dict[int, str]]  # split -> {row: reason} of unreadable images
     warned: dict[str, dict[int, str]]  # split -> {row: warning} of images packed despite a warning
 
+    @classmethod
+    def of(cls, splits) -> "_Totals":
+        return cls({s.split: np.zeros(len(s), dtype=np.uint32) for s in splits},
+                   {s.split: np.zeros(3, dtype=np.uint64) for s in splits},
+                   {s.split: np.zeros(3, dtype=np.uint64) for s in splits},
+                   {s.split: {} for s in splits}, {s.split: {} for s in splits})
 
-def _run(parts, splits, writers, work: WorkFolder, spec: TransformSpec, options, done: dict) -> _Totals:
-    """Feed the chunks to the workers and the results to the writers and the journal."""
-    totals = _Totals({s.split: np.zeros(len(s), dtype=np.uint32) for s in splits},
-                     {s.split: np.zeros(3, dtype=np.uint64) for s in splits},
-                     {s.split: np.zeros(3, dtype=np.uint64) for s in splits}, {s.split: {} for s in splits},
-                     {s.split: {} for s in splits})
-    chunks = _chunks(parts, splits, writers, options.on_error == "skip")
-    with Progress({images.split: len(images) for images in splits}, options.progress) as progress:
-        for result in run_chunks(chunks, spec, options.workers, options.backend, options.scheduler, done):
-            writers[result.part].add_chunk(result.key, result.crc32, result.nbytes, result.payload)
-            if (result.part, result.key, result.start) not in done:
-                work.record(result, writers)
-            split = result.key.removeprefix("X_")
-            first = parts[result.part].rows[split][0] + result.start
-            totals.row_crcs[split][first:first + result.count] = result.row_crcs
-            totals.sums[split] += np.array(result.channel_sums, dtype=np.uint64)
-            totals.squares[split] += np.array(result.channel_squares, dtype=np.uint64)
-            for row, _, reason in result.failed:
-                totals.failed[split][parts[result.part].rows[split][0] + row] = reason
-            for row, warning in result.warned:
-                totals.warned[split][parts[result.part].rows[split][0] + row] = warning
-            progress.update(split, result.count)
-        work.flush(writers)
-    return totals
+    def add(self, result: ChunkResult, split: str, first: int) -> None:
+        """Take in ``result``, whose rows start at row ``first`` of ``split``."""
+        self.row_crcs[split][first:first + result.count] = result.row_crcs
+        self.sums[split] += np.array(result.channel_sums, dtype=np.uint64)
+        self.squares[split] += np.array(result.channel_squares, dtype=np.uint64)
+        for row, reason in result.failed:
+            self.failed[split][first - result.start + row] = reason
+        for row, warning in result.warned:
+            self.warned[split][first - result.start + row] = warning
 
 
-def _chunk_count(parts: list[ArchivePart]) -> int:
-    return sum(math.ceil((end - start) / CHUNK_SIZE) for part in parts for start, end in part.rows.values())
+def execute(plan: BuildPlan, options: BuildOptions, started: float | None = None) -> BuildResult:
+    """Pack the images of ``plan`` with ``options``; see the module docstring for the guarantees."""
+    started = time.perf_counter() if started is None else started
+    out_dir = Path(options.out_dir)
+    created = _make_folder(out_dir)
+    try:
+        with Packing(plan, options, out_dir, started) as packing:
+            packing.run()
+            packing.drop_failed()
+            packing.describe()
+            packing.commit()
+        return packing.result()
+    except BaseException:
+        for folder in created:  # deepest first; only those this build made and left empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
-def _worker_count(options, spec: TransformSpec, chunks: int) -> int:
+def _make_folder(out_dir: Path) -> list[Path]:
+    """Create ``out_dir`` as needed; the folders created, deepest first."""
+    missing = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out_dir {out_dir} is a file, not a folder; choose a folder (it is created if missing)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"cannot create --out_dir {out_dir}: part of that path is a file; choose a folder") from None
+    except OSError as exc:
+        raise UserError(f"cannot create --out_dir {out_dir}: {exc.strerror}; choose a writable folder") from None
+    return missing
+
+
+class Packing:
+    """One build's packing: its parts and their writers, the totals of the chunk results, and the
+    work folder, from the first chunk to the outputs in place (see the module docstring).
+
+    As a context manager it owns what it opens: leaving the block aborts the writers and removes
+    the work folder, or keeps it (with every finished chunk journaled) when ``--resume`` asked for
+    it or SIGTERM / SIGHUP stopped the build. A full disk or a permission problem while writing
+    becomes a one-line ``UserError`` naming the output.
+    """
+
+    def __init__(self, plan: BuildPlan, options: BuildOptions, out_dir: Path, started: float):
+        self.plan, self.out_dir, self.started = plan, out_dir, started
+        self.names = OutputNames(plan.name)
+        self.spec = options.transform
+        self.splits = list(plan.splits)
+        self.parts = plan_parts(self.names, self.splits, options.shard_size)
+        self.chunk_count = sum(math.ceil((end - start) / CHUNK_SIZE)
+                               for part in self.parts for start, end in part.rows.values())
+        self._check_space(sum(s.nbytes for part in self.parts for s in _array_specs(part, self.spec)), options,
+                          "the archive")
+        self.workers = _worker_count(options, self.spec, self.chunk_count)
+        self.options = dataclasses.replace(options, workers=self.workers)
+        if options.backend == "dask":
+            check_dask_scheduler(str(options.scheduler))
+        self.writers: list[ArchiveWriter] = []
+        self.totals = _Totals.of(self.splits)
+        self.skipped: list[dict] = []
+        self.outputs: list[str] = []  # the file names that commit puts in place
+        self.committed = False
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def archive_path(self) -> Path:
+        """What the build is called by: the archive, or the index of the shards."""
+        return self.out_dir / (self.names.index if self.options.shard_size else self.parts[0].file_name)
+
+    def __enter__(self) -> "Packing":
+        output_options = self.options.output_options()
+        self.work = WorkFolder(self.out_dir, self.names, describe.plan_fingerprint(self.plan, output_options),
+                               output_options, self.options.resume)
+        self._stack.push(self._leave_work_folder)
+        if self.work.resume_state:
+            log.warning(self.work.resume_state)
+        writer_class = DeflatedNpzWriter if self.options.compress else StoredNpzWriter
+        try:
+            with self._writing():
+                for part in self.parts:
+                    self.writers.append(writer_class(
+                        self.work.partial(part.file_name), _array_specs(part, self.spec),
+                        _small_arrays(part, self.splits), resume=self.work.resumed,
+                        hash_after_close=self.options.backend == "dask"))
+        except BaseException as exc:  # no __exit__ follows a failed __enter__
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self._stack.__exit__(kind, error, traceback)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turn an OSError of the machine (no space, no permission, something in the way, a disk
+        error) into a one-line ``UserError`` naming the output; any other OSError is a bug and
+        stays as it is."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in _WHAT_TO_DO:
+                raise
+            named = [str(f) for f in (exc.filename2, exc.filename) if f and self.names.work_folder not in str(f)]
+            raise UserError(f"writing {named[0] if named else self.archive_path} failed: {exc.strerror}; "
+                            f"{_WHAT_TO_DO[exc.errno]} and run again (earlier outputs are untouched)") from None
+
+    def run(self) -> None:
+        """Feed the chunks to the workers, and their results to the writers and the journal."""
+        done = {}
+        if self.work.resumed:
+            if all(writer.kept_rows for writer in self.writers):
+                done = self.work.finished_chunks()
+                log.warning(f"resuming: {len(done)} of {self.chunk_count} chunks already done")
+            else:
+                log.warning("nothing to resume (the partial archive is gone) — starting afresh")
+        options, workers = self.options, self.workers
+        with self._writing(), Progress({s.split: len(s) for s in self.splits}, options.progress) as progress:
+            for result in run_chunks(self._chunks(), self.spec, workers, options.backend, options.scheduler, done):
+                self.writers[result.part].add_chunk(result.key, result.crc32, result.nbytes, result.payload)
+                if (result.part, result.key, result.start) not in done:
+                    self.work.record(result, self.writers)
+                split = result.key.removeprefix("X_")
+                self.totals.add(result, split, self.parts[result.part].rows[split][0] + result.start)
+                progress.update(split, result.count)
+            self.work.flush(self.writers)
+            for writer in self.writers:
+                writer.close()
+        self.skipped = [{"split": s.split, "path": s.paths[row], "reason": reason}
+                        for s in self.splits for row, reason in sorted(self.totals.failed[s.split].items())]
+
+    def _chunks(self):
+        skip_errors = self.options.on_error == "skip"
+        for p, (part, writer) in enumerate(zip(self.parts, self.writers, strict=True)):
+            for images in self.splits:
+                first, end = part.rows[images.split]
+                key, root = f"X_{images.split}", str(images.root)
+                for start in range(0, end - first, CHUNK_SIZE):
+                    files = tuple(ImageFile(os.path.join(root, path))
+                                  for path in images.paths[first + start:min(first + start + CHUNK_SIZE, end)])
+                    offset = writer.rows_at(key, start)
+                    destination = SendDeflated() if offset is None else WriteInPlace(writer.path, offset)
+                    yield Chunk(key, start, files, destination, part=p, skip_errors=skip_errors)
+
+    def drop_failed(self) -> None:
+        """Rewrite the archives without the rows of unreadable images, in one sequential copy (no
+        blank image ever reaches an output); the splits, parts, writers and row CRCs follow."""
+        failed = self.totals.failed
+        if not any(failed.values()):
+            return
+        keep = {s.split: np.array([r for r in range(len(s)) if r not in failed[s.split]], dtype=np.int64)
+                for s in self.splits}
+        splits = [s.take(keep[s.split]) for s in self.splits]
+        parts = plan_parts(self.names, splits, self.options.shard_size)
+        if not self.options.compress:
+            self._check_space(sum(s.nbytes for part in parts for s in _array_specs(part, self.spec)), self.options,
+                              f"a copy of the archive without the {sum(map(len, failed.values()))} unreadable images")
+        row_bytes = int(np.prod(self.spec.stored_shape(1)))
+        writer_class = DeflatedNpzWriter if self.options.compress else StoredNpzWriter
+        with self._writing():
+            writers: list[ArchiveWriter] = [writer_class(self.work.partial(p.file_name) + ".compact",
+                                                         _array_specs(p, self.spec), _small_arrays(p, splits))
+                                            for p in parts]
+            for writer in writers:
+                self._stack.callback(writer.abort)
+            for images in self.splits:
+                split, key = images.split, f"X_{images.split}"
+                rows = ((row, data) for row, data in _stored_rows([w.path for w in self.writers], self.parts, split,
+                                                                  row_bytes) if row not in failed[split])
+                for part, writer in zip(parts, writers, strict=True):
+                    start, end = part.rows[split]
+                    for first in range(start, end, CHUNK_SIZE):
+                        data = b"".join(next(rows)[1] for _ in range(min(CHUNK_SIZE, end - first)))
+                        kept = keep[split][first:first + len(data) // row_bytes]
+                        writer.add_rows(key, data, crc32_of_parts(self.totals.row_crcs[split][kept], row_bytes))
+            for writer in self.writers:
+                os.remove(writer.path)
+            for part, writer in zip(parts, writers, strict=True):
+                writer.close()
+                os.replace(writer.path, self.work.partial(part.file_name))
+                writer.path = self.work.partial(part.file_name)
+        self.totals.row_crcs = {split: self.totals.row_crcs[split][rows] for split, rows in keep.items()}
+        self.splits, self.parts, self.writers = splits, parts, writers
+
+    def describe(self) -> None:
+        """Write the metadata CSV, the manifest and (for shards) the index into the work folder."""
+        from . import __version__
+
+        plan, names, work = self.plan, self.names, self.work
+        with self._writing():
+            describe.write_metadata_csv(describe.metadata_table(plan.subset, plan.classes, self.splits),
+                                        work.partial(names.metadata))
+            archives = [describe.file_record(Path(w.path), p.file_name, w.sha256)
+                        | {"rows": {k: list(v) for k, v in p.rows.items()}}
+                        for p, w in zip(self.parts, self.writers, strict=True)]
+            files: dict[str, object] = {"metadata": describe.file_record(Path(work.partial(names.metadata)),
+                                                                          names.metadata)}
+            self.outputs = [p.file_name for p in self.parts] + [names.metadata, names.manifest]
+            if not self.options.shard_size:
+                files["archive"] = {k: v for k, v in archives[0].items() if k != "rows"}
+            else:
+                files["shards"] = archives
+                describe.write_json({"name": plan.name, "manifest": names.manifest, "metadata": names.metadata,
+                                     "shards": archives}, work.partial(names.index))
+                files["index"] = names.index
+                self.outputs.append(names.index)
+            seconds = time.perf_counter() - self.started
+            images = sum(len(s) for s in self.splits)
+            train_pixels = len(self.splits[0]) * self.spec.crop_size * self.spec.crop_size
+            per_class = {s.split: {"images": len(s), "per_class": np.bincount(s.labelled, minlength=len(
+                plan.subset.labels)).tolist()} for s in self.splits}
+            manifest = {
+                "manifest_version": describe.MANIFEST_VERSION,
+                "tool": "imagenet-subset",
+                "tool_version": __version__,
+                "name": plan.name,
+                "options": self.options.output_options(),
+                "classes": describe.class_records(plan.subset, plan.classes),
+                "subset_source": _shareable(plan.subset.source),
+                "input": plan.input,
+                "splits": per_class,
+                "X_train_stats": describe.channel_statistics(self.totals.sums["train"], self.totals.squares["train"],
+                                                             train_pixels),
+                "files": files,
+                "skipped": self.skipped,
+                "build": {"seconds": round(seconds, 3),
+                          "images_per_second": round(images / seconds, 1) if seconds else None,
+                          "workers": self.options.workers, "backend": self.options.backend,
+                          "resumed": work.resumed,
+                          "finished_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")},
+                "sources": {s.split: describe.split_sources(s, self.totals.row_crcs[s.split]) for s in self.splits},
+            }
+            describe.write_json(manifest, work.partial(names.manifest))
+
+    def commit(self) -> None:
+        """Rename the finished outputs over the final paths: all of them, or none.
+
+        An earlier output at a final path is first hard-linked (or copied) into the
+        work folder, so that if a later rename fails every earlier file is put back.
+        """
+        replaced: list[tuple[Path, Path]] = []  # (the earlier output kept, its final path)
+        created: list[tuple[Path, Path]] = []
+        with self._writing():
+            try:
+                for name in self.outputs:
+                    final, kept = self.out_dir / name, Path(self.work.partial(name) + ".previous")
+                    earlier = final.is_file()
+                    if earlier:
+                        try:
+                            os.link(final, kept)
+                        except OSError:
+                            shutil.copy2(final, kept)
+                    os.replace(self.work.partial(name), final)
+                    (replaced if earlier else created).append((kept, final))
+            except OSError:
+                for kept, final in replaced:
+                    os.replace(kept, final)
+                for _, final in created:
+                    os.remove(final)
+                raise
+        self.committed = True
+
+    def result(self) -> BuildResult:
+        """What the build wrote (after ``commit``), with its notes."""
+        notes = tuple(note for images in self.splits for note in images.notes) + self.plan.notes
+        if self.skipped:
+            notes += (f"left out {len(self.skipped)} unreadable images (listed in the manifest): "
+                      + shown([f"{s['path']} ({s['reason']})" for s in self.skipped]),)
+        warned = [f"{s.split}/{s.paths[row]} ({warning})"
+                  for s in self.splits for row, warning in sorted(self.totals.warned[s.split].items())]
+        if warned:
+            notes += (f"{len(warned)} images gave a warning and were packed: {shown(warned)}",)
+        archive = self.archive_path
+        return BuildResult(self.plan.name, archive, self.out_dir / self.names.metadata,
+                           self.out_dir / self.names.manifest, {s.split: len(s) for s in self.splits},
+                           len(self.plan.subset.labels),
+                           sum((self.out_dir / p.file_name).stat().st_size for p in self.parts),
+                           describe.sha256_of_file(archive) if self.options.shard_size else self.writers[0].sha256,
+                           time.perf_counter() - self.started, notes,
+                           tuple(self.out_dir / p.file_name for p in self.parts))
+
+    def _check_space(self, needed: int, options: BuildOptions, what: str) -> None:
+        free = shutil.disk_usage(self.out_dir).free
+        if not options.compress and needed > free:
+            raise UserError(f"--out_dir {self.out_dir} has {_size(free)} free but {what} needs {_size(needed)}; "
+                            "free some space, choose another folder, or add --compress")
+
+    def _leave_work_folder(self, kind, error, traceback) -> None:
+        """Close the writers; remove the work folder, or keep it for ``--resume`` with every finished
+        chunk journaled."""
+        keep = not self.committed and (self.options.resume or isinstance(error, Interrupted))
+        if keep:
+            with contextlib.suppress(OSError, ValueError):
+                self.work.flush(self.writers)
+        self.work.stop_flushing()
+        for writer in self.writers:
+            writer.abort()
+        if keep:
+            self.work.release()
+        else:
+            self.work.remove()
+
+
+def _worker_count(options: BuildOptions, spec: TransformSpec, chunks: int) -> int:
     """How many workers to run: as asked (all cores by default), but no more than there are
     chunks, ``WORKERS_PER_CORE`` per core (local processes) or fit in the memory available."""
-    from .build import default_workers
-
     cores = default_workers()
     asked = cores if options.workers is None else options.workers
-    if not isinstance(asked, int) or asked < 1:
-        raise UserError(f"--workers {asked!r} must be a whole number of at least 1")
     local = options.backend == "local"  # Dask workers run on other machines, with their own memory
     need = memory_per_worker(spec)
     shared, per_process = available_memory() if local else (None, None)
@@ -168,7 +467,7 @@ def _worker_count(options, spec: TransformSpec, chunks: int) -> int:
 
 def _stored_rows(paths: list[str], parts: list[ArchivePart], split: str, row_bytes: int):
     """The rows of ``X_<split>`` across the closed archives ``paths``, in order: ``(row, bytes)``."""
-    for path, part in zip(paths, parts):
+    for path, part in zip(paths, parts, strict=True):
         start, end = part.rows[split]
         if start == end:
             continue
@@ -179,232 +478,6 @@ def _stored_rows(paths: list[str], parts: list[ArchivePart], split: str, row_byt
                 yield row, member.read(row_bytes)
 
 
-def _without_failed(name: str, parts, splits, writers, totals: _Totals, work: WorkFolder, spec, options):
-    """Rewrite the archives without the rows of unreadable images (one sequential copy).
-
-    Returns the new parts, splits and (closed) writers; ``totals.row_crcs`` is updated.
-    """
-    keep = {s.split: np.array([r for r in range(len(s)) if r not in totals.failed[s.split]], dtype=np.int64)
-            for s in splits}
-    new_splits = [s.take(keep[s.split]) for s in splits]
-    new_parts = plan_parts(name, new_splits, options.shard_size)
-    writer_class = type(writers[0])
-    new_writers = [writer_class(work.partial(p.file_name) + ".compact", _array_specs(p, spec),
-                                _small_arrays(p, new_splits)) for p in new_parts]
-    row_bytes = int(np.prod(spec.stored_shape(1)))
-    old_paths = [w.path for w in writers]
-    for images in splits:
-        split, key = images.split, f"X_{images.split}"
-        failed = totals.failed[split]
-        source = ((row, data) for row, data in _stored_rows(old_paths, parts, split, row_bytes) if row not in failed)
-        for part, writer in zip(new_parts, new_writers):
-            start, end = part.rows[split]
-            for first in range(start, end, CHUNK_SIZE):
-                data = b"".join(next(source)[1] for _ in range(min(CHUNK_SIZE, end - first)))
-                crc = crc32_of_parts(totals.row_crcs[split][keep[split][first:first + len(data) // row_bytes]], row_bytes)
-                if writer.compressed:
-                    writer.add_chunk(key, crc, len(data), deflate_segment(data))
-                else:
-                    writer.write_rows(key, first - start, data)
-                    writer.add_chunk(key, crc, len(data))
-    for writer in writers:
-        os.remove(writer.path)
-    for part, writer in zip(new_parts, new_writers):
-        writer.close()
-        os.replace(writer.path, work.partial(part.file_name))
-        writer.path = work.partial(part.file_name)
-    totals.row_crcs = {split: totals.row_crcs[split][rows] for split, rows in keep.items()}
-    return new_parts, new_splits, new_writers
-
-
-def execute(plan, options, started: float | None = None):
-    """Pack the images of ``plan`` with ``options``; see the module docstring for the guarantees."""
-    from .build import check_options
-
-    started = time.perf_counter() if started is None else started
-    spec = check_options(options)
-    out_dir = Path(options.out_dir)
-    created = _make_folder(out_dir)
-    try:
-        return _execute(plan, options, spec, out_dir, started)
-    except BaseException:
-        for folder in created:  # deepest first; only those this build made and left empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
-
-
-def _make_folder(out_dir: Path) -> list[Path]:
-    """Create ``out_dir`` as needed; the folders created, deepest first."""
-    missing = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out_dir {out_dir} is a file, not a folder; choose a folder (it is created if missing)")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UserError(f"cannot create --out_dir {out_dir}: part of that path is a file; choose a folder") from None
-    except OSError as exc:
-        raise UserError(f"cannot create --out_dir {out_dir}: {exc.strerror}; choose a writable folder") from None
-    return missing
-
-
-def _execute(plan, options, spec: TransformSpec, out_dir: Path, started: float):
-    from .build import BuildResult
-
-    splits = list(plan.splits)
-    parts = plan_parts(plan.name, splits, options.shard_size)
-    needed = sum(s.nbytes for part in parts for s in _array_specs(part, spec))
-    free = shutil.disk_usage(out_dir).free
-    if not options.compress and needed > free:
-        raise UserError(f"--out_dir {out_dir} has {_size(free)} free but the archive needs {_size(needed)}; "
-                        "free some space, choose another folder, or add --compress")
-    chunk_count = _chunk_count(parts)
-    options = dataclasses.replace(options, workers=_worker_count(options, spec, chunk_count))
-    if options.backend == "dask":
-        check_dask_scheduler(options.scheduler)
-    output_options = options.output_options()
-    work = WorkFolder(out_dir, plan.name, describe.plan_fingerprint(plan, output_options), output_options,
-                      options.resume)
-    if work.resume_state:
-        log.warning(work.resume_state)
-    finished, stopped_by = False, None
-    writers = []
-    try:
-        writer_class = DeflatedNpzWriter if options.compress else StoredNpzWriter
-        for part in parts:
-            writers.append(writer_class(work.partial(part.file_name), _array_specs(part, spec),
-                                        _small_arrays(part, splits), resume=work.resumed,
-                                        hash_after_close=options.backend == "dask"))
-        done = {}
-        if work.resumed:
-            if all(writer.kept_rows for writer in writers):
-                done = work.finished_chunks()
-                log.warning(f"resuming: {len(done)} of {chunk_count} chunks already done")
-            else:
-                log.warning("nothing to resume (the partial archive is gone) — starting afresh")
-        totals = _run(parts, splits, writers, work, spec, options, done)
-        for writer in writers:
-            writer.close()
-        skipped = [{"split": s.split, "path": s.paths[row], "reason": reason}
-                   for s in splits for row, reason in sorted(totals.failed[s.split].items())]
-        warned = [f"{s.split}/{s.paths[row]} ({warning})"
-                  for s in splits for row, warning in sorted(totals.warned[s.split].items())]
-        if skipped:
-            parts, splits, writers = _without_failed(plan.name, parts, splits, writers, totals, work, spec, options)
-        outputs = _describe(plan, options, splits, parts, writers, totals, work, spec, skipped, started)
-        _move_into_place(outputs, work, out_dir)
-        finished = True
-    except OSError as exc:
-        named = [str(f) for f in (exc.filename2, exc.filename) if f and ".work" not in str(f)]
-        target = named[0] if named else out_dir / (f"{plan.name}_cls.index.json" if options.shard_size else parts[0].file_name)
-        raise UserError(f"writing {target} failed: {exc.strerror or exc}; free space or fix permissions and "
-                        "run again (earlier outputs are untouched)") from None
-    except BaseException as exc:
-        stopped_by = exc
-        raise
-    finally:
-        # --resume, SIGTERM or SIGHUP: keep the work folder, with every finished chunk journaled
-        keep = not finished and (options.resume or isinstance(stopped_by, Interrupted))
-        if keep:
-            with contextlib.suppress(OSError, ValueError):
-                work.flush(writers)
-        work.stop_flushing()
-        for writer in writers:
-            writer.abort()
-        if keep:
-            work.release()
-        else:
-            work.remove()
-    notes = tuple(note for images in splits for note in images.notes) + plan.notes
-    if skipped:
-        notes += (f"left out {len(skipped)} unreadable images (listed in the manifest): "
-                  + ", ".join(f"{s['path']} ({s['reason']})" for s in skipped[:3])
-                  + (" ..." if len(skipped) > 3 else ""),)
-    if warned:
-        notes += (f"{len(warned)} images gave a warning and were packed: " + ", ".join(warned[:3])
-                  + (" ..." if len(warned) > 3 else ""),)
-    archive = out_dir / (f"{plan.name}_cls.index.json" if options.shard_size else parts[0].file_name)
-    return BuildResult(plan.name, archive, out_dir / f"{plan.name}_cls_metadata.csv",
-                       out_dir / f"{plan.name}_cls.manifest.json", {s.split: len(s) for s in splits},
-                       len(plan.subset.labels), sum((out_dir / p.file_name).stat().st_size for p in parts),
-                       describe.sha256_of_file(archive) if options.shard_size else writers[0].sha256,
-                       time.perf_counter() - started, notes, tuple(out_dir / p.file_name for p in parts))
-
-
-def _move_into_place(file_names: list[str], work: WorkFolder, out_dir: Path) -> None:
-    """Rename the finished outputs over the final paths: all of them, or none.
-
-    An earlier output at a final path is first hard-linked (or copied) into the
-    work folder, so that if a later rename fails every earlier file is put back.
-    """
-    replaced, created = [], []
-    try:
-        for name in file_names:
-            final, kept = out_dir / name, Path(work.partial(name) + ".previous")
-            if final.is_file():
-                try:
-                    os.link(final, kept)
-                except OSError:
-                    shutil.copy2(final, kept)
-                replaced.append((kept, final))
-            else:
-                created.append(final)
-            os.replace(work.partial(name), final)
-    except OSError:
-        for kept, final in replaced:
-            os.replace(kept, final)
-        for final in created:
-            if final.exists():
-                os.remove(final)
-        raise
-
-
 def _shareable(source: str) -> str:
     """A class list's source without the folders it was read from (the manifest is meant to be shared)."""
     return source if source.startswith(("built-in:", "--", "recipe")) else Path(source).name
-
-
-def _describe(plan, options, splits, parts, writers, totals, work, spec, skipped, started) -> list[str]:
-    """Write the metadata CSV, the manifest and (for shards) the index; returns all output file names."""
-    from . import __version__
-
-    name = plan.name
-    metadata_name, manifest_name, index_name = (f"{name}_cls_metadata.csv", f"{name}_cls.manifest.json",
-                                                f"{name}_cls.index.json")
-    describe.write_metadata_csv(describe.metadata_table(plan.subset, plan.classes, splits), work.partial(metadata_name))
-    archives = [describe.file_record(Path(w.path), p.file_name, w.sha256) | {"rows": {k: list(v) for k, v in p.rows.items()}}
-                for p, w in zip(parts, writers)]
-    files = {"metadata": describe.file_record(Path(work.partial(metadata_name)), metadata_name)}
-    outputs = [p.file_name for p in parts] + [metadata_name, manifest_name]
-    if not options.shard_size:
-        files["archive"] = {k: v for k, v in archives[0].items() if k != "rows"}
-    else:
-        files["shards"] = archives
-        describe.write_json({"name": name, "manifest": manifest_name, "metadata": metadata_name, "shards": archives},
-                            work.partial(index_name))
-        files["index"] = index_name
-        outputs.append(index_name)
-    seconds = time.perf_counter() - started
-    images = sum(len(s) for s in splits)
-    train_pixels = len(splits[0]) * spec.crop_size * spec.crop_size
-    manifest = {
-        "manifest_version": describe.MANIFEST_VERSION,
-        "tool": "imagenet-subset",
-        "tool_version": __version__,
-        "name": name,
-        "options": options.output_options(),
-        "classes": describe.class_records(plan.subset, plan.classes),
-        "subset_source": _shareable(plan.subset.source),
-        "input": plan.input,
-        "splits": {s.split: {"images": len(s), "per_class": np.bincount(s.labels, minlength=len(plan.subset.labels)).tolist()}
-                   for s in splits},
-        "X_train_stats": describe.channel_statistics(totals.sums["train"], totals.squares["train"], train_pixels),
-        "files": files,
-        "skipped": skipped,
-        "build": {"seconds": round(seconds, 3), "images_per_second": round(images / seconds, 1) if seconds else None,
-                  "workers": options.workers, "backend": options.backend, "resumed": work.resumed,
-                  "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
-        "sources": {s.split: describe.split_sources(s, totals.row_crcs[s.split]) for s in splits},
-    }
-    describe.write_json(manifest, work.partial(manifest_name))
-    return outputs

@@ -26,15 +26,15 @@ size, uncompressed size, name length, extra length. A member of 4 GiB or more
 has 0xFFFFFFFF in both size fields and a ZIP64 extra field (id 1) carrying the
 real sizes; the central directory entry does the same for sizes and offsets.
 Image members set flag bit 3: their local header has CRC and sizes 0, and a
-data descriptor (``PK\x07\x08``, CRC-32, compressed and uncompressed size,
+data descriptor (``PK\\x07\\x08``, CRC-32, compressed and uncompressed size,
 8-byte sizes past 4 GiB) follows their data. So the file is final from the
 front to the last row written, and its SHA-256 is computed as it is produced.
 
-Two writers share that format:
+Two writers share that format, and the interface ``ArchiveWriter``:
 
 - ``StoredNpzWriter`` (the default): members are stored uncompressed, so every
   offset is known from the shapes alone. The file is sized up front, workers
-  write their rows straight to ``pixel_offset(key, row)``, and the parent only
+  write their rows straight to ``rows_at(key, row)``, and the parent only
   combines their CRCs (``crc32.crc32_combine``) and fills in the headers at the
   end, reading finished regions back into the SHA-256 as rows arrive. Stored
   members can be memory-mapped by ``packer.load``.
@@ -48,6 +48,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -85,9 +86,13 @@ class ArraySpec:
 
 
 def npy_header(spec: ArraySpec) -> bytes:
-    """The ``.npy`` format 1.0 header for an array of this spec, as ``np.save`` writes it."""
+    """The ``.npy`` format 1.0 header for an array of this spec: the dict, padded with spaces to a
+    multiple of 64 bytes and ended by a newline. This is what ``np.save`` wrote before numpy 1.24,
+    which since pads the header further so that the shape can grow in place; every numpy reads
+    both. Written here rather than by ``np.lib.format`` so that an archive's bytes do not depend on
+    the numpy version that wrote it."""
     shape = repr(tuple(int(n) for n in spec.shape))
-    text = "{'descr': '%s', 'fortran_order': False, 'shape': %s, }" % (spec.descr, shape)
+    text = f"{{'descr': '{spec.descr}', 'fortran_order': False, 'shape': {shape}, }}"
     unpadded = 10 + len(text) + 1
     text += " " * (-unpadded % 64) + "\n"
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
@@ -127,7 +132,8 @@ class _Member:
         if self.streamed:  # CRC and sizes are in the data descriptor
             fields, extra = (0, 0, 0), b""
         elif self.zip64:
-            fields, extra = (self.crc, _ZIP64_LIMIT, _ZIP64_LIMIT), struct.pack("<HHQQ", 1, 16, self.size, self.compressed_size)
+            fields = (self.crc, _ZIP64_LIMIT, _ZIP64_LIMIT)
+            extra = struct.pack("<HHQQ", 1, 16, self.size, self.compressed_size)
         else:
             fields, extra = (self.crc, self.compressed_size, self.size), b""
         return struct.pack("<IHHHHHIIIHH", 0x04034B50, self.version, self.flags, self.method, 0, _DOS_DATE,
@@ -154,7 +160,8 @@ class _Member:
         name = self.spec.member_name.encode()
         values = {"size": self.size, "compressed": self.compressed_size, "offset": self.header_offset}
         big = [k for k in ("size", "compressed", "offset") if values[k] >= _ZIP64_LIMIT]
-        extra = struct.pack("<HH", 1, 8 * len(big)) + b"".join(struct.pack("<Q", values[k]) for k in big) if big else b""
+        extra = b"".join([struct.pack("<HH", 1, 8 * len(big))] + [struct.pack("<Q", values[k]) for k in big]) \
+            if big else b""
         field = {k: _ZIP64_LIMIT if k in big else v for k, v in values.items()}
         version = _VERSION_ZIP64 if (self.zip64 or big) else _VERSION_STORED
         return struct.pack(
@@ -184,15 +191,46 @@ def _array_bytes(spec: ArraySpec, array: np.ndarray) -> bytes:
     return array.tobytes()
 
 
+class ArchiveWriter(Protocol):
+    """What a build needs of an archive writer, stored or deflated.
+
+    The small arrays are written when the writer is made; the image arrays arrive
+    in row order, either written by workers at ``rows_at`` and reported with
+    ``add_chunk``, or handed over as deflate segments (``add_chunk``'s payload) or
+    as raw rows (``add_rows``). ``flush`` makes what was reported durable,
+    ``close`` finishes the file (then ``sha256`` is its checksum), ``abort``
+    closes it unfinished.
+    """
+
+    path: str
+    kept_rows: bool  # a resumed writer kept the rows of an earlier run
+
+    @property
+    def sha256(self) -> str: ...
+
+    def rows_at(self, key: str, row: int) -> int | None:
+        """The file offset where workers write row ``row`` of ``key`` themselves, or None when this
+        writer takes rows only from this process (``add_chunk``'s payload, ``add_rows``)."""
+
+    def add_chunk(self, key: str, crc: int, nbytes: int, payload: bytes | None = None) -> None: ...
+
+    def add_rows(self, key: str, data: bytes, crc: int) -> None:
+        """Append rows of ``key`` that this process holds (``crc``: their CRC-32)."""
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class _NpzWriter:
     """What both writers share: members in order, a running SHA-256 of the file as it is produced."""
 
-    compressed: bool
-
-    def __init__(self, path: str, specs: list[ArraySpec], arrays: dict[str, np.ndarray]):
+    def __init__(self, path: str, specs: list[ArraySpec]):
         self.path = path
         self._specs = specs
-        self._arrays = arrays
+        self._directory_offset = 0  # where the central directory starts (known once the members are)
         self._members: dict[str, _Member] = {}
         self._sha256 = hashlib.sha256()
         self._hashed = 0  # bytes of the file already fed to the hash
@@ -218,8 +256,6 @@ class StoredNpzWriter(_NpzWriter):
     (from the page cache) into the SHA-256 as it goes, never a second pass.
     """
 
-    compressed = False
-
     def __init__(self, path: str, specs: list[ArraySpec], arrays: dict[str, np.ndarray], resume: bool = False,
                  hash_after_close: bool = False):
         """``resume=True`` keeps the rows already in an existing file at ``path`` (a resumed run).
@@ -230,7 +266,7 @@ class StoredNpzWriter(_NpzWriter):
         the whole file from a fresh descriptor into the SHA-256, checking every image member
         against the CRC-32 its workers reported.
         """
-        super().__init__(path, specs, arrays)
+        super().__init__(path, specs)
         self._hash_after_close = hash_after_close
         offset = 0
         for spec in sorted(specs, key=lambda s: s.key not in arrays):  # small arrays first
@@ -256,11 +292,6 @@ class StoredNpzWriter(_NpzWriter):
                 self._finish_member(member)
         self._advance_hash()
 
-    @property
-    def size(self) -> int:
-        """Bytes before the central directory (the directory adds a few hundred)."""
-        return self._directory_offset
-
     def _data_offset(self, member: _Member) -> int:
         return member.header_offset + len(member.local_header()) + len(npy_header(member.spec))
 
@@ -269,9 +300,16 @@ class StoredNpzWriter(_NpzWriter):
         member = self._members[key]
         return self._data_offset(member) + row * member.spec.row_bytes
 
+    def rows_at(self, key: str, row: int) -> int:
+        return self.pixel_offset(key, row)
+
     def write_rows(self, key: str, row: int, data: bytes) -> None:
         """Write rows of ``key`` from ``row`` on, from this process (workers write their own)."""
         os.pwrite(self._fd, data, self.pixel_offset(key, row))
+
+    def add_rows(self, key: str, data: bytes, crc: int) -> None:
+        self.write_rows(key, self._rows_done[key], data)
+        self.add_chunk(key, crc, len(data))
 
     def add_chunk(self, key: str, crc: int, nbytes: int, payload: bytes | None = None) -> None:
         """Record the next rows of ``key``, already written at their offsets (``crc``: their CRC-32)."""
@@ -356,19 +394,18 @@ class StoredNpzWriter(_NpzWriter):
 class DeflatedNpzWriter(_NpzWriter):
     """A deflate-compressed ``.npz`` written strictly front to back.
 
-    Same interface as ``StoredNpzWriter`` without ``pixel_offset``: the image
-    arrays arrive as deflate segments through ``add_chunk``, one array after
-    another in the order of ``specs``; each ends with a data descriptor.
+    The image arrays arrive as deflate segments through ``add_chunk`` (or as raw
+    rows through ``add_rows``), one array after another in the order of
+    ``specs``; each ends with a data descriptor.
     """
 
-    compressed = True
     kept_rows = True  # finished rows live in the work folder's segments, not in this file
 
     def __init__(self, path: str, specs: list[ArraySpec], arrays: dict[str, np.ndarray], resume: bool = False,
                  hash_after_close: bool = False):
         """Always starts afresh: a resumed run replays the deflate segments it kept. This process
         writes every byte itself, so the file is always hashed as it is written."""
-        super().__init__(path, specs, arrays)
+        super().__init__(path, specs)
         self._file = open(path, "wb")
         self._current: _Member | None = None
         for spec in specs:
@@ -381,10 +418,6 @@ class DeflatedNpzWriter(_NpzWriter):
                 self._write(member.local_header() + segment)
         self._pending = [s for s in specs if s.key not in arrays]
 
-    @property
-    def size(self) -> int:
-        return self._file.tell()
-
     def _write(self, data: bytes) -> None:
         self._file.write(data)
         self._sha256.update(data)
@@ -393,9 +426,15 @@ class DeflatedNpzWriter(_NpzWriter):
         """Nothing to do: a resumed run rewrites this file from the kept segments."""
 
     def _append(self, segment: bytes, crc: int, nbytes: int) -> None:
+        current = self._open_member()
         self._write(segment)
-        self._current.compressed_size += len(segment)
-        self._current.crc = crc32_combine(self._current.crc, crc, nbytes)
+        current.compressed_size += len(segment)
+        current.crc = crc32_combine(current.crc, crc, nbytes)
+
+    def _open_member(self) -> _Member:
+        if self._current is None:
+            raise ValueError(f"{self.path}: no array is being written")
+        return self._current
 
     def _begin_next(self) -> None:
         spec = self._pending.pop(0)
@@ -406,10 +445,17 @@ class DeflatedNpzWriter(_NpzWriter):
         self._append(deflate_segment(header), zlib.crc32(header), len(header))
 
     def _finish_current(self) -> None:
+        current = self._open_member()
         self._write(_FINAL_EMPTY_BLOCK)
-        self._current.compressed_size += len(_FINAL_EMPTY_BLOCK)
-        self._write(self._current.data_descriptor())
+        current.compressed_size += len(_FINAL_EMPTY_BLOCK)
+        self._write(current.data_descriptor())
         self._current = None
+
+    def rows_at(self, key: str, row: int) -> None:
+        return None  # workers send their rows deflated
+
+    def add_rows(self, key: str, data: bytes, crc: int) -> None:
+        self.add_chunk(key, crc, len(data), deflate_segment(data))
 
     def add_chunk(self, key: str, crc: int, nbytes: int, payload: bytes | None = None) -> None:
         """Append a deflate segment of the next rows of ``key``; ``crc`` is of the uncompressed rows."""
@@ -419,6 +465,8 @@ class DeflatedNpzWriter(_NpzWriter):
             if not self._pending:
                 raise ValueError(f"rows of {key} arrived after its array was closed")
             self._begin_next()
+        if payload is None:
+            raise ValueError(f"rows of {key} for a compressed archive come as deflate segments")
         self._append(payload, crc, nbytes)
 
     def close(self) -> None:

@@ -32,19 +32,20 @@ the manifest's ``root`` entries are ignored.
 """
 import os
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
-from .build import BuildOptions, BuildPlan, BuildResult
-from .execute import execute
+from .checking import read_manifest
 from .errors import UserError
+from .execute import execute
 from .labelfiles import WNID_RE
+from .options import Backend, BuildOptions, BuildPlan, BuildResult, Layout, Resize, shown
 from .subset import Label, SubsetList
-from .transform import LAYOUTS, RESIZE_MODES
-from .tree import SplitImages, _some, class_table, find_tree
-from .verify import read_manifest
+from .tree import SplitImages, class_table, find_tree
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "holdout": "train"}
 """The splits a recipe may hold, in row-group order, and the folder of ``--data_dir`` holding
@@ -122,7 +123,7 @@ def _shown(value) -> str:
 
 def _listed(what: str, entries: list[str]) -> list[str]:
     """``["<count> <what>: <first five entries> and N more"]``, or nothing for no entries."""
-    return [f"{len(entries)} {what}: {_some(entries, 5)}"] if entries else []
+    return [f"{len(entries)} {what}: {shown(entries, 5)}"] if entries else []
 
 
 def _entry_problems(recipe: dict) -> list[str]:
@@ -131,7 +132,8 @@ def _entry_problems(recipe: dict) -> list[str]:
     positive = (lambda v: _is_whole(v, 1, INT32_MAX), "a whole number of at least 1")
     flag = (lambda v: isinstance(v, bool), "true or false")
     text = (lambda v: isinstance(v, str), "a text")
-    required = {
+    Check = tuple[typing.Callable[[object], bool], str]  # (is the value right, what is expected)
+    required: dict[tuple[str | int, ...], Check] = {
         ("name",): (_is_file_stem, "a file-name stem: not empty, no /, \\, :, .. or control characters"),
         ("options", "resize_size"): positive, ("options", "crop_size"): positive,
         ("options", "fast"): flag, ("options", "compress"): flag,
@@ -141,9 +143,9 @@ def _entry_problems(recipe: dict) -> list[str]:
         ("sources", "val"): (lambda v: isinstance(v, dict), "the val rows"),
         ("files", "metadata", "sha256"): text,
     }
-    optional = {
-        ("options", "resize"): (lambda v: v in RESIZE_MODES, " or ".join(map(repr, RESIZE_MODES))),
-        ("options", "layout"): (lambda v: v in LAYOUTS, " or ".join(map(repr, LAYOUTS))),
+    optional: dict[tuple[str | int, ...], Check] = {
+        ("options", "resize"): (lambda v: v in get_args(Resize), " or ".join(map(repr, get_args(Resize)))),
+        ("options", "layout"): (lambda v: v in get_args(Layout), " or ".join(map(repr, get_args(Layout)))),
         ("options", "shard_size"): (lambda v: v is None or positive[0](v), "null or " + positive[1]),
         ("subset_source",): text,
         ("sources", "holdout"): (lambda v: isinstance(v, dict), "the holdout rows"),
@@ -173,8 +175,8 @@ def _entry_problems(recipe: dict) -> list[str]:
 def _row_problems(recipe: dict) -> list[str]:
     """The splits' rows: unknown splits, lists of different lengths, unsafe paths, ids, labels
     and CRC-32s out of range (lists that are not lists are ``_entry_problems``')."""
-    sources = recipe.get("sources") if isinstance(recipe.get("sources"), dict) else {}
-    classes = recipe.get("classes") if isinstance(recipe.get("classes"), list) else None
+    sources: dict = recipe["sources"] if isinstance(recipe.get("sources"), dict) else {}
+    classes: list | None = recipe["classes"] if isinstance(recipe.get("classes"), list) else None
     unknown = [_shown(split) for split in sources if split not in SPLIT_FOLDERS]
     uneven, paths, ids, labels, crcs = [], [], [], [], []
     for split in SPLIT_FOLDERS:
@@ -200,8 +202,9 @@ def _row_problems(recipe: dict) -> list[str]:
 
 def _class_problems(recipe: dict) -> list[str]:
     """Classes whose WNIDs are malformed, missing (other than the rest label's) or repeated."""
-    classes = recipe.get("classes") if isinstance(recipe.get("classes"), list) else []
-    malformed, first_class, repeated = [], {}, []
+    classes: list = recipe["classes"] if isinstance(recipe.get("classes"), list) else []
+    malformed, repeated = [], []
+    first_class: dict[str, int] = {}
     for i, record in enumerate(classes):
         wnids = _entry(record, "wnids")
         is_rest = _entry(record, "rest") is True
@@ -243,7 +246,7 @@ def plan_from_recipe(recipe: dict, data_dir: str, devkit_dir: str | None = None,
         splits.append(SplitImages(split, root, list(sources["paths"]), [subset.labels[i].name for i in labels],
                                   np.array(sources["ids"], dtype=np.int32), sources["label_source"], labels))
     if missing:
-        raise UserError(f"{len(missing)} images of the recipe are missing from {tree.data_dir}: {_some(missing, 5)}; "
+        raise UserError(f"{len(missing)} images of the recipe are missing from {tree.data_dir}: {shown(missing, 5)}; "
                         "this copy of ImageNet lacks them")
     return BuildPlan(recipe["name"], subset, tuple(splits), class_table(tree), recipe["input"])
 
@@ -256,24 +259,25 @@ def rebuild_from_recipe(recipe_path: str | Path, data_dir: str, devkit_dir: str 
     recipe = read_manifest(recipe_path)
     plan = plan_from_recipe(recipe, data_dir, devkit_dir, source=str(recipe_path))
     options = recipe["options"]
-    build_options = BuildOptions(recipe["name"], str(data_dir), devkit_dir, out_dir, options["resize_size"],
-                                 options["crop_size"], options["fast"], options["compress"], workers, progress,
-                                 options.get("resize", "crop"), options.get("layout", "nhwc"),
-                                 shard_size=options.get("shard_size"), backend=backend, scheduler=scheduler,
-                                 resume=resume)
+    build_options = BuildOptions(subset_name=recipe["name"], data_dir=str(data_dir), devkit_dir=devkit_dir,
+                                 out_dir=out_dir, resize_size=options["resize_size"], crop_size=options["crop_size"],
+                                 resize=options.get("resize", "crop"), layout=options.get("layout", "nhwc"),
+                                 fast=options["fast"], compress=options["compress"],
+                                 shard_size=options.get("shard_size"), workers=workers, progress=progress,
+                                 backend=typing.cast(Backend, backend), scheduler=scheduler, resume=resume)
     result = execute(plan, build_options)
     rebuilt = read_manifest(result.manifest)
     differing = tuple(
         f"{SPLIT_FOLDERS[images.split]}/{path}"
         for images in plan.splits
         for path, theirs, ours in zip(images.paths, recipe["sources"][images.split]["row_crc32"],
-                                      rebuilt["sources"][images.split]["row_crc32"])
+                                      rebuilt["sources"][images.split]["row_crc32"], strict=True)
         if theirs != ours
     )
     if build_options.shard_size:
-        recipe_sha = [shard["sha256"] for shard in recipe["files"]["shards"]]
-        rebuilt_sha = [shard["sha256"] for shard in rebuilt["files"]["shards"]]
+        archive_matches = ([shard["sha256"] for shard in recipe["files"]["shards"]]
+                           == [shard["sha256"] for shard in rebuilt["files"]["shards"]])
     else:
-        recipe_sha, rebuilt_sha = recipe["files"]["archive"]["sha256"], result.sha256
-    return RecipeReport(result, rebuilt_sha == recipe_sha,
+        archive_matches = recipe["files"]["archive"]["sha256"] == result.sha256
+    return RecipeReport(result, archive_matches,
                         rebuilt["files"]["metadata"]["sha256"] == recipe["files"]["metadata"]["sha256"], differing)

@@ -17,27 +17,11 @@ Order of the choices, per label:
 A label with fewer images than asked keeps all it has, and a note says so.
 """
 import hashlib
-from dataclasses import dataclass
 
 import numpy as np
 
+from .options import BuildOptions, shown
 from .tree import SplitImages
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How many images to take; None means all."""
-
-    train_per_class: int | None = None
-    val_per_class: int | None = None
-    holdout_per_class: int = 0
-    rest: int | None = None
-    rest_val: int | None = None
-    seed: int = 0
-
-    @property
-    def is_everything(self) -> bool:
-        return (self.train_per_class, self.val_per_class, self.holdout_per_class, self.rest) == (None, None, 0, None)
 
 
 def ranks(images: SplitImages, seed: int, split: str | None = None) -> np.ndarray:
@@ -65,11 +49,12 @@ def _choose(images: SplitImages, counts: list[int | None], seed: int, exclude: n
     """Rows to keep (sorted) taking ``counts[label]`` per label, and the labels left short."""
     rank = ranks(images, seed, split) if any(c is not None for c in counts) else None
     kept, short = [], []
-    for label, rows in enumerate(_rows_by_label(images.labels, len(counts))):
+    for label, rows in enumerate(_rows_by_label(images.labelled, len(counts))):
         if exclude is not None:
             rows = rows[~exclude[rows]]
-        chosen = _lowest(rows, rank, counts[label])
-        if counts[label] is not None and len(chosen) < counts[label]:
+        wanted = counts[label]
+        chosen = rows if rank is None else _lowest(rows, rank, wanted)
+        if wanted is not None and len(chosen) < wanted:
             short.append((label, len(chosen)))
         kept.append(chosen)
     return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64), short
@@ -78,16 +63,18 @@ def _choose(images: SplitImages, counts: list[int | None], seed: int, exclude: n
 def _short_note(split: str, short, wanted: list[int | None], label_names: list[str]) -> list[str]:
     if not short:
         return []
-    shown = ", ".join(f"{label_names[label]} ({have} of {wanted[label]})" for label, have in short[:8])
-    more = f" and {len(short) - 8} more" if len(short) > 8 else ""
-    return [f"{split}: {len(short)} labels have fewer images than asked and kept all: {shown}{more}"]
+    labels = shown([f"{label_names[label]} ({have} of {wanted[label]})" for label, have in short], 8)
+    return [f"{split}: {len(short)} labels have fewer images than asked and kept all: {labels}"]
 
 
 def apply_sampling(train: SplitImages, val: SplitImages, label_names: list[str], rest_label: int | None,
-                   sampling: Sampling) -> tuple[list[SplitImages], list[str]]:
-    """The splits to pack (train, val, and holdout when asked) and notes on labels left short."""
+                   sampling: BuildOptions) -> tuple[list[SplitImages], list[str]]:
+    """The splits to pack (train, val, and holdout when asked) and notes on labels left short;
+    ``sampling`` gives ``train_per_class``, ``val_per_class``, ``holdout_per_class``, ``rest``,
+    ``rest_val`` and ``seed`` (None: all)."""
     n = len(label_names)
-    if sampling.is_everything:
+    if (sampling.train_per_class, sampling.val_per_class, sampling.holdout_per_class, sampling.rest) == \
+            (None, None, 0, None):
         return [train, val], []
     notes = []
 
@@ -108,9 +95,9 @@ def apply_sampling(train: SplitImages, val: SplitImages, label_names: list[str],
 
     rest_val = sampling.rest_val
     if rest_label is not None and rest_val is None and sampling.rest is not None:
-        pool_train = int((train.labels == rest_label).sum())
-        pool_val = int((val.labels == rest_label).sum())
-        taken = int((train.labels[train_rows] == rest_label).sum())
+        pool_train = int(np.count_nonzero(train.labelled == rest_label))
+        pool_val = int(np.count_nonzero(val.labelled == rest_label))
+        taken = int(np.count_nonzero(train.labelled[train_rows] == rest_label))
         rest_val = round(taken * pool_val / pool_train) if pool_train else 0
     wanted = per_label(sampling.val_per_class, rest_val)
     val_rows, short = _choose(val, wanted, sampling.seed)

@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import UserError
 from .labelfiles import WNID_RE
+from .options import shown
 from .tree import SplitImages
 
 REST = "rest"
@@ -81,7 +82,8 @@ def builtin_list_names() -> list[str]:
 
 def parse_class_list(text: str, source: str) -> list[Label]:
     """The labels of a class-list text, in order; every malformed or repeated WNID is reported at once."""
-    labels, malformed, first_line, repeated = [], [], {}, []
+    labels, malformed, repeated = [], [], []
+    first_line: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         content = line.split("#", 1)[0].strip()
         if not content:
@@ -136,23 +138,24 @@ def read_subset_list(name_or_path: str, aux_dir: str | Path = "aux_files") -> Su
     if Path(name_or_path).name != name_or_path or name_or_path.endswith(".txt"):  # a path, not a list name
         raise UserError(f"class list file {name_or_path} does not exist; check the path, or pass a built-in list "
                         f"name ({builtins})")
-    raise UserError(f"unknown --subset_name '{name_or_path}': no such file, no {Path(aux_dir) / (name_or_path + '.txt')}, "
-                    f"and no built-in list of that name (built-ins: {builtins})")
+    raise UserError(f"unknown --subset_name '{name_or_path}': no such file, no "
+                    f"{Path(aux_dir) / (name_or_path + '.txt')}, and no built-in list of that name "
+                    f"(built-ins: {builtins})")
 
 
 def _synonyms(human_label: str) -> list[str]:
     return [s.strip().lower() for s in human_label.split(",") if s.strip()]
 
 
-def _describe(wnids: list[str], names: dict[str, str], limit: int = 8) -> str:
-    shown = ", ".join(f"{w} ({names[w]})" for w in wnids[:limit])
-    return shown + (f" and {len(wnids) - limit} more" if len(wnids) > limit else "")
+def _described(wnids: list[str], names: dict[str, str]) -> str:
+    return shown([f"{w} ({names[w]})" for w in wnids], 8)
 
 
 def classes_by_name(requested: list[str], names: dict[str, str], source: str) -> list[str]:
     """WNIDs for ``requested`` names (or WNIDs), in the order given; see the module docstring."""
     if not names:
-        raise UserError(f"choosing classes by name needs LOC_synset_mapping.txt or map_clsloc.txt; none found ({source})")
+        raise UserError("choosing classes by name needs LOC_synset_mapping.txt or map_clsloc.txt; "
+                        f"none found ({source})")
     chosen = []
     for item in requested:
         text = item.strip().lower()
@@ -166,7 +169,7 @@ def classes_by_name(requested: list[str], names: dict[str, str], source: str) ->
         if len(matches) == 1:
             chosen.append(matches[0])
         elif matches:
-            raise UserError(f"--classes: '{item}' is ambiguous: {_describe(matches, names)}; "
+            raise UserError(f"--classes: '{item}' is ambiguous: {_described(matches, names)}; "
                             "use a more precise name or the WNID")
         else:
             close = difflib.get_close_matches(text, [s for n in names.values() for s in _synonyms(n)], n=5)
@@ -174,7 +177,7 @@ def classes_by_name(requested: list[str], names: dict[str, str], source: str) ->
             raise UserError(f"--classes: no class named '{item}' in {source}{hint}")
     repeated = sorted({w for w in chosen if chosen.count(w) > 1})
     if repeated:
-        raise UserError(f"--classes: these classes were named twice: {_describe(repeated, names)}")
+        raise UserError(f"--classes: these classes were named twice: {_described(repeated, names)}")
     return chosen
 
 

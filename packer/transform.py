@@ -26,40 +26,13 @@ to bottom, RGB. ``layout`` ("nhwc" or "nchw") says how the archive stores it;
 ``store_rows`` turns a batch into that layout.
 """
 import os
-from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
 from .errors import ImageError
-
-
-RESIZE_MODES = ("crop", "squash")
-LAYOUTS = ("nhwc", "nchw")
-
-
-@dataclass(frozen=True)
-class TransformSpec:
-    """What to do to every image: sizes of the resize and the crop, and the mode."""
-
-    resize_size: int = 256
-    crop_size: int = 224
-    fast: bool = False
-    resize: str = "crop"
-    layout: str = "nhwc"
-
-    def __post_init__(self):
-        if self.resize_size < 1 or self.crop_size < 1:
-            raise ValueError("sizes must be positive")
-        if self.resize == "crop" and self.crop_size > self.resize_size:
-            raise ValueError("crop_size must not exceed resize_size")
-        if self.resize not in RESIZE_MODES or self.layout not in LAYOUTS:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}, layout one of {LAYOUTS}")
-
-    def stored_shape(self, count: int) -> tuple[int, int, int, int]:
-        """Shape of ``count`` transformed images as the archive stores them."""
-        c = self.crop_size
-        return (count, 3, c, c) if self.layout == "nchw" else (count, c, c, 3)
+from .options import TransformSpec
 
 
 def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -76,15 +49,17 @@ def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, 
     return left, top, left + crop, top + crop
 
 
-def open_rgb(path: str) -> Image.Image:
-    """Decode ``path`` fully and return it in RGB mode; ``ImageError`` names a bad file."""
+def open_rgb(image: str | BinaryIO, name: str | None = None) -> Image.Image:
+    """Decode ``image`` (a path, or a binary file open at the image's first byte) fully and return
+    it in RGB mode; an ``ImageError`` names ``name`` (by default the path) and what is wrong."""
+    name = name or str(image)
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image if image.mode == "RGB" else image.convert("RGB")
+        with Image.open(image) as opened:
+            opened.load()
+            return opened if opened.mode == "RGB" else opened.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        reason = (str(exc) or type(exc).__name__).replace(str(path), os.path.basename(path))
-        raise ImageError(path, reason) from None
+        reason = (str(exc) or type(exc).__name__).replace(name, os.path.basename(name))
+        raise ImageError(name, reason) from None
 
 
 def transform_rgb(image: Image.Image, spec: TransformSpec) -> np.ndarray:
@@ -105,9 +80,10 @@ def transform_rgb(image: Image.Image, spec: TransformSpec) -> np.ndarray:
     return np.asarray(result)
 
 
-def transform_image(path: str, spec: TransformSpec) -> np.ndarray:
-    """Open ``path`` and apply ``spec``: the whole per-image work of the packer."""
-    return transform_rgb(open_rgb(path), spec)
+def transform_image(image: str | BinaryIO, spec: TransformSpec, name: str | None = None) -> np.ndarray:
+    """Open ``image`` (a path or a binary file; ``name`` names it in errors) and apply ``spec``: the
+    whole per-image work of the packer."""
+    return transform_rgb(open_rgb(image, name), spec)
 
 
 def store_rows(rows: np.ndarray, spec: TransformSpec) -> np.ndarray:

@@ -44,6 +44,7 @@ import numpy as np
 from . import labelfiles
 from .errors import UserError
 from .labelfiles import WNID_RE, val_image_number
+from .options import shown
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
@@ -104,6 +105,13 @@ class SplitImages:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """``labels``, once a subset has been chosen (``subset.label_images``)."""
+        if self.labels is None:
+            raise ValueError(f"the {self.split} images have no labels yet")
+        return self.labels
 
     def take(self, rows: np.ndarray, split: str | None = None) -> "SplitImages":
         """The images at positions ``rows`` (in that order), optionally as another split."""
@@ -183,11 +191,6 @@ def _images_by_stem(folder: Path) -> dict[str, str]:
     return {os.path.splitext(e.name)[0]: e.name for e in _list_dir(folder) if _is_image(e.name)}
 
 
-def _some(items: list[str], limit: int = 3) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
 def list_train_images(tree: Tree, wnids: list[str]) -> SplitImages:
     """The train images of ``wnids`` in ``train_cls.txt`` order (or sorted-tree order)."""
     wanted = set(wnids)
@@ -208,9 +211,11 @@ def list_train_images(tree: Tree, wnids: list[str]) -> SplitImages:
 
 
 def _train_from_train_cls(tree: Tree, wanted: set[str]) -> SplitImages:
+    train_cls = tree.train_cls
+    assert train_cls is not None
     paths, classes, ids, missing = [], [], [], []
     unlisted: dict[str, dict[str, str]] = {}  # class -> its files not (yet) matched by a line
-    rows = labelfiles.train_list_from_train_cls(tree.train_cls, wanted)
+    rows = labelfiles.train_list_from_train_cls(train_cls, wanted)
     for wnid, class_rows in itertools.groupby(rows, key=lambda row: row[0]):
         on_disk = unlisted.pop(wnid) if wnid in unlisted else _images_by_stem(tree.train_dir / wnid)
         for _, stem, image_id in class_rows:
@@ -224,13 +229,13 @@ def _train_from_train_cls(tree: Tree, wanted: set[str]) -> SplitImages:
         unlisted[wnid] = on_disk  # empty for a complete class, so a sorted file keeps one folder at a time
     if missing:
         raise UserError(f"{len(missing)} train images listed in {tree.train_cls} are missing from {tree.data_dir}: "
-                        f"{_some(missing)}; restore them or remove train_cls.txt to use the images present")
+                        f"{shown(missing)}; restore them or remove train_cls.txt to use the images present")
     for wnid in wanted - set(unlisted):  # classes with no line at all
         unlisted[wnid] = _images_by_stem(tree.train_dir / wnid)
     left_out = sum(len(files) for files in unlisted.values())
     notes = (f"{left_out} train images not listed in {tree.train_cls} were left out",) if left_out else ()
     return SplitImages("train", tree.train_dir, paths, classes, np.array(ids, dtype=np.int32),
-                       tree.train_cls.name, notes=notes)
+                       train_cls.name, notes=notes)
 
 
 def _val_is_sorted(tree: Tree) -> bool:
@@ -263,8 +268,8 @@ def list_val_images(tree: Tree, wnids: list[str]) -> SplitImages:
         labels, source = _flat_val_labels(tree, sorted(files))
         unlabelled = [files[n] for n in sorted(files) if n not in labels]
         if unlabelled:
-            raise UserError(f"{len(unlabelled)} val images in {tree.val_dir} have no label in {source}: {_some(unlabelled)}; "
-                            "use the label file that came with these images")
+            raise UserError(f"{len(unlabelled)} val images in {tree.val_dir} have no label in {source}: "
+                            f"{shown(unlabelled)}; use the label file that came with these images")
         entries = [(n, labels[n], name) for n, name in files.items() if labels[n] in wanted]
     entries.sort()
     return SplitImages("val", tree.val_dir, [e[2] for e in entries], [e[1] for e in entries],
@@ -329,7 +334,7 @@ def class_table_gaps(tree: Tree, classes: dict[str, ClassInfo], wnids: list[str]
     for column, filled_by, lacking in columns:
         empty = [wnid for wnid in wnids if getattr(classes.get(wnid, unknown), column) is None]
         if empty and lacking:
-            notes.append(f"{column} is empty for {_some(empty)}: {lacking}")
+            notes.append(f"{column} is empty for {shown(empty)}: {lacking}")
         elif empty:
             missing_files.append(f"{column} (from {filled_by})")
     if missing_files:

@@ -1,11 +1,12 @@
 """Run the image work in parallel: chunks of images in, small results out, in order.
 
-A ``Chunk`` is up to ``CHUNK_SIZE`` consecutive rows of one image array. A
-worker transforms its images, checksums each row (CRC-32), sums each colour
-channel and its square (for the mean and standard deviation, exact integers,
-no second pass), and either writes the rows
-straight to their place in the archive (uncompressed archives: ``archive`` and
-``offset`` are set) or returns them as a deflate segment (compressed ones).
+A ``Chunk`` is up to ``CHUNK_SIZE`` consecutive rows of one image array: the
+images (each an ``ImageFile``, which says how to get its bytes) and the
+destination of the rows. A worker transforms its images, checksums each row
+(CRC-32), sums each colour channel and its square (for the mean and standard
+deviation, exact integers, no second pass), and either writes the rows straight
+to their place in the archive (``WriteInPlace``, stored archives) or returns
+them as a deflate segment (``SendDeflated``, compressed ones).
 Either way the parent receives a small ``ChunkResult`` per chunk, in row order,
 and never touches pixels when the archive is uncompressed.
 
@@ -14,7 +15,7 @@ the output bytes are the same whatever ``workers`` is.
 
 Locally, ``workers`` processes of a ``concurrent.futures`` pool do the work,
 started with ``fork`` on Linux (a worker is ready in milliseconds, with every
-module already imported) and ``spawn`` elsewhere; at most ``IN_FLIGHT`` chunks
+module already imported) and ``spawn`` on macOS; at most ``IN_FLIGHT`` chunks
 per worker are queued or running, so memory stays flat whatever the number of
 images. ``backend="dask"`` sends the chunks to an existing Dask cluster instead
 (through joblib's Dask backend; the workers must see the same paths).
@@ -27,8 +28,10 @@ is decoded (Pillow's ``DecompressionBombWarning`` for an image of more than
 by the worker: it comes back in ``warned`` with the image's row, and the image
 is packed.
 
-Workers ignore SIGINT, SIGTERM and SIGHUP: the build process receives them and
-stops the workers itself. A worker that runs out of memory ends the build with
+Workers ignore SIGINT and SIGHUP: the build process receives them and stops the
+workers itself. SIGTERM ends a worker (the pool ends its workers that way when
+one of them dies); sent to a whole job it ends the build process too, which
+then stops as on Ctrl-C. A worker that runs out of memory ends the build with
 a ``UserError`` naming the image it was packing.
 """
 import os
@@ -49,22 +52,56 @@ from PIL import Image
 from .crc32 import crc32_of_parts
 from .errors import ImageError, UserError
 from .npz import deflate_segment
-from .transform import TransformSpec, store_rows, transform_image
+from .options import CHUNK_SIZE, TransformSpec
+from .transform import store_rows, transform_image
 
-CHUNK_SIZE = 32
 IN_FLIGHT = 2  # chunks per worker queued or running: keeps every worker busy, memory flat
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+# What workers ignore, leaving it to the build process. Not SIGTERM: the pool ends its workers with
+# it when one of them dies, and a worker that gets one with the build (a whole job stopped) may go.
+IGNORED_BY_WORKERS = tuple(s for s in STOP_SIGNALS if s != getattr(signal, "SIGTERM", None))
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """How a worker gets an image's bytes: from a file. Other sources (a member of a tar or zip
+    archive read by offset, a downloaded file) are to offer the same ``name`` and ``open()``, so
+    that a worker never needs to know which kind it has."""
+
+    path: str
+
+    @property
+    def name(self) -> str:
+        """What errors and notes call the image."""
+        return self.path
+
+    def open(self) -> str:
+        """What ``Image.open`` reads the image from (a path here; a binary file for other sources)."""
+        return self.path
+
+
+@dataclass(frozen=True)
+class WriteInPlace:
+    """A chunk's rows go straight into the archive at ``offset`` (a stored archive)."""
+
+    archive: str
+    offset: int
+
+
+@dataclass(frozen=True)
+class SendDeflated:
+    """A chunk's rows come back to the parent as a raw deflate segment (a compressed archive)."""
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """Rows ``start .. start+len(paths)-1`` of image array ``key``, from these image files."""
+    """Rows ``start .. start+len(images)-1`` of image array ``key`` of archive ``part``: the
+    images to transform, and where their rows go."""
 
     key: str
     start: int
-    paths: tuple[str, ...]
-    archive: str | None = None
-    offset: int = 0
+    images: tuple[ImageFile, ...]
+    destination: WriteInPlace | SendDeflated
     part: int = 0
     skip_errors: bool = False
 
@@ -80,11 +117,11 @@ class ChunkResult:
     row_crcs: tuple[int, ...]
     crc32: int
     nbytes: int
-    channel_sums: tuple[int, int, int]
-    channel_squares: tuple[int, int, int]
+    channel_sums: tuple[int, ...]  # red, green, blue
+    channel_squares: tuple[int, ...]
     payload: bytes | None = None
     part: int = 0
-    failed: tuple[tuple[int, str, str], ...] = ()  # (row, path, reason) of images left out
+    failed: tuple[tuple[int, str], ...] = ()  # (row, reason) of images left out
     warned: tuple[tuple[int, str], ...] = ()  # (row, warning) of images packed despite a warning
 
     @property
@@ -100,36 +137,37 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 def pack_chunk(chunk: Chunk, spec: TransformSpec) -> ChunkResult:
     """Transform the chunk's images into rows, checksum them, and write or deflate them."""
-    path = chunk.paths[0] if chunk.paths else ""
+    name = chunk.images[0].name if chunk.images else ""
     try:
-        rows = np.empty((len(chunk.paths), spec.crop_size, spec.crop_size, 3), dtype=np.uint8)
+        rows = np.empty((len(chunk.images), spec.crop_size, spec.crop_size, 3), dtype=np.uint8)
         failed, warned = [], []
-        for i, path in enumerate(chunk.paths):
+        for i, image in enumerate(chunk.images):
+            name = image.name
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    rows[i] = transform_image(path, spec)
+                    rows[i] = transform_image(image.open(), spec, name)
                 warned += [(chunk.start + i, _warning_text(w.message)) for w in caught]
             except ImageError as exc:
                 if not chunk.skip_errors:
                     raise
                 rows[i] = 0
-                failed.append((chunk.start + i, path, exc.reason))
+                failed.append((chunk.start + i, exc.reason))
         sums, squares = channel_sums(rows) if chunk.key == "X_train" else ((0, 0, 0), (0, 0, 0))  # stats of X_train
         rows = store_rows(rows, spec)
-        data = memoryview(rows).cast("B")
-        row_crcs = tuple(zlib.crc32(row) for row in rows)
+        data = rows.data.cast("B")
+        row_crcs = tuple(zlib.crc32(row.data) for row in rows)
         payload = None
-        if chunk.archive is None:
+        if isinstance(chunk.destination, SendDeflated):
             payload = deflate_segment(data)
         else:
-            fd = os.open(chunk.archive, os.O_WRONLY)
+            fd = os.open(chunk.destination.archive, os.O_WRONLY)
             try:
-                _pwrite_all(fd, data, chunk.offset)
+                _pwrite_all(fd, data, chunk.destination.offset)
             finally:
                 os.close(fd)
     except MemoryError:
-        raise UserError(f"out of memory while packing {path} (a worker holds {CHUNK_SIZE} images of "
+        raise UserError(f"out of memory while packing {name} (a worker holds {CHUNK_SIZE} images of "
                         f"{spec.crop_size}x{spec.crop_size} at a time); use fewer --workers or a smaller "
                         "--crop_size, or free memory") from None
     crc = crc32_of_parts(row_crcs, rows[0].nbytes) if len(rows) else 0
@@ -143,6 +181,11 @@ def _warning_text(message: Warning | str) -> str:
         pixels = next((int(word.strip("(")) for word in str(message).split() if word.strip("(").isdigit()), 0)
         return f"{pixels:,} pixels, above Pillow's decompression-bomb warning limit of {Image.MAX_IMAGE_PIXELS:,}"
     return str(message)
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def memory_per_worker(spec: TransformSpec) -> int:
@@ -233,12 +276,11 @@ def _pool_context():
     Linux: a worker starts in milliseconds with every module already imported. From a process
     running other threads (a notebook, a Dask client) a fork could copy a lock some thread
     holds, so ``forkserver``: a clean process, started here (so that a Ctrl-C meanwhile is an
-    ordinary one), forks the workers, which then import the packer. ``spawn`` where neither
-    exists (Windows; macOS, where fork is unsafe)."""
+    ordinary one), forks the workers, which then import the packer. ``spawn`` on macOS, where
+    fork is unsafe. (The packer runs on POSIX systems only: the work folder's lock is ``flock``.)"""
     import multiprocessing
 
-    methods = multiprocessing.get_all_start_methods()
-    if sys.platform == "darwin" or "fork" not in methods:
+    if sys.platform == "darwin":
         return multiprocessing.get_context("spawn")
     if threading.active_count() == 1:
         return multiprocessing.get_context("fork")
@@ -254,11 +296,11 @@ def _pool_context():
 
 def _local_results(chunks: Iterator[Chunk], spec: TransformSpec, workers: int) -> Iterator[ChunkResult]:
     """``pack_chunk`` on ``workers`` processes, at most ``IN_FLIGHT`` chunks per worker queued."""
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import Future, ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     context = _pool_context()
-    pool, pending = None, deque()
+    pool, pending = None, deque[Future]()
     try:
         # The workers start at the first submit and inherit an ignored SIGINT, so a Ctrl-C
         # cannot print their tracebacks; the parent stops them. SIGINT, SIGTERM and SIGHUP
@@ -290,14 +332,15 @@ def _local_results(chunks: Iterator[Chunk], spec: TransformSpec, workers: int) -
 
 
 def _start_worker() -> None:
-    """In a local worker: leave Ctrl-C, SIGTERM and SIGHUP to the build process (which stops the
-    workers; a worker that took them would print a traceback or die unrecorded), and exit as soon as the build process is gone
+    """In a local worker: leave Ctrl-C and SIGHUP to the build process (which stops the workers;
+    a worker that took them would print a traceback or die unrecorded), and exit as soon as the build process is gone
     (SIGKILLed, say), whether it is the worker's parent or asked a fork server for it."""
     import multiprocessing
     from multiprocessing.connection import wait
 
-    for stop in STOP_SIGNALS:
+    for stop in IGNORED_BY_WORKERS:
         signal.signal(stop, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the build's handler, which a fork copied
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     build = multiprocessing.parent_process()
 

@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import UserError
+from .options import OutputNames
 from .work import ChunkResult
 
 FLUSH_SECONDS = 1.0
@@ -33,15 +34,15 @@ FLUSH_SECONDS = 1.0
 class WorkFolder:
     """A locked work folder; see the module docstring."""
 
-    def __init__(self, out_dir: Path, name: str, fingerprint: str, options: dict, resume: bool):
-        """Lock the folder of build ``name``; keep its contents only if ``resume`` and its
+    def __init__(self, out_dir: Path, names: OutputNames, fingerprint: str, options: dict, resume: bool):
+        """Lock the work folder of the build ``names`` name; keep its contents only if ``resume`` and its
         ``fingerprint`` matches. ``options`` (the options that shape the bytes) are kept beside
         the fingerprint, to say which changed when a later ``--resume`` cannot resume.
 
         ``resume_state`` is then None, or a sentence for the user: why there is nothing to
         resume, or that an interrupted run of the same build is being discarded.
         """
-        self.path = out_dir / f".{name}_cls.work"
+        self.path = out_dir / names.work_folder
         self.resumed = False
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,7 @@ class WorkFolder:
 
     def finished_chunks(self) -> dict:
         """Results of the chunks an earlier run finished: ``(part, key, start) -> ChunkResult``."""
-        done = {}
+        done: dict[tuple[int, str, int], ChunkResult] = {}
         journal = self.path / "journal.jsonl"
         if not self.resumed or not journal.is_file():
             return done
@@ -143,10 +144,10 @@ class WorkFolder:
                                      "squares": list(r.channel_squares), "segment": segment,
                                      "failed": [list(f) for f in r.failed],
                                      "warned": [list(w) for w in r.warned]}) + "\n")
-        with open(self.path / "journal.jsonl", "a", encoding="utf-8") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+        with open(self.path / "journal.jsonl", "a", encoding="utf-8") as journal:
+            journal.write("".join(lines))
+            journal.flush()
+            os.fsync(journal.fileno())
 
     def stop_flushing(self) -> None:
         """Wait for a background flush to end (before the archives are closed)."""

@@ -12,7 +12,9 @@ from PIL import Image
 
 from helpers import A, B, C, D, PYTHON, REPO, SUBSET, build, kaggle_tree, noise, read_npz, subprocess_env, write_list
 from packer import UserError
-from packer.verify import verify
+from packer.checking import verify
+
+pytestmark = pytest.mark.slow  # full builds: skipped by pytest -m "not slow"
 
 
 def snapshot(folder):
@@ -301,11 +303,11 @@ def test_failure_while_moving_outputs_into_place_keeps_earlier_archive(tmp_path)
 
 def test_an_error_while_the_first_chunks_are_queued_stops_the_workers():
     """The pool is shut down whatever stops the run, even before its first result."""
-    from packer.transform import TransformSpec
-    from packer.work import Chunk, run_chunks
+    from packer.options import TransformSpec
+    from packer.work import Chunk, SendDeflated, run_chunks
 
     def chunks():
-        yield Chunk("X_train", 0, ())
+        yield Chunk("X_train", 0, (), SendDeflated())
         raise RuntimeError("the chunk source failed")
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}

@@ -5,7 +5,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+pytestmark = pytest.mark.slow  # full builds: skipped by pytest -m "not slow"
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"

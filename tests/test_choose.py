@@ -19,7 +19,7 @@ from PIL import Image
 import packer
 from helpers import assert_one_error_line, run_main
 from packer import BuildOptions, UserError
-from packer.build import plan_build
+from packer.plan import plan_build
 from packer.subset import read_subset_list
 from packer.tree import find_tree
 
@@ -115,7 +115,7 @@ def _list(tmp_path: Path, text: str, name: str = "mine") -> str:
 
 def _build(tree: Tree, subset_name, out: Path, **options):
     options = {"workers": 1, "progress": False, **SMALL, **options}
-    return packer.build(BuildOptions(subset_name, str(tree.data_dir), out_dir=str(out), **options))
+    return packer.build(BuildOptions(subset_name=subset_name, data_dir=str(tree.data_dir), out_dir=str(out), **options))
 
 
 def _arrays(path) -> dict:
@@ -249,7 +249,7 @@ def test_asking_for_more_only_adds_images(tree, tmp_path):
 
 
 def test_zero_per_class_gives_empty_arrays_that_verify(tree, tmp_path):
-    from packer.verify import verify
+    from packer.checking import verify
 
     result = _build(tree, _list(tmp_path, "\n".join(SAMPLED)), tmp_path / "out", train_per_class=0, val_per_class=1)
     data = _arrays(result.archive)
@@ -422,7 +422,7 @@ def test_rest_val_without_rest_is_an_error(tree, tmp_path, capsys):
 # --------------------------------------------------------------------------- 5. --classes, --search, classes
 
 def _plan_wnids(tree, **options) -> list:
-    plan = plan_build(BuildOptions(options.pop("subset_name", None), str(tree.data_dir), **options))
+    plan = plan_build(BuildOptions(subset_name=options.pop("subset_name", None), data_dir=str(tree.data_dir), **options))
     return [label.wnids for label in plan.subset.labels], plan.name
 
 
@@ -581,7 +581,7 @@ def test_nchw_is_the_nhwc_build_transposed(tree, tmp_path, resize):
         np.testing.assert_array_equal(nchw[f"X_{split}"], nhwc[f"X_{split}"].transpose(0, 3, 1, 2))
         np.testing.assert_array_equal(nchw[f"y_{split}"], nhwc[f"y_{split}"])
         np.testing.assert_array_equal(nchw[f"{split}_id"], nhwc[f"{split}_id"])
-    from packer.verify import verify
+    from packer.checking import verify
     assert verify(result.archive) == []
 
 
@@ -600,7 +600,7 @@ def test_defaults_are_unchanged_by_unset_sampling_options(tree, tmp_path):
     default = packer.build_subset(listed, data_dir=str(tree.data_dir), out_dir=str(tmp_path / "default"),
                                   workers=1, progress=False)
     explicit = packer.build(BuildOptions(
-        listed, str(tree.data_dir), out_dir=str(tmp_path / "explicit"), workers=1, progress=False,
+        subset_name=listed, data_dir=str(tree.data_dir), out_dir=str(tmp_path / "explicit"), workers=1, progress=False,
         resize_size=256, crop_size=224, resize="crop", layout="nhwc", classes=None, search=None,
         train_per_class=None, val_per_class=None, holdout_per_class=0, rest=None, rest_val=None, seed=1234))
     assert explicit.sha256 == default.sha256

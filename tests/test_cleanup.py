@@ -15,6 +15,8 @@ import pytest
 
 from helpers import PYTHON, REPO, SUBSET, A, kaggle_tree, subprocess_env, write_list
 
+pytestmark = pytest.mark.slow  # full builds: skipped by pytest -m "not slow"
+
 # the command line from a process running a second thread: its workers come from a fork server
 THREADED_MAIN = ("import sys, threading; threading.Thread(target=threading.Event().wait, daemon=True).start(); "
                  "import packer.cli; sys.exit(packer.cli.main())")

@@ -3,9 +3,12 @@ import zipfile
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from helpers import KEYS, read_npz, run_main
 from packer.subset import read_subset_list
+
+pytestmark = pytest.mark.slow  # full builds: skipped by pytest -m "not slow"
 
 
 def test_demo(tmp_path, capsys):

@@ -10,6 +10,8 @@ from PIL import Image
 
 from helpers import PYTHON, REPO, noise, subprocess_env, write_list
 
+pytestmark = pytest.mark.slow  # full builds: skipped by pytest -m "not slow"
+
 SMALL, EXTRA = "n08000001", "n08000002"
 MIB = 1 << 20
 

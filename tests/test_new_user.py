@@ -15,7 +15,7 @@ import packer
 from helpers import (A, B, C, D, NAMES, REPO, SUBSET, VAL_LABELS, assert_one_error_line, build, kaggle_tree,
                      plain_tree, read_npz, run_main, wnid, write_ground_truth, write_list, write_map_clsloc)
 from packer import BuildOptions, UserError
-from packer.build import plan_build
+from packer.plan import plan_build
 
 CLSLOC_IDS = {A: 449, B: 218, C: 492, D: 11}
 BUILTINS = ", ".join(sorted(p.stem for p in (REPO / "packer" / "lists").glob("*.txt")))
@@ -58,7 +58,7 @@ def _metadata(path) -> list[dict]:
 
 
 def _plan(data_dir, subset_name=None, **options):
-    return plan_build(BuildOptions(None if subset_name is None else str(subset_name), str(data_dir), **options))
+    return plan_build(BuildOptions(subset_name=None if subset_name is None else str(subset_name), data_dir=str(data_dir), **options))
 
 
 # --------------------------------------------------------------------------- A. a devkit beside ILSVRC/

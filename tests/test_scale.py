@@ -27,9 +27,11 @@ from PIL import Image
 import packer
 from helpers import PYTHON, REPO, assert_one_error_line, files_in, run_main, sha256, subprocess_env
 from packer import BuildOptions, UserError
-from packer.load import ShardedArray
+from packer.loading import ShardedArray
 from packer.transform import TransformSpec, transform_image
-from packer.verify import verify
+from packer.checking import verify
+
+pytestmark = pytest.mark.slow  # full builds: skipped by pytest -m "not slow"
 
 KEYS = ["X_train", "y_train", "train_id", "X_val", "y_val", "val_id"]
 SIZES = [(40, 30), (30, 44), (36, 36), (64, 48), (50, 90), (33, 47), (120, 80), (32, 32)]
@@ -79,7 +81,7 @@ def small(module_tmp_path_factory):
 
 def _build(class_list, data_dir, out, **options):
     options = {"workers": 1, "progress": False, **SMALL, **options}
-    return packer.build(BuildOptions(str(class_list), str(data_dir), out_dir=str(out), **options))
+    return packer.build(BuildOptions(subset_name=str(class_list), data_dir=str(data_dir), out_dir=str(out), **options))
 
 
 def _arrays(path) -> dict:
@@ -256,7 +258,7 @@ def test_sharded_array_integer_tuple_index(small, good, tmp_path):
 
 
 def test_a_flipped_byte_in_one_shard_fails_verify_naming_it(small, tmp_path, capsys):
-    from packer.load import array_headers
+    from packer.loading import array_headers
 
     root, data_dir = small
     out = tmp_path / "out"

@@ -28,7 +28,7 @@ from packer import UserError
 from packer.cli import main
 from packer.preview import contact_sheet, write_preview
 from packer.recipe import rebuild_from_recipe
-from packer.verify import info, verify
+from packer.checking import info, verify
 
 PREFIX = "imagenet-subset: error:"
 KEYS = ["X_train", "y_train", "train_id", "X_val", "y_val", "val_id"]

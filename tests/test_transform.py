@@ -5,6 +5,7 @@ from PIL import Image, ImageOps
 
 from helpers import noise, photo, reference_transform
 from packer.errors import ImageError, UserError
+from packer.options import BuildOptions
 from packer.transform import TransformSpec, transform_image
 
 EXACT = TransformSpec()
@@ -199,9 +200,10 @@ def test_fast_other_sizes(tmp_path):
 
 # -- bad input ------------------------------------------------------------------
 
-def test_spec_rejects_crop_larger_than_resize():
-    with pytest.raises(ValueError):
-        TransformSpec(resize_size=100, crop_size=101)
+def test_options_reject_crop_larger_than_resize():
+    with pytest.raises(UserError, match="--crop_size 101 is larger than --resize_size 100; the crop must fit inside "
+                                        "the resized image"):
+        BuildOptions(resize_size=100, crop_size=101)
 
 
 def _corrupt_files(tmp_path):

@@ -6,43 +6,61 @@
 
 1. the manifest ``<name>_cls.manifest.json`` is there and readable;
 2. the archive's size and SHA-256 equal the manifest's; on a mismatch, the
-   rows whose pixels no longer match their recorded CRC-32 are named;
+   rows whose pixels no longer match their recorded CRC-32 are named, and so
+   is an image array that cannot be read to its end;
 3. the ZIP structure: the expected keys, dtypes (uint8 images, int32 labels
-   and ids) and shapes ((N, crop, crop, 3), (N,), (N,));
+   and ids) and shapes ((N, crop, crop, 3), or (N, 3, crop, crop) with layout
+   nchw; (N,); (N,));
 4. labels within range, ids unique within each split, per-split and per-class
    counts equal to the manifest;
 5. the metadata CSV's SHA-256 equals the manifest's.
+
+What it reads: the SHA-256 reads every byte of the file, decompressing nothing;
+the structure comes from the headers; the counts from the label and id arrays
+alone. Image rows are read (and, in a compressed archive, decompressed) only
+when the SHA-256 differs, to name the damaged rows.
+
+A manifest written by a newer imagenet-subset (a ``manifest_version`` above
+``MANIFEST_VERSION``) is refused with a ``UserError`` by every reader of
+manifests (``info``, ``verify``, ``build --recipe``); one without a
+``manifest_version`` is version 1.
 """
 import json
-import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from .describe import sha256_of_file
+from .describe import MANIFEST_VERSION, sha256_of_file
 from .errors import UserError
-from .load import array_headers, load, metadata_path_of, output_stem, shard_paths
+from .loading import ArrayHeader, array_headers, iter_rows, read_arrays, shard_paths
+from .options import OutputNames, shown
 
 
-def manifest_path_of(archive: str | Path) -> Path:
-    """``out/x_cls.manifest.json`` for ``out/x_cls.npz`` (or a shard, or the index)."""
-    stem = output_stem(archive)
-    return stem.with_name(stem.name + ".manifest.json")
+class UnreadableManifest(UserError):
+    """A manifest that is missing, is not JSON, or was not written by imagenet-subset. ``verify``
+    reports it as a problem and goes on with the checks that need no manifest."""
 
 
 def read_manifest(path: str | Path) -> dict:
-    """The manifest at ``path``; ``UserError`` names a missing or unreadable one."""
+    """The manifest at ``path``. ``UnreadableManifest`` names a missing or unreadable one; a
+    ``UserError`` refuses one of a newer ``manifest_version`` than this tool reads."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
     except FileNotFoundError:
-        raise UserError(f"no manifest at {path}; it is written beside the archive by every build") from None
+        raise UnreadableManifest(f"no manifest at {path}; it is written beside the archive by every build") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not a readable manifest ({exc}); rebuild the archive") from None
+        raise UnreadableManifest(f"{path} is not a readable manifest ({exc}); rebuild the archive") from None
     if not isinstance(manifest, dict) or manifest.get("tool") != "imagenet-subset":
-        raise UserError(f"{path} is not an imagenet-subset manifest")
+        raise UnreadableManifest(f"{path} is not an imagenet-subset manifest")
+    version = manifest.get("manifest_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UnreadableManifest(f"{path}: manifest_version {version!r} is not a version number; rebuild the archive")
+    if version > MANIFEST_VERSION:
+        raise UserError(f"{path} is a version {version} manifest, newer than this imagenet-subset reads "
+                        f"(version {MANIFEST_VERSION}); update imagenet-subset to read it")
     return manifest
 
 
@@ -53,9 +71,9 @@ def _split_names(headers) -> list[str]:
 def info(path: str | Path) -> str:
     """A readable summary of an archive from its headers, manifest and metadata CSV."""
     path = Path(path)
-    shards = shard_paths(path) if path.name.endswith(".index.json") else None
+    shards = shard_paths(path) if OutputNames.is_index(path) else None
     headers = array_headers(shards[0] if shards else path)
-    manifest_path = manifest_path_of(path)
+    manifest_path = OutputNames.sibling(path, "manifest")
     manifest = read_manifest(manifest_path) if manifest_path.is_file() else None
     size = sum(p.stat().st_size for p in shards) if shards else path.stat().st_size
     compressed = any(h.compressed for h in headers.values())
@@ -78,7 +96,7 @@ def info(path: str | Path) -> str:
     lines.append("arrays" + (" (first shard):" if shards else ":"))
     for key, header in headers.items():
         lines.append(f"  {key:<12} {str(header.dtype):<7} {header.shape}")
-    csv = metadata_path_of(path)
+    csv = OutputNames.sibling(path, "metadata")
     if csv.is_file():
         import pandas as pd
 
@@ -88,27 +106,30 @@ def info(path: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _damaged_rows(path: Path, manifest: dict, first_rows: dict[str, int]) -> list[str]:
-    """Sources of the rows of ``path`` whose pixels no longer match the manifest's CRC-32."""
-    data = load(path)
-    damaged = []
+def _damaged_rows(path: Path, manifest: dict, first_rows: dict[str, int]) -> tuple[list[str], list[str]]:
+    """The rows of ``path`` whose pixels no longer match the manifest's CRC-32, as ``X_<split> row <n>
+    (<source path>)``, and the image arrays that cannot be read to their end. Reads every row."""
+    damaged, unreadable = [], []
+    headers = array_headers(path)
     for split, sources in manifest["sources"].items():
-        images = data.arrays.get(f"X_{split}")
-        first = first_rows.get(split, 0)
-        if images is None or first + len(images) > len(sources["row_crc32"]):
+        key, first = f"X_{split}", first_rows.get(split, 0)
+        if key not in headers or first + headers[key].shape[0] > len(sources["row_crc32"]):
             continue
-        for row in range(len(images)):
-            if zlib.crc32(np.ascontiguousarray(images[row])) != sources["row_crc32"][first + row]:
-                damaged.append(f"X_{split} row {first + row} ({sources['paths'][first + row]})")
-    return damaged
+        try:
+            for row, pixels in enumerate(iter_rows(path, key), start=first):
+                if zlib.crc32(np.ascontiguousarray(pixels).data) != sources["row_crc32"][row]:
+                    damaged.append(f"{key} row {row} ({sources['paths'][row]})")
+        except UserError as exc:
+            unreadable.append(str(exc))
+    return damaged, unreadable
 
 
 def _archives_of(path: Path, manifest: dict | None) -> list[tuple[Path, dict | None]]:
     """The archive files to check, each with its manifest record (None without a manifest)."""
     shards = manifest["files"].get("shards") if manifest else None
-    if path.name.endswith(".index.json"):
+    if OutputNames.is_index(path):
         records = shards or [None] * len(shard_paths(path))
-        return list(zip(shard_paths(path), records))
+        return list(zip(shard_paths(path), records, strict=True))
     if shards:
         return [(path, next((r for r in shards if r["file"] == path.name), None))]
     return [(path, manifest["files"]["archive"] if manifest else None)]
@@ -120,13 +141,15 @@ def verify(path: str | Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"{path} does not exist; build it first or check the path")
     problems = []
+    manifest: dict | None
     try:
-        manifest = read_manifest(manifest_path_of(path))
-    except UserError as exc:
+        manifest = read_manifest(OutputNames.sibling(path, "manifest"))
+    except UnreadableManifest as exc:
         manifest = None
         problems.append(str(exc))
     archives = _archives_of(path, manifest)
-    labels, ids = {}, {}
+    labels: dict[str, list[np.ndarray]] = {}
+    ids: dict[str, list[np.ndarray]] = {}
     complete = True  # every archive's labels and ids could be read
     for archive, record in archives:
         if not archive.is_file():
@@ -134,7 +157,7 @@ def verify(path: str | Path) -> list[str]:
             complete = False
             continue
         first_rows = {split: rows[0] for split, rows in record.get("rows", {}).items()} if record else {}
-        if record:
+        if record and manifest:
             problems += _checksum_problems(archive, record, manifest, first_rows)
         try:
             headers = array_headers(archive)
@@ -144,20 +167,19 @@ def verify(path: str | Path) -> list[str]:
             continue
         problems += _structure_problems(archive, headers, manifest)
         try:
-            data = load(archive)
-            arrays = {key: np.asarray(data[key]) for key in headers if not key.startswith("X_")}
-        except (UserError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
-            problems.append(f"{archive}: cannot read its arrays ({exc}); the file is damaged, rebuild or re-download it")
+            arrays = read_arrays(archive, [key for key in headers if not key.startswith("X_")])
+        except UserError as exc:
+            problems.append(str(exc))
             complete = False
             continue
         for split in _split_names(headers):
             if f"y_{split}" in headers and f"{split}_id" in headers:
-                labels.setdefault(split, []).append(arrays[f"y_{split}"])
-                ids.setdefault(split, []).append(arrays[f"{split}_id"])
+                labels.setdefault(split, []).append(np.asarray(arrays[f"y_{split}"]))
+                ids.setdefault(split, []).append(np.asarray(arrays[f"{split}_id"]))
     whole_set = len(archives) > 1 or not (manifest and manifest["files"].get("shards"))
     if manifest and whole_set and complete:
         problems += _count_problems(path, manifest, labels, ids)
-    csv = metadata_path_of(path)
+    csv = OutputNames.sibling(path, "metadata")
     if manifest and csv.is_file() and sha256_of_file(csv) != manifest["files"]["metadata"]["sha256"]:
         problems.append(f"{csv}: SHA-256 differs from the manifest: the file was changed")
     elif manifest and not csv.is_file():
@@ -174,13 +196,12 @@ def _checksum_problems(archive: Path, record: dict, manifest: dict, first_rows: 
         return []
     problems = [f"{archive}: SHA-256 differs from the manifest: the file was changed or damaged"]
     try:
-        damaged = _damaged_rows(archive, manifest, first_rows)
-    except (UserError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError):
-        damaged = []  # the rows cannot be read back; the SHA-256 problem stands
+        damaged, unreadable = _damaged_rows(archive, manifest, first_rows)
+    except UserError:
+        return problems  # the headers cannot be read: reported with the structure
     if damaged:
-        problems.append(f"{len(damaged)} image rows differ from their recorded CRC-32: "
-                        + ", ".join(damaged[:5]) + (" ..." if len(damaged) > 5 else ""))
-    return problems
+        problems.append(f"{len(damaged)} image rows differ from their recorded CRC-32: {shown(damaged, 5)}")
+    return problems + unreadable
 
 
 def _count_problems(path: Path, manifest: dict, labels: dict, ids: dict) -> list[str]:
@@ -199,14 +220,14 @@ def _count_problems(path: Path, manifest: dict, labels: dict, ids: dict) -> list
     return problems
 
 
-def _structure_problems(path: Path, headers, manifest: dict | None) -> list[str]:
+def _structure_problems(path: Path, headers: dict[str, ArrayHeader], manifest: dict | None) -> list[str]:
     """Keys, dtypes and shapes of one archive."""
     problems = []
     splits = _split_names(headers)
     if "train" not in splits or "val" not in splits:
         problems.append(f"{path}: expected arrays X_train and X_val, found {', '.join(headers)}")
-    crop = manifest["options"]["crop_size"] if manifest else None
-    channels_first = bool(manifest) and manifest["options"].get("layout") == "nchw"
+    options = manifest["options"] if manifest else {}
+    crop, channels_first = options.get("crop_size"), options.get("layout") == "nchw"
     for split in splits:
         x_key, y_key, id_key = f"X_{split}", f"y_{split}", f"{split}_id"
         missing = [k for k in (y_key, id_key) if k not in headers]
@@ -217,9 +238,11 @@ def _structure_problems(path: Path, headers, manifest: dict | None) -> list[str]
         side = crop or "S"
         expected, image_shape = ((f"(N, 3, {side}, {side})", x.shape[1:]) if channels_first
                                  else (f"(N, {side}, {side}, 3)", x.shape[1:][::-1]))
-        if x.dtype != np.uint8 or len(x.shape) != 4 or image_shape[0] != 3 or (crop and image_shape[1:] != (crop, crop)):
+        wrong_side = crop and image_shape[1:] != (crop, crop)
+        if x.dtype != np.uint8 or len(x.shape) != 4 or image_shape[0] != 3 or wrong_side:
             problems.append(f"{path}: {x_key} is {x.dtype} {x.shape}, expected uint8 {expected}")
         for header in (headers[y_key], headers[id_key]):
             if header.dtype != np.int32 or header.shape != (x.shape[0],):
-                problems.append(f"{path}: {header.key} is {header.dtype} {header.shape}, expected int32 ({x.shape[0]},)")
+                problems.append(f"{path}: {header.key} is {header.dtype} {header.shape}, "
+                                f"expected int32 ({x.shape[0]},)")
     return problems

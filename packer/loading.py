@@ -14,20 +14,36 @@ With ``mmap=True`` (the default) every uncompressed member is a read-only
 so a 20 GB subset opens at once on a small machine. Compressed members, and
 everything when ``mmap=False``, are read into memory as ``np.load`` would.
 
+The readers below take an archive or a shard index alike and read only what
+they are asked for: ``read_arrays`` some arrays (the labels and ids, say,
+without a byte of the images), ``read_rows`` some rows of an image array and
+``iter_rows`` all of them in order; from a compressed member they decompress
+no further than the last row needed. ``read_class_table`` reads the metadata
+CSV beside an archive.
+
 Only C-ordered arrays of plain dtypes are read, as every build writes them. A
 member holding Python objects is refused and never unpickled (unpickling can
-run code from the file); so is a Fortran-ordered one.
+run code from the file); so is a Fortran-ordered one. A member that cannot be
+read (a damaged deflate stream, a truncated file) is a one-line ``UserError``
+naming it.
 """
+import contextlib
 import json
-import re
 import struct
 import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import UserError
+from .options import OutputNames
+
+if TYPE_CHECKING:  # pandas is imported only when a class table is read
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -35,13 +51,13 @@ class Subset:
     """The arrays of an archive by key, plus the class table; ``subset["X_train"]`` works too."""
 
     path: Path
-    arrays: dict[str, np.ndarray]
-    classes: "object | None"
+    arrays: "dict[str, np.ndarray | ShardedArray]"
+    classes: "pd.DataFrame | None"
 
-    def __getitem__(self, key: str) -> np.ndarray:
+    def __getitem__(self, key: str) -> "np.ndarray | ShardedArray":
         return self.arrays[key]
 
-    def __getattr__(self, key: str) -> np.ndarray:
+    def __getattr__(self, key: str) -> "np.ndarray | ShardedArray":
         try:
             return self.__dict__["arrays"][key]
         except KeyError:
@@ -49,24 +65,6 @@ class Subset:
 
     def keys(self):
         return self.arrays.keys()
-
-
-_SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}\.npz$")
-
-
-def output_stem(path: str | Path) -> Path:
-    """``out/x_cls`` for any output of a set: ``x_cls.npz``, a shard, ``x_cls.index.json``, ``x_cls.manifest.json``."""
-    path = Path(path)
-    name = _SHARD_SUFFIX.sub("", path.name)
-    for suffix in (".npz", ".index.json", ".manifest.json", "_metadata.csv"):
-        name = name.removesuffix(suffix)
-    return path.with_name(name)
-
-
-def metadata_path_of(archive: str | Path) -> Path:
-    """``out/x_cls_metadata.csv`` for ``out/x_cls.npz`` (or a shard, the index, the manifest)."""
-    stem = output_stem(archive)
-    return stem.with_name(stem.name + "_metadata.csv")
 
 
 def shard_paths(index: str | Path) -> list[Path]:
@@ -127,7 +125,10 @@ class ArrayHeader:
     shape: tuple[int, ...]
     compressed: bool
     data_offset: int | None  # file offset of the first element (stored members only)
-    member_bytes: int         # compressed size of the member
+
+    @property
+    def row_bytes(self) -> int:
+        return int(self.dtype.itemsize * np.prod(self.shape[1:], dtype=np.int64))
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:
@@ -158,7 +159,7 @@ def array_headers(path: str | Path) -> dict[str, ArrayHeader]:
             key = info.filename.removesuffix(".npy")
             compressed = info.compress_type != zipfile.ZIP_STORED
             if compressed:
-                with archive.open(info) as member:
+                with _reading(path, key), archive.open(info) as member:
                     shape, fortran_order, dtype = _read_npy_header(member, path, info.filename)
                 offset = None
             else:
@@ -177,33 +178,121 @@ def array_headers(path: str | Path) -> dict[str, ArrayHeader]:
             if fortran_order:
                 raise UserError(f"{path}: {info.filename} is a Fortran-ordered (column-major) array, which this tool "
                                 "does not read; archives written by imagenet-subset are C-ordered; np.load reads it")
-            headers[key] = ArrayHeader(key, dtype, tuple(shape), compressed, offset, info.compress_size)
+            headers[key] = ArrayHeader(key, dtype, tuple(shape), compressed, offset)
     return headers
+
+
+@contextlib.contextmanager
+def _reading(path: Path, key: str):
+    """A damaged member (bad deflate data, a file cut short) as a one-line ``UserError``."""
+    try:
+        yield
+    except (zlib.error, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: {key}.npy cannot be read ({exc}); the file is damaged, rebuild or "
+                        "re-download it") from None
+
+
+def _memmap(archive: Path, header: ArrayHeader) -> np.ndarray:
+    """A stored member, memory-mapped read-only."""
+    return np.memmap(archive, dtype=header.dtype, mode="r", offset=int(header.data_offset or 0), shape=header.shape)
+
+
+def _archives(path: Path) -> list[Path]:
+    return shard_paths(path) if OutputNames.is_index(path) else [path]
+
+
+def _headers_with(path: Path, keys: Sequence[str]) -> dict[str, ArrayHeader]:
+    headers = array_headers(path)
+    missing = [key for key in keys if key not in headers]
+    if missing:
+        raise UserError(f"{path} has no array {', '.join(missing)}; it has: {', '.join(headers)}")
+    return headers
+
+
+def read_arrays(path: str | Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an archive (or, concatenated, of the shards of an index), in memory,
+    in the order asked; no other member is read."""
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+    for archive in _archives(Path(path)):
+        _headers_with(archive, keys)
+        with _open_zip(archive) as opened:
+            for key in keys:
+                with _reading(archive, key), opened.open(key + ".npy") as member:
+                    parts[key].append(np.lib.format.read_array(member))
+    return {key: np.concatenate(arrays) for key, arrays in parts.items()}
+
+
+def iter_rows(path: str | Path, key: str) -> Iterator[np.ndarray]:
+    """Every row of image array ``key``, in order (across the shards of an index): memory-mapped
+    from a stored member, decompressed one row at a time from a deflated one."""
+    for archive in _archives(Path(path)):
+        header = _headers_with(archive, [key])[key]
+        if not header.compressed:
+            if header.shape[0]:
+                yield from _memmap(archive, header)
+            continue
+        with _open_zip(archive) as opened, _reading(archive, key), opened.open(key + ".npy") as member:
+            _read_npy_header(member, archive, key + ".npy")
+            for _ in range(header.shape[0]):
+                data = member.read(header.row_bytes)
+                if len(data) < header.row_bytes:
+                    raise EOFError("the member ends before its last row")
+                yield np.frombuffer(data, dtype=header.dtype).reshape(header.shape[1:])
+
+
+def read_rows(path: str | Path, key: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of image array ``key`` (in that order, repeats allowed), of an archive or of
+    the shards of an index; a deflated member is decompressed up to the last row asked, no further."""
+    rows = np.asarray(rows, dtype=np.int64)
+    archives = _archives(Path(path))
+    headers = [_headers_with(archive, [key])[key] for archive in archives]
+    starts = np.cumsum([0] + [h.shape[0] for h in headers])
+    out = np.empty((len(rows),) + headers[0].shape[1:], dtype=headers[0].dtype)
+    if rows.size and (rows.min() < 0 or rows.max() >= starts[-1]):
+        raise IndexError(f"rows {rows.min()}..{rows.max()} out of range for the {starts[-1]} rows of {key}")
+    for part, (archive, header) in enumerate(zip(archives, headers, strict=True)):
+        wanted = np.flatnonzero((rows >= starts[part]) & (rows < starts[part + 1]))
+        if not wanted.size:
+            continue
+        local = rows[wanted] - starts[part]
+        if not header.compressed:
+            out[wanted] = _memmap(archive, header)[local]
+            continue
+        last = int(local.max())
+        for row, pixels in enumerate(iter_rows(archive, key)):
+            out[wanted[local == row]] = pixels
+            if row == last:
+                break
+    return out
+
+
+def read_class_table(path: str | Path) -> "pd.DataFrame | None":
+    """The metadata CSV of the build that wrote ``path`` (an archive, a shard or an index), with
+    its ids as nullable integers; None when it is not beside it."""
+    csv = OutputNames.sibling(path, "metadata")
+    if not csv.is_file():
+        return None
+    import pandas as pd
+
+    return pd.read_csv(csv, dtype={"human_label": "string", "original_label": "Int64", "imagenet_index": "Int64"})
 
 
 def load(path: str | Path, mmap: bool = True) -> Subset:
     """Open ``path`` (a ``*_cls.npz``, or the ``*_cls.index.json`` of a sharded set); see the module docstring."""
     path = Path(path)
-    if path.name.endswith(".index.json"):
+    arrays: dict[str, np.ndarray | ShardedArray] = {}
+    if OutputNames.is_index(path):
         shards = [load(shard, mmap) for shard in shard_paths(path)]
-        arrays = {key: (ShardedArray([s.arrays[key] for s in shards]) if key.startswith("X_")
-                        else np.concatenate([s.arrays[key] for s in shards])) for key in shards[0].arrays}
+        for key in shards[0].arrays:
+            parts = [np.asarray(s.arrays[key]) if not key.startswith("X_") else s.arrays[key] for s in shards]
+            arrays[key] = ShardedArray(parts) if key.startswith("X_") else np.concatenate(parts)  # type: ignore[arg-type]
         return Subset(path, arrays, shards[0].classes)
     headers = array_headers(path)
-    arrays = {}
     with _open_zip(path) as archive:
         for key, header in headers.items():
             if mmap and not header.compressed:
-                arrays[key] = (np.memmap(path, dtype=header.dtype, mode="r", offset=header.data_offset,
-                                         shape=header.shape)
-                               if 0 not in header.shape else np.empty(header.shape, dtype=header.dtype))
+                arrays[key] = _memmap(path, header) if 0 not in header.shape else np.empty(header.shape, header.dtype)
             else:
-                with archive.open(key + ".npy") as member:
+                with _reading(path, key), archive.open(key + ".npy") as member:
                     arrays[key] = np.lib.format.read_array(member)
-    classes = None
-    csv = metadata_path_of(path)
-    if csv.is_file():
-        import pandas as pd
-
-        classes = pd.read_csv(csv, dtype={"human_label": "string", "original_label": "Int64", "imagenet_index": "Int64"})
-    return Subset(path, arrays, classes)
+    return Subset(path, arrays, read_class_table(path))

@@ -1,0 +1,315 @@
+"""The plain values every stage shares: the options of a build, the transform they describe, the
+file names of a build's outputs, its plan and its result.
+
+This module imports nothing of the package but ``errors.py`` (types of other modules appear
+only in annotations), so every stage can import it. Each option is declared once, as a field of
+``BuildOptions`` whose metadata carries its help text; the command line (``cli.py``) is
+generated from those fields, and ``BuildOptions`` checks every value when it is made, so an
+option is validated once, wherever it comes from (command line, API, recipe).
+"""
+from __future__ import annotations
+
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .subset import SubsetList
+    from .tree import ClassInfo, SplitImages
+
+Resize = Literal["crop", "squash"]
+Layout = Literal["nhwc", "nchw"]
+OnError = Literal["fail", "skip"]
+Backend = Literal["local", "dask"]
+
+RESIZE_RULES: dict[str, str] = {
+    "crop": "torchvision Resize(resize_size) + CenterCrop(crop_size), bilinear (Pillow)",
+    "squash": "whole image to crop_size x crop_size, box filter (Pillow)",
+}
+CHUNK_SIZE = 32  # rows per chunk of work: the output bytes depend on it, never on the worker count
+
+# The groups of command-line options, in the order ``--help`` shows them.
+GENERAL, CHOOSING, SCALE = "general", "choosing classes and images", "running at scale"
+
+
+def _option(default, help: str, *, group: str = GENERAL, shapes_output: bool = False, minimum: int | None = None,
+            unit: str = "", metavar: str | None = None, flag: str | None = None):
+    """A ``BuildOptions`` field. ``shapes_output``: the option decides the archive's bytes (a recipe
+    fixes it); ``minimum`` and ``unit``: the least whole number allowed and what it counts (for
+    messages); ``flag``: the command-line flag when it is not ``--<name>`` (a boolean whose flag is
+    not its name is stored inverted: ``progress`` is ``--quiet``)."""
+    return field(default=default, metadata={"help": help, "group": group, "shapes_output": shapes_output,
+                                            "minimum": minimum, "unit": unit, "metavar": metavar, "flag": flag})
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions:
+    """Everything that decides what a build does; every value is checked when the options are made."""
+
+    subset_name: str | None = _option(
+        None, "built-in list (imagenet30, imagenet100, imagenette, imagewoof, hotdog), aux_files/NAME.txt, or a path "
+              "to a class-list file (default: imagenet30); with --classes or --search, the output name",
+        shapes_output=True)
+    data_dir: str = _option("./Data/CLS-LOC", "folder holding train/ and val/ (default: ./Data/CLS-LOC)")
+    devkit_dir: str | None = _option(None, "folder with map_clsloc.txt and the val ground truth, if not found beside "
+                                           "the data")
+    out_dir: str = _option("out_files", "output folder (default: out_files)")
+    resize_size: int = _option(256, "short side after resizing (default: 256)", shapes_output=True, minimum=1,
+                               unit="pixels")
+    crop_size: int = _option(224, "side of the center crop (default: 224)", shapes_output=True, minimum=1,
+                             unit="pixels")
+    resize: Resize = _option("crop", "crop: short side to --resize_size then center crop (default); squash: whole "
+                                     "image to --crop_size square with a box filter, no crop", shapes_output=True)
+    layout: Layout = _option("nhwc", "store images channels last (default) or channels first", shapes_output=True)
+    fast: bool = _option(False, "resize only the window kept by the crop: faster, pixels within 1 of exact",
+                         shapes_output=True)
+    compress: bool = _option(False, "deflate the archive members (smaller, slower, not memory-mappable)",
+                             shapes_output=True)
+    workers: int | None = _option(None, "worker processes (default: all cores)", minimum=1, unit="workers")
+    progress: bool = _option(True, "no progress bars or lines", flag="--quiet")
+
+    classes: tuple[str, ...] | None = _option(
+        None, "comma-separated class names or WNIDs from the tree's mapping file, e.g. \"goldfish,tench\" "
+              "(instead of --subset_name)", group=CHOOSING, shapes_output=True)
+    search: str | None = _option(None, "every class of the tree whose name contains this text, e.g. dog",
+                                 group=CHOOSING, shapes_output=True)
+    train_per_class: int | None = _option(None, "at most N train images per label (seeded choice)", group=CHOOSING,
+                                          shapes_output=True, minimum=0, unit="images")
+    val_per_class: int | None = _option(None, "at most M val images per label (seeded choice)", group=CHOOSING,
+                                        shapes_output=True, minimum=0, unit="images")
+    holdout_per_class: int = _option(0, "move K train images per label to X_holdout/y_holdout/holdout_id",
+                                     group=CHOOSING, shapes_output=True, minimum=0, unit="images")
+    rest: int | None = _option(None, "add a final label 'rest' with N train images from all other classes",
+                               group=CHOOSING, shapes_output=True, minimum=0, unit="images")
+    rest_val: int | None = _option(None, "val images of 'rest' (default: proportional to --rest)", group=CHOOSING,
+                                   shapes_output=True, minimum=0, unit="images")
+    seed: int = _option(0, "seed of every random choice (default: 0)", group=CHOOSING, shapes_output=True)
+
+    on_error: OnError = _option("fail", "an unreadable image stops the run (fail, default) or is left out and "
+                                        "listed (skip)", group=SCALE, shapes_output=True)
+    resume: bool = _option(False, "continue an interrupted run of the same build, redoing only unfinished chunks",
+                           group=SCALE)
+    shard_size: int | None = _option(None, "write shards NAME_cls-00000-of-0000N.npz of at most N rows per split, "
+                                           "plus an index", group=SCALE, shapes_output=True, minimum=1,
+                                     unit="rows")
+    backend: Backend = _option("local", "local processes (default) or an existing Dask cluster (needs --scheduler)",
+                               group=SCALE)
+    scheduler: str | None = _option(None, "address of the Dask scheduler", group=SCALE, metavar="tcp://HOST:PORT")
+
+    def __post_init__(self):
+        for name in ("subset_name", "data_dir", "devkit_dir", "out_dir"):  # paths may come as Path objects
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        if isinstance(self.classes, str):  # one name, or "a,b" as the command line gives it
+            object.__setattr__(self, "classes", tuple(c.strip() for c in self.classes.split(",") if c.strip()))
+        elif isinstance(self.classes, list):
+            object.__setattr__(self, "classes", tuple(self.classes))
+        for name, problem in _field_problems(self):
+            raise UserError(f"--{name} {getattr(self, name)!r} {problem}")
+        if self.resize == "crop" and self.crop_size > self.resize_size:
+            raise UserError(f"--crop_size {self.crop_size} is larger than --resize_size {self.resize_size}; "
+                            "the crop must fit inside the resized image")
+        if self.fast and self.resize != "crop":
+            raise UserError("--fast applies to --resize crop only; drop --fast or use --resize crop")
+        if self.classes and self.search:
+            raise UserError("--classes and --search both choose the classes; use one of them")
+        if self.rest_val is not None and self.rest is None:
+            raise UserError("--rest_val needs --rest N (the number of rest train images)")
+        if self.backend == "dask":
+            if not self.scheduler:
+                raise UserError("--backend dask needs --scheduler tcp://HOST:PORT (the address of a running Dask "
+                                "scheduler)")
+            try:
+                import distributed  # noqa: F401
+            except ImportError:
+                raise UserError("--backend dask needs Dask: pip install 'imagenet-subset[dask]'") from None
+
+    @property
+    def transform(self) -> TransformSpec:
+        """What to do to every image."""
+        return TransformSpec(self.resize_size, self.crop_size, self.fast, self.resize, self.layout)
+
+    @property
+    def sampling(self) -> dict[str, int | None]:
+        """The options that choose images within the classes (``sampling.py``)."""
+        return {name: getattr(self, name) for name in SAMPLING_OPTIONS}
+
+    def output_options(self) -> dict:
+        """The options that shape the archive's bytes, as the manifest records them."""
+        return {"resize_size": self.resize_size, "crop_size": self.crop_size, "resize": self.resize,
+                "resize_rule": RESIZE_RULES[self.resize], "layout": self.layout, "fast": self.fast,
+                "compress": self.compress, "chunk_size": CHUNK_SIZE, "shard_size": self.shard_size,
+                "on_error": self.on_error, "sampling": self.sampling}
+
+
+SAMPLING_OPTIONS = ("train_per_class", "val_per_class", "holdout_per_class", "rest", "rest_val", "seed")
+
+
+def option_fields() -> list:
+    """The fields of ``BuildOptions`` with their resolved types (``field.type`` is a string here)."""
+    hints = typing.get_type_hints(BuildOptions)
+    return [(f, hints[f.name]) for f in fields(BuildOptions)]
+
+
+def _field_problems(options: BuildOptions):
+    """``(name, problem)`` of every field whose value is not of its declared kind."""
+    for f, kind in option_fields():
+        value = getattr(options, f.name)
+        allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+        if value is None and type(None) in allowed:
+            continue
+        choices = next((typing.get_args(a) for a in allowed if typing.get_origin(a) is Literal), None)
+        if choices is not None:
+            if value not in choices:
+                yield f.name, f"must be one of: {', '.join(choices)}"
+        elif int in allowed:
+            minimum = f.metadata["minimum"]
+            if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
+                yield f.name, _WHOLE_NUMBER_RULES[(minimum, f.metadata["unit"])]
+        elif bool in allowed and not isinstance(value, bool):
+            yield f.name, "must be true or false"
+        elif str in allowed and not isinstance(value, str):
+            yield f.name, "must be a text"
+
+
+_WHOLE_NUMBER_RULES = {  # (minimum, unit) -> what the value must be
+    (None, ""): "must be a whole number",
+    (1, "pixels"): "must be a positive whole number of pixels",
+    (1, "workers"): "must be a whole number of at least 1",
+    (1, "rows"): "must be a whole number of rows, at least 1",
+    (0, "images"): "must be a whole number of images, 0 or more",
+}
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """What to do to every image: sizes of the resize and the crop, and the mode (``transform.py``)."""
+
+    resize_size: int = 256
+    crop_size: int = 224
+    fast: bool = False
+    resize: Resize = "crop"
+    layout: Layout = "nhwc"
+
+    def stored_shape(self, count: int) -> tuple[int, int, int, int]:
+        """Shape of ``count`` transformed images as the archive stores them."""
+        c = self.crop_size
+        return (count, 3, c, c) if self.layout == "nchw" else (count, c, c, 3)
+
+
+@dataclass(frozen=True)
+class OutputNames:
+    """Every file name of build ``name`` in its output folder::
+
+        <name>_cls.npz                          the archive (or the shards below)
+        <name>_cls-00000-of-00026.npz           shard 0 of 26 (with --shard_size)
+        <name>_cls.index.json                   the shards' index
+        <name>_cls_metadata.csv                 one row per label
+        <name>_cls.manifest.json                how it was made, for verify and recipes
+        .<name>_cls.work/                       the work folder of an unfinished build
+    """
+
+    name: str
+
+    @property
+    def archive(self) -> str:
+        return f"{self.name}_cls.npz"
+
+    def shard(self, number: int, count: int) -> str:
+        return f"{self.name}_cls-{number:05d}-of-{count:05d}.npz"
+
+    @property
+    def index(self) -> str:
+        return f"{self.name}_cls.index.json"
+
+    @property
+    def metadata(self) -> str:
+        return f"{self.name}_cls_metadata.csv"
+
+    @property
+    def manifest(self) -> str:
+        return f"{self.name}_cls.manifest.json"
+
+    @property
+    def work_folder(self) -> str:
+        return f".{self.name}_cls.work"
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> OutputNames:
+        """The names of the build that wrote ``path`` (any of its outputs)."""
+        stem = Path(path).name
+        for suffix in (".index.json", ".manifest.json", "_metadata.csv", ".npz"):
+            stem = stem.removesuffix(suffix)
+        stem = stem.rsplit("-", 3)[0] if _is_shard_stem(stem) else stem
+        return cls(stem.removesuffix("_cls"))
+
+    @staticmethod
+    def sibling(path: str | os.PathLike, kind: str) -> Path:
+        """The output ``kind`` (``"metadata"``, ``"manifest"``, ``"index"``) of the build that wrote
+        ``path``, in the same folder: ``sibling("out/x_cls.npz", "manifest")`` is ``out/x_cls.manifest.json``."""
+        return Path(path).with_name(getattr(OutputNames.of(path), kind))
+
+    @staticmethod
+    def is_index(path: str | os.PathLike) -> bool:
+        """Whether ``path`` names a shard index."""
+        return Path(path).name == OutputNames.of(path).index
+
+
+def _is_shard_stem(stem: str) -> bool:
+    parts = stem.rsplit("-", 3)
+    return len(parts) == 4 and parts[2] == "of" and parts[1].isdigit() and parts[3].isdigit()
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything decided before any image is decoded: names, labelled images in row order, class
+    facts, and notes for the user (labels left short of images, metadata columns left empty)."""
+
+    name: str
+    subset: SubsetList
+    splits: tuple[SplitImages, ...]
+    classes: dict[str, ClassInfo]
+    input: dict
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build wrote and how long it took."""
+
+    name: str
+    archive: Path
+    metadata: Path
+    manifest: Path
+    counts: dict[str, int]
+    num_classes: int
+    archive_bytes: int
+    sha256: str
+    seconds: float
+    notes: tuple[str, ...] = ()
+    archives: tuple[Path, ...] = ()
+
+    @property
+    def images_per_second(self) -> float:
+        return sum(self.counts.values()) / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {split}" for split, n in self.counts.items())
+        classes = "class" if self.num_classes == 1 else "classes"
+        return (f"{self.name}: {counts} images, {self.num_classes} {classes} -> {self.archive} "
+                f"({self.archive_bytes / 1e6:.1f} MB) in {self.seconds:.1f} s "
+                f"({self.images_per_second:.0f} images/s)")
+
+
+def shown(items, limit: int = 3) -> str:
+    """The first ``limit`` items, comma-separated, and how many more there are: ``a, b, c and 4 more``."""
+    items = [str(item) for item in items]
+    text = ", ".join(items[:limit])
+    return text + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+

@@ -1,0 +1,77 @@
+"""Plan a build: decide every row of the archive without decoding an image.
+
+    find_tree -> choose the classes -> list and label the images of each split
+      -> sampling (per class, holdout, rest) -> notes on what the metadata CSV
+      will leave empty and which file would fill it
+
+The result is a ``BuildPlan`` (``options.py``): the subset, the images of each
+split in row order with their labels and ids, and the class facts the label
+files give. ``execute.py`` packs it.
+"""
+import re
+
+from .options import BuildOptions, BuildPlan
+from .sampling import apply_sampling
+from .subset import (
+    Label,
+    SubsetList,
+    check_classes_present,
+    classes_by_name,
+    classes_by_search,
+    label_images,
+    read_subset_list,
+)
+from .tree import (
+    ClassInfo,
+    SplitImages,
+    Tree,
+    class_table,
+    class_table_gaps,
+    find_tree,
+    human_labels,
+    list_train_images,
+    list_val_images,
+    train_classes,
+)
+
+
+def _input_description(tree: Tree, splits: list[SplitImages]) -> dict:
+    found = {kind: getattr(tree, kind).name if getattr(tree, kind) else None
+             for kind in ("train_cls", "synset_mapping", "val_solution", "val_annotations", "map_clsloc",
+                          "val_ground_truth")}
+    return {"train_order": splits[0].label_source, "val_labels": splits[1].label_source, "label_files": found}
+
+
+def _choose_subset(options: BuildOptions, tree: Tree, classes: dict[str, ClassInfo], folders: list[str]) -> SubsetList:
+    if options.classes or options.search:
+        names = human_labels(classes)
+        if options.classes:
+            source = " / ".join(p.name for p in (tree.synset_mapping, tree.map_clsloc) if p) or "the tree"
+            wnids = classes_by_name(list(options.classes), names, source)
+            default_name, how = "custom", f"--classes {','.join(options.classes)}"
+        else:
+            search = str(options.search)
+            wnids = classes_by_search(search, names, folders, str(tree.train_dir))
+            default_name = "search_" + re.sub(r"[^a-z0-9]+", "_", search.lower()).strip("_")
+            how = f"--search {search}"
+        subset = SubsetList(options.subset_name or default_name, tuple(Label(w, (w,)) for w in wnids), how)
+    else:
+        subset = read_subset_list(options.subset_name or "imagenet30")
+    return subset.with_rest() if options.rest is not None else subset
+
+
+def plan_build(options: BuildOptions) -> BuildPlan:
+    """Read the tree and the class list and decide every row of the archive."""
+    tree = find_tree(options.data_dir, options.devkit_dir)
+    classes = class_table(tree)
+    folders = train_classes(tree)
+    subset = _choose_subset(options, tree, classes, folders)
+    check_classes_present(subset, folders, tree.train_dir)
+    listed = folders if options.rest is not None else list(subset.wnids)
+    train = label_images(list_train_images(tree, listed), subset)
+    val = label_images(list_val_images(tree, listed), subset)
+    rest_label = len(subset.labels) - 1 if options.rest is not None else None
+    splits, notes = apply_sampling(train, val, [label.name for label in subset.labels], rest_label, options)
+    notes += class_table_gaps(tree, classes, subset.single_classes())
+    description = _input_description(tree, splits)
+    return BuildPlan(subset.name, subset, tuple(splits), classes, description, tuple(notes))
