@@ -28,6 +28,7 @@ T_MAIN = time.monotonic()
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
 import packer.cli  # noqa: E402
@@ -62,11 +63,18 @@ def _probe_run_chunks(chunks, *args, **kwargs):
     yield  # a generator, like the function it replaces
 
 
+def _in_this_packer(name: str) -> bool:
+    """Whether module ``name`` exists in the packer being measured (not in another copy that an
+    editable install also puts on the path)."""
+    spec = importlib.util.find_spec(name)
+    return bool(spec and spec.origin and spec.origin.startswith(os.path.dirname(packer.__file__) + os.sep))
+
+
 def _patch() -> int:
     """Replace ``run_chunks`` wherever the packer refers to it (its own module included, for modules
     imported later) and wrap the pipeline stages where they are called from (not where defined,
     so nested calls are not counted twice). Returns the number of places ``run_chunks`` was replaced."""
-    build_module = next((name for name in BUILD_MODULES if importlib.util.find_spec(name)), None)
+    build_module = next((name for name in BUILD_MODULES if _in_this_packer(name)), None)
     if build_module:
         importlib.import_module(build_module)
     work = importlib.import_module("packer.work")
