@@ -1,8 +1,14 @@
 """Builders for small ILSVRC CLS-LOC trees, written independently of ``packer/demo.py``.
 
-Every image of a built tree has its own uniform colour, so a row of ``X_train``
-or ``X_val`` tells which file it came from. ``reference_transform`` is the
-torchvision rule written out from its definition, for comparing rows.
+``write_tree`` is the one place tests build trees (``kaggle_tree`` and
+``plain_tree`` are its usual calls): the Kaggle layout or a plain
+``train/`` + ``val/`` one, val flat or sorted into class folders, with or
+without ``train_cls.txt``, ``val.txt``, ``LOC_synset_mapping.txt``,
+``LOC_val_solution.csv`` and val annotations. By default every image has its
+own uniform colour, so a row of ``X_train`` or ``X_val`` tells which file it
+came from; ``Images`` asks for photo-like pictures (``photo``) of given sizes
+instead. ``reference_transform`` is the torchvision rule written out from its
+definition, for comparing rows.
 """
 import hashlib
 import os
@@ -38,11 +44,21 @@ def reference_transform(path, resize=256, crop=224) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + crop, top + crop)))
 
 
-def photo(width: int, height: int, seed: int) -> Image.Image:
-    """A smooth, photo-like RGB picture (blurred upscaled noise)."""
+def photo(width: int, height: int, seed: int, *, cell: int = 16, extra: int = 0, resample=Image.BICUBIC,
+          blur: float = 2) -> Image.Image:
+    """A smooth, photo-like RGB picture, different for every seed: noise on a coarse grid (one
+    point per ``cell`` pixels, plus ``extra``, at least 2 each way) upscaled with ``resample``,
+    then blurred with radius ``blur`` (0: not blurred). The styles in use are the defaults,
+    ``COARSE`` and ``SOFT``."""
     rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((width, height), Image.BICUBIC).filter(ImageFilter.GaussianBlur(2))
+    grid = (max(2, height // cell + extra), max(2, width // cell + extra), 3)
+    picture = Image.fromarray(rng.integers(0, 256, grid, dtype=np.uint8)).resize((width, height), resample)
+    return picture.filter(ImageFilter.GaussianBlur(blur)) if blur else picture
+
+
+# photo() styles: unblurred bilinear noise on an 8-pixel grid; gently blurred noise on a 12-pixel grid.
+COARSE = {"cell": 8, "extra": 2, "resample": Image.BILINEAR, "blur": 0}
+SOFT = {"cell": 12, "blur": 1.5}
 
 
 def noise(width: int, height: int, seed: int, channels: int = 3) -> np.ndarray:
@@ -57,9 +73,14 @@ def colour(k: int) -> tuple[int, int, int]:
     return (10 + 35 * (k % 7), 10 + 35 * ((k // 7) % 7), 10 + 35 * (k // 49))
 
 
-def save_uniform(path: Path, rgb, size=(48, 36), fmt="JPEG") -> None:
+def save_image(path: Path, image: Image.Image, fmt: str = "JPEG", quality: int = 95) -> None:
+    """Saves ``image`` at ``path`` (folders made as needed); ``quality`` applies to JPEG only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, tuple(rgb)).save(path, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    image.save(path, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+
+
+def save_uniform(path: Path, rgb, size=(48, 36), fmt="JPEG") -> None:
+    save_image(path, Image.new("RGB", size, tuple(rgb)), fmt)
 
 
 def decoded_colour(path: Path) -> tuple[int, int, int]:
@@ -120,40 +141,75 @@ class FakeTree:
         return [r[0] for r in rows], np.array([r[1] for r in rows], np.int32), np.array([r[2] for r in rows], np.int32)
 
 
-class TreeWriter:
-    """Writes tree parts; each image gets the next well separated colour."""
+@dataclass(frozen=True)
+class Images:
+    """What the images of a tree look like.
 
-    def __init__(self):
-        self.next_colour = 0
+    Images are numbered k = ``first``, ``first`` + 1, ... in the order they are written.
+    Image k has size ``sizes[k % len(sizes)]`` and is the uniform ``colour(k)``, or with
+    ``photo`` set, ``photo(width, height, seed=k, **photo)``; it is saved as a JPEG of
+    ``quality``. With ``val_from``, val image n is not counted: its size is
+    ``sizes[n % len(sizes)]`` and its seed (or colour) ``val_from + n``. With ``repeat``,
+    every image is image ``first`` (a tree of copies of one picture).
+    """
+
+    sizes: tuple = tuple(TREE_SIZES)
+    photo: dict | None = None
+    quality: int = 95
+    first: int = 0
+    val_from: int | None = None
+    repeat: bool = False
+
+
+UNIFORM = Images()
+
+
+class TreeWriter:
+    """Writes tree parts, image after image as ``images`` describes (by default each image gets
+    the next well separated colour, kept in ``colours``)."""
+
+    def __init__(self, images: Images = UNIFORM):
+        self.images = images
+        self.next = images.first
         self.colours: dict[Path, tuple[int, int, int]] = {}
 
-    def image(self, path: Path) -> None:
-        rgb = colour(self.next_colour)
-        size = TREE_SIZES[self.next_colour % len(TREE_SIZES)]
-        self.next_colour += 1
-        save_uniform(path, rgb, size)
-        self.colours[path] = rgb
+    def image(self, path: Path, number: int | None = None) -> None:
+        """The next image, at ``path``; ``number``: that of a val image."""
+        spec = self.images
+        if number is not None and spec.val_from is not None:
+            k, seed = number, spec.val_from + number
+        else:
+            k = seed = self.next
+            self.next += not spec.repeat
+        size = spec.sizes[k % len(spec.sizes)]
+        if spec.photo is None:
+            self.colours[path] = colour(seed)
+            picture = Image.new("RGB", size, colour(seed))
+        else:
+            picture = photo(*size, seed=seed, **spec.photo)
+        save_image(path, picture, quality=spec.quality)
 
-    def train(self, data_dir: Path, counts: dict[str, int]) -> list[tuple[str, str]]:
-        """``counts[wnid]`` images named ``<wnid>_<k>.JPEG``, k = 1..n; returns sorted (wnid, rel)."""
+    def train(self, data_dir: Path, counts: dict[str, int], in_id_order: bool = False) -> list[tuple[str, str]]:
+        """``counts[wnid]`` images named ``<wnid>_<k>.JPEG``, k = 1..n, written class by class or, with
+        ``in_id_order``, in sorted-path order (that of the ids); returns sorted (wnid, rel)."""
         rows = []
         for w, n in counts.items():
             (data_dir / "train" / w).mkdir(parents=True, exist_ok=True)
-            for k in range(1, n + 1):
-                rel = f"{w}/{w}_{k}.JPEG"
-                self.image(data_dir / "train" / rel)
-                rows.append((w, rel))
-        return sorted(rows, key=lambda r: r[1])
+            rows += [(w, f"{w}/{w}_{k}.JPEG") for k in range(1, n + 1)]
+        rows_sorted = sorted(rows, key=lambda r: r[1])
+        for _, rel in rows_sorted if in_id_order else rows:
+            self.image(data_dir / "train" / rel)
+        return rows_sorted
 
     def val_flat(self, data_dir: Path, labels: dict[int, str]) -> None:
         (data_dir / "val").mkdir(parents=True, exist_ok=True)
         for number in labels:
-            self.image(data_dir / "val" / f"ILSVRC2012_val_{number:08d}.JPEG")
+            self.image(data_dir / "val" / f"ILSVRC2012_val_{number:08d}.JPEG", number)
 
     def val_sorted(self, data_dir: Path, labels: dict[int, str]) -> None:
         (data_dir / "val").mkdir(parents=True, exist_ok=True)
         for number, w in labels.items():
-            self.image(data_dir / "val" / w / f"ILSVRC2012_val_{number:08d}.JPEG")
+            self.image(data_dir / "val" / w / f"ILSVRC2012_val_{number:08d}.JPEG", number)
 
 
 def write_train_cls(path: Path, train: list[tuple[str, str]]) -> None:
@@ -165,9 +221,9 @@ def write_synset_mapping(path: Path, names: dict[str, str]) -> None:
     path.write_text("".join(f"{w} {names[w]}\n" for w in sorted(names)))
 
 
-def write_val_solution(path: Path, labels: dict[int, str]) -> None:
+def write_val_solution(path: Path, labels: dict[int, str], boxes=("1 2 30 40", "5 6 20 22")) -> None:
     # Kaggle's file is not sorted by image; rows carry the class once per box.
-    rows = [f"ILSVRC2012_val_{n:08d},{w} 1 2 30 40 {w} 5 6 20 22 \n" for n, w in labels.items()]
+    rows = [f"ILSVRC2012_val_{n:08d}," + "".join(f"{w} {box} " for box in boxes) + "\n" for n, w in labels.items()]
     path.write_text("ImageId,PredictionString\n" + "".join(reversed(rows)))
 
 
@@ -206,38 +262,48 @@ TRAIN_COUNTS = {A: 11, B: 3, C: 4, D: 2}
 VAL_LABELS = {1: B, 2: A, 3: D, 4: C, 5: A, 7: B, 8: C, 9: C, 12: A, 13: D}
 
 
-def kaggle_tree(root: Path, *, counts=None, val=None, names=None, train_cls=True, solution=True,
-                annotations=False, val_txt=True) -> FakeTree:
-    """The Kaggle / ILSVRC2017 layout described in the README."""
+def write_tree(root: Path, *, counts=None, val=None, kaggle=True, sorted_val=False, names=None,
+               train_cls=True, val_txt=True, solution=True, boxes=("1 2 30 40", "5 6 20 22"),
+               annotations=False, images: Images = UNIFORM, in_id_order=False) -> FakeTree:
+    """A tree at ``root``: ``counts[wnid]`` train images per class and val images ``val``
+    (number -> WNID), written as ``images`` says (``in_id_order``: train images numbered in
+    sorted-path order rather than class by class; val images follow, in ``val``'s order).
+
+    ``kaggle``: the Kaggle / ILSVRC2017 layout described in the README (data in
+    ``root/ILSVRC/Data/CLS-LOC``; ``train_cls.txt``, ``val.txt``, ``LOC_synset_mapping.txt``
+    of ``names``, ``LOC_val_solution.csv`` with ``boxes`` per row, and val annotations as
+    asked); otherwise just ``root/train`` and ``root/val``, no label files. ``sorted_val``
+    puts val images in class folders.
+    """
     counts = TRAIN_COUNTS if counts is None else counts
     val = VAL_LABELS if val is None else val
-    names = NAMES if names is None else names
-    data_dir = root / "ILSVRC" / "Data" / "CLS-LOC"
-    writer = TreeWriter()
-    train = writer.train(data_dir, counts)
-    writer.val_flat(data_dir, val)
-    sets = root / "ILSVRC" / "ImageSets" / "CLS-LOC"
-    if train_cls:
-        write_train_cls(sets / "train_cls.txt", train)
-    if val_txt:
-        sets.mkdir(parents=True, exist_ok=True)
-        (sets / "val.txt").write_text("".join(f"ILSVRC2012_val_{n:08d} {n}\n" for n in sorted(val)))
-    write_synset_mapping(root / "LOC_synset_mapping.txt", names)
-    if solution:
-        write_val_solution(root / "LOC_val_solution.csv", val)
-    if annotations:
-        write_annotations(root / "ILSVRC" / "Annotations" / "CLS-LOC" / "val", val)
+    data_dir = root / "ILSVRC" / "Data" / "CLS-LOC" if kaggle else root
+    writer = TreeWriter(images)
+    train = writer.train(data_dir, counts, in_id_order)
+    (writer.val_sorted if sorted_val else writer.val_flat)(data_dir, val)
+    if kaggle:
+        sets = root / "ILSVRC" / "ImageSets" / "CLS-LOC"
+        if train_cls:
+            write_train_cls(sets / "train_cls.txt", train)
+        if val_txt:
+            sets.mkdir(parents=True, exist_ok=True)
+            (sets / "val.txt").write_text("".join(f"ILSVRC2012_val_{n:08d} {n}\n" for n in sorted(val)))
+        write_synset_mapping(root / "LOC_synset_mapping.txt", NAMES if names is None else names)
+        if solution:
+            write_val_solution(root / "LOC_val_solution.csv", val, boxes)
+        if annotations:
+            write_annotations(root / "ILSVRC" / "Annotations" / "CLS-LOC" / "val", val)
     return FakeTree(root, data_dir, train, dict(val), writer.colours)
+
+
+def kaggle_tree(root: Path, **options) -> FakeTree:
+    """The Kaggle / ILSVRC2017 layout described in the README (``write_tree``'s options)."""
+    return write_tree(root, **options)
 
 
 def plain_tree(data_dir: Path, *, counts=None, val=None, sorted_val=False) -> FakeTree:
     """Just ``train/`` and ``val/`` (flat or sorted into class folders), no label files."""
-    counts = TRAIN_COUNTS if counts is None else counts
-    val = VAL_LABELS if val is None else val
-    writer = TreeWriter()
-    train = writer.train(data_dir, counts)
-    (writer.val_sorted if sorted_val else writer.val_flat)(data_dir, val)
-    return FakeTree(data_dir, data_dir, train, dict(val), writer.colours)
+    return write_tree(data_dir, counts=counts, val=val, kaggle=False, sorted_val=sorted_val)
 
 
 def write_list(path: Path, wnids) -> Path:

@@ -1,6 +1,6 @@
 """Choose what goes in: per-class sampling, holdout, label groups, rest, --classes/--search, squash, nchw.
 
-This file writes its own small Kaggle-layout tree (``_write_tree``): eleven
+The tree is a small Kaggle-layout one from ``helpers.write_tree`` (``_write_tree``): eleven
 classes with real ImageNet names (several contain "dog", "tiger" or "fish" so
 that name matching has something to decide), photo-like JPEGs of varied sizes,
 ``train_cls.txt`` (ids are line numbers over every class), a flat ``val/`` with
@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import packer
-from helpers import assert_one_error_line, run_main
+from helpers import COARSE, Images, assert_one_error_line, reference_transform, run_main, write_tree
 from packer import BuildOptions, UserError
 from packer.plan import plan_build
 from packer.subset import read_subset_list
@@ -67,39 +67,24 @@ class Tree:
         return [v for v in self.val if v[1] in wnids]
 
 
-def _photo(size, seed: int) -> Image.Image:
-    width, height = size
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((width, height), Image.BILINEAR)
+def _val_labels() -> dict[int, str]:
+    """Val numbers with gaps, classes interleaved: number -> WNID, in number order."""
+    owners = [w for w in ALL for _ in range(VAL_COUNTS[w])]
+    labels, number = {}, 0
+    for k in np.random.default_rng(7).permutation(len(owners)):
+        number += 1 + (k % 3 == 0)
+        labels[number] = owners[k]
+    return labels
 
 
 def _write_tree(root: Path) -> Tree:
-    data_dir = root / "ILSVRC" / "Data" / "CLS-LOC"
-    rels = sorted(f"{w}/{w}_{k}.JPEG" for w, n in TRAIN_COUNTS.items() for k in range(1, n + 1))
-    train = []
-    for i, rel in enumerate(rels, start=1):
-        path = data_dir / "train" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _photo(SIZES[i % len(SIZES)], seed=i).save(path, "JPEG", quality=90)
-        train.append((i, rel.split("/")[0], rel))
-    sets = root / "ILSVRC" / "ImageSets" / "CLS-LOC"
-    sets.mkdir(parents=True)
-    (sets / "train_cls.txt").write_text("".join(f"{rel[:-5]} {i}\n" for i, _, rel in train))
-    # val numbers with gaps, classes interleaved
-    owners = [w for w in ALL for _ in range(VAL_COUNTS[w])]
-    order = np.random.default_rng(7).permutation(len(owners))
-    val, number = [], 0
-    (data_dir / "val").mkdir(parents=True)
-    for k in order:
-        number += 1 + (k % 3 == 0)
-        name = f"ILSVRC2012_val_{number:08d}.JPEG"
-        _photo(SIZES[number % len(SIZES)], seed=1000 + number).save(data_dir / "val" / name, "JPEG", quality=90)
-        val.append((number, owners[k], name))
-    (root / "LOC_val_solution.csv").write_text(
-        "ImageId,PredictionString\n" + "".join(f"{name[:-5]},{w} 1 2 20 20 \n" for _, w, name in reversed(val)))
-    (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} {NAMES[w]}\n" for w in ALL))
-    return Tree(root, data_dir, train, val)
+    """Train image i (its id) is photo i of size ``SIZES[i % 7]``, val image n photo 1000 + n of ``SIZES[n % 7]``."""
+    images = Images(sizes=tuple(SIZES), photo=COARSE, quality=90, first=1, val_from=1000)
+    written = write_tree(root, counts=TRAIN_COUNTS, val=_val_labels(), names=NAMES, val_txt=False,
+                         boxes=("1 2 20 20",), images=images, in_id_order=True)
+    train = [(i, w, rel) for i, (w, rel) in enumerate(written.train, start=1)]
+    val = [(n, w, f"ILSVRC2012_val_{n:08d}.JPEG") for n, w in written.val.items()]
+    return Tree(root, written.data_dir, train, val)
 
 
 @pytest.fixture(scope="module")
@@ -547,16 +532,6 @@ def _paths(tree, split, ids):
     return [tree.data_dir / "val" / rel[int(i)] for i in ids]
 
 
-def _exact(path, resize, crop):
-    img = Image.open(path).convert("RGB")
-    w, h = img.size
-    size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
-    if size != (w, h):
-        img = img.resize(size, Image.BILINEAR)
-    top, left = int(round((size[1] - crop) / 2.0)), int(round((size[0] - crop) / 2.0))
-    return np.asarray(img.crop((left, top, left + crop, top + crop)))
-
-
 def test_squash_is_a_box_resize_of_the_whole_image(tree, tmp_path):
     result = _build(tree, _list(tmp_path, "\n".join(TRANSFORM_LIST)), tmp_path / "out", resize="squash",
                     crop_size=16, resize_size=8)  # resize_size is unused by squash (and may be smaller)
@@ -592,7 +567,7 @@ def test_resize_72_crop_64_is_the_exact_rule(tree, tmp_path):
         paths = _paths(tree, split, data[f"{split}_id"])
         assert data[f"X_{split}"].shape == (len(paths), 64, 64, 3)
         for row, path in zip(data[f"X_{split}"], paths):
-            np.testing.assert_array_equal(row, _exact(path, 72, 64), err_msg=str(path))
+            np.testing.assert_array_equal(row, reference_transform(path, 72, 64), err_msg=str(path))
 
 
 def test_defaults_are_unchanged_by_unset_sampling_options(tree, tmp_path):
@@ -620,7 +595,7 @@ def test_defaults_are_unchanged_by_unset_sampling_options(tree, tmp_path):
         paths = _paths(tree, split, [t[0] for t in items])
         assert data[f"X_{split}"].shape == (len(paths), 224, 224, 3)
         for row, path in zip(data[f"X_{split}"], paths):
-            np.testing.assert_array_equal(row, _exact(path, 256, 224), err_msg=str(path))
+            np.testing.assert_array_equal(row, reference_transform(path, 256, 224), err_msg=str(path))
     rows = _metadata(default.metadata)
     assert list(rows[0]) == ["subset_label", "WNID", "human_label", "original_label", "imagenet_index",
                              "num_train_images", "num_val_images"]

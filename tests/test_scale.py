@@ -1,7 +1,7 @@
 """Scale and survive: Dask backend, shards, --resume after SIGKILL, Ctrl-C, unreadable images
 (--on_error), full disk and unwritable output, the transform on any image, many workers.
 
-Trees are written by this file's own builder (``_write_tree``): ``train/<wnid>/``
+Trees come from ``helpers.write_tree`` (through ``_write_tree``): ``train/<wnid>/``
 and ``val/<wnid>/`` folders (no label files, so ids follow the sorted listing),
 photo-like JPEGs of varied sizes, every image different.
 """
@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import packer
-from helpers import PYTHON, REPO, assert_one_error_line, files_in, run_main, sha256, subprocess_env
+from helpers import (COARSE, PYTHON, REPO, Images, assert_one_error_line, files_in, photo, reference_transform,
+                     run_main, save_image, sha256, subprocess_env, write_list, write_tree)
 from packer import BuildOptions, UserError
 from packer.loading import ShardedArray
 from packer.transform import TransformSpec, transform_image
@@ -40,32 +41,14 @@ SMALL = {"resize_size": 32, "crop_size": 24}
 
 # --------------------------------------------------------------------------- builder
 
-def _photo(size, seed: int) -> Image.Image:
-    width, height = size
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((width, height), Image.BILINEAR)
-
-
 def _write_tree(root: Path, train: dict, val: dict, sizes=SIZES, quality=90) -> Path:
-    """``train[wnid]`` / ``val[wnid]`` images per class; returns the data_dir (also writes root/list.txt)."""
-    data_dir = root / "data"
-    k = 0
-    for wnid, count in train.items():
-        (data_dir / "train" / wnid).mkdir(parents=True)
-        for i in range(count):
-            k += 1
-            _photo(sizes[k % len(sizes)], k).save(data_dir / "train" / wnid / f"{wnid}_{i + 1}.JPEG", quality=quality)
-    number = 0
-    for wnid, count in val.items():
-        (data_dir / "val" / wnid).mkdir(parents=True)
-        for _ in range(count):
-            number += 1
-            k += 1
-            _photo(sizes[k % len(sizes)], k).save(data_dir / "val" / wnid / f"ILSVRC2012_val_{number:08d}.JPEG",
-                                                  quality=quality)
-    (root / "list.txt").write_text("".join(w + "\n" for w in train))
-    return data_dir
+    """``train[wnid]`` / ``val[wnid]`` images per class (val numbered 1, 2, ... in that order), image k
+    (from 1, train then val) a photo of seed k; returns the data_dir (also writes root/list.txt)."""
+    labels = dict(enumerate((wnid for wnid, count in val.items() for _ in range(count)), start=1))
+    images = Images(sizes=tuple(sizes), photo=COARSE, quality=quality, first=1)
+    tree = write_tree(root / "data", counts=train, val=labels, kaggle=False, sorted_val=True, images=images)
+    write_list(root / "list.txt", train)
+    return tree.data_dir
 
 
 A, B, C = "n01440764", "n01443537", "n01491361"
@@ -298,7 +281,7 @@ def big(module_tmp_path_factory):
     large = []
     for k, size in enumerate([(1600, 1200), (1200, 1600), (1400, 1400)]):
         large.append(root / f"large{k}.JPEG")
-        _photo(size, 1000 + k).save(large[-1], quality=90)
+        save_image(large[-1], photo(*size, seed=1000 + k, **COARSE), quality=90)
     for k, path in enumerate(sorted((data_dir / "train").rglob("*.JPEG"))):
         path.unlink()
         os.link(large[k % 3], path)
@@ -662,20 +645,6 @@ FORMATS = {"RGB": ["JPEG", "PNG"], "L": ["JPEG", "PNG"], "CMYK": ["JPEG"]}  # th
 BYTES_PER_PIXEL = {"RGB": 3, "L": 1, "CMYK": 4, "RGBA": 4, "P": 1, "LA": 2, "I;16": 2}
 
 
-def _expected_transform(path, resize: int, crop: int) -> np.ndarray:
-    img = Image.open(path).convert("RGB")
-    w, h = img.size
-    if w <= h:
-        size = (resize, int(resize * h / w))
-    else:
-        size = (int(resize * w / h), resize)
-    if size != (w, h):
-        img = img.resize(size, Image.BILINEAR)
-    top = int(round((size[1] - crop) / 2.0))
-    left = int(round((size[0] - crop) / 2.0))
-    return np.asarray(img.crop((left, top, left + crop, top + crop)))
-
-
 @pytest.fixture(scope="module")
 def scratch(module_tmp_path_factory):
     return module_tmp_path_factory.mktemp("hypothesis")
@@ -707,7 +676,7 @@ def test_transform_image_matches_the_rule_for_any_image(scratch, case):
     path.write_bytes(buffer.getvalue())
     out = transform_image(str(path), TransformSpec(resize, crop))
     assert out.shape == (crop, crop, 3) and out.dtype == np.uint8
-    np.testing.assert_array_equal(out, _expected_transform(path, resize, crop))
+    np.testing.assert_array_equal(out, reference_transform(path, resize, crop))
 
 
 # --------------------------------------------------------------------------- 7. more workers than cores

@@ -1,6 +1,6 @@
 """Share and use subsets: deterministic bytes, the manifest, verify, info, recipe rebuild, load, preview.
 
-The trees are written by this file's own small builder (``_write_tree``): the
+The trees come from ``helpers.write_tree`` (through ``_write_tree``): the
 Kaggle layout, four classes A, B, C, D of which the subset lists C, A, B (not
 sorted, D left out; D sorts between A and B so its images shift the ids), with
 photo-like pictures (blurred noise) of varied sizes. The subset has 75 train
@@ -8,7 +8,6 @@ and 36 val rows, so each split spans several 32-row chunks and the worker
 count has something to split.
 """
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -21,22 +20,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image
 
 import packer
+from helpers import (KEYS, NAMES, PREFIX, SOFT, SUBSET, A, B, C, D, Images, build, photo, read_npz, run_main,
+                     save_image, sha256, write_tree)
 from packer import UserError
-from packer.cli import main
 from packer.preview import contact_sheet, write_preview
 from packer.recipe import rebuild_from_recipe
 from packer.checking import info, verify
 
-PREFIX = "imagenet-subset: error:"
-KEYS = ["X_train", "y_train", "train_id", "X_val", "y_val", "val_id"]
-
-A, B, C, D = "n01440764", "n02102040", "n03000684", "n01530575"
-NAMES = {A: "tench, Tinca tinca", B: "English springer, English springer spaniel",
-         C: "chain saw, chainsaw", D: "brambling, Fringilla montifringilla"}
-SUBSET = [C, A, B]
+# A, B, C, D, NAMES and SUBSET (C, A, B) are those of helpers
 TRAIN_COUNTS = {A: 30, B: 20, C: 25, D: 3}  # 75 subset rows: chunks of 32, 32, 11
 VAL_NUMBERS = [n for n in range(1, 56) if n % 7]  # gaps at multiples of 7
 VAL_LABELS = {n: [B, A, D, C][n % 4] for n in VAL_NUMBERS}  # 36 subset rows: chunks of 32, 4
@@ -46,16 +40,8 @@ THUMB, GAP, LABEL_WIDTH = 112, 4, 260
 
 # --------------------------------------------------------------------------- builder
 
-def _photo(width: int, height: int, seed: int) -> Image.Image:
-    """A smooth photo-like RGB picture: upscaled blurred noise, different for every seed."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (max(2, height // 12), max(2, width // 12), 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((width, height), Image.BICUBIC).filter(ImageFilter.GaussianBlur(1.5))
-
-
-def _save_photo(path: Path, k: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _photo(*SIZES[k % len(SIZES)], seed=k).save(path, "JPEG", quality=92)
+# image k (train images in sorted-path order, then val): a soft photo of seed k and size SIZES[k % 8]
+IMAGES = Images(sizes=tuple(SIZES), photo=SOFT, quality=92)
 
 
 class Tree:
@@ -79,38 +65,9 @@ class Tree:
 
 
 def _write_tree(root: Path) -> Tree:
-    tree = Tree(root)
-    k = 0
-    for rel in tree.all_train:
-        _save_photo(tree.data_dir / "train" / rel, k)
-        k += 1
-    for n in VAL_NUMBERS:
-        _save_photo(tree.data_dir / "val" / f"ILSVRC2012_val_{n:08d}.JPEG", k)
-        k += 1
-    sets = root / "ILSVRC" / "ImageSets" / "CLS-LOC"
-    sets.mkdir(parents=True)
-    (sets / "train_cls.txt").write_text("".join(f"{rel[:-5]} {i}\n" for i, rel in enumerate(tree.all_train, 1)))
-    (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} {NAMES[w]}\n" for w in sorted(NAMES)))
-    (root / "LOC_val_solution.csv").write_text(
-        "ImageId,PredictionString\n"
-        + "".join(f"ILSVRC2012_val_{n:08d},{w} 1 2 30 40 \n" for n, w in reversed(VAL_LABELS.items())))
-    return tree
-
-
-def _build(class_list, data_dir, out_dir, **options):
-    options.setdefault("workers", 1)
-    options.setdefault("progress", False)
-    return packer.build_subset(str(class_list), data_dir=str(data_dir), out_dir=str(out_dir), **options)
-
-
-def _sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+    write_tree(root, counts=TRAIN_COUNTS, val=VAL_LABELS, names=NAMES, val_txt=False, boxes=("1 2 30 40",),
+               images=IMAGES, in_id_order=True)
+    return Tree(root)
 
 
 def _one_error_line(err: str, *needles) -> str:
@@ -153,12 +110,6 @@ def _flip_byte(path: Path, offset: int) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-def _read_npz(path) -> dict:
-    with np.load(path) as z:
-        assert z.files == KEYS
-        return {k: z[k] for k in z.files}
-
-
 # --------------------------------------------------------------------------- shared fixtures
 
 @pytest.fixture(scope="module")
@@ -182,12 +133,12 @@ def class_list(share_root):
 @pytest.fixture(scope="module")
 def built(tree, class_list, share_root):
     """The stored archive built with one worker (never modified by the tests)."""
-    return _build(class_list, tree.data_dir, share_root / "out_w1")
+    return build(class_list, tree.data_dir, share_root / "out_w1")
 
 
 @pytest.fixture(scope="module")
 def built_compressed(tree, class_list, share_root):
-    return _build(class_list, tree.data_dir, share_root / "out_z_w1", compress=True)
+    return build(class_list, tree.data_dir, share_root / "out_z_w1", compress=True)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +149,7 @@ def manifest(built):
 def test_the_tree_spans_several_chunks(built, tree):
     """The worker-count tests below only mean something if each split is cut into several chunks."""
     assert built.counts == {"train": 75, "val": 36}
-    z = _read_npz(built.archive)
+    z = read_npz(built.archive)
     paths, labels, ids = tree.train_rows()
     assert z["y_train"].tolist() == labels and z["train_id"].tolist() == ids
     paths, labels, ids = tree.val_rows()
@@ -213,25 +164,25 @@ def test_the_tree_spans_several_chunks(built, tree):
 @pytest.mark.parametrize("compress", [False, True], ids=["stored", "compressed"])
 def test_bytes_do_not_depend_on_worker_count(tree, class_list, share_root, built, built_compressed, compress):
     first = built_compressed if compress else built
-    reference = (_sha256(first.archive), _sha256(first.metadata))
+    reference = (sha256(first.archive), sha256(first.metadata))
     assert first.sha256 == reference[0]
     for workers in (2, 3):
-        result = _build(class_list, tree.data_dir, share_root / f"out_{'z' if compress else 's'}_w{workers}",
+        result = build(class_list, tree.data_dir, share_root / f"out_{'z' if compress else 's'}_w{workers}",
                         compress=compress, workers=workers)
-        assert (_sha256(result.archive), _sha256(result.metadata)) == reference, f"workers={workers}"
+        assert (sha256(result.archive), sha256(result.metadata)) == reference, f"workers={workers}"
         assert result.sha256 == reference[0]
     # the same build again with one worker: also identical
-    again = _build(class_list, tree.data_dir, share_root / f"out_{'z' if compress else 's'}_again", compress=compress)
-    assert (_sha256(again.archive), _sha256(again.metadata)) == reference
+    again = build(class_list, tree.data_dir, share_root / f"out_{'z' if compress else 's'}_again", compress=compress)
+    assert (sha256(again.archive), sha256(again.metadata)) == reference
 
 
 def test_compressed_archive_differs_from_stored_and_holds_the_same_arrays(built, built_compressed):
-    assert _sha256(built.archive) != _sha256(built_compressed.archive)
+    assert sha256(built.archive) != sha256(built_compressed.archive)
     assert built_compressed.archive.stat().st_size < built.archive.stat().st_size
     with zipfile.ZipFile(built_compressed.archive) as z:
         assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
         assert z.testzip() is None
-    stored, deflated = _read_npz(built.archive), _read_npz(built_compressed.archive)
+    stored, deflated = read_npz(built.archive), read_npz(built_compressed.archive)
     for key in KEYS:
         assert np.array_equal(stored[key], deflated[key]), key
     assert built.metadata.read_bytes() == built_compressed.metadata.read_bytes()
@@ -283,7 +234,7 @@ def test_manifest_options_of_a_compressed_build(built_compressed):
     manifest = json.loads(built_compressed.manifest.read_text(encoding="utf-8"))
     assert manifest["options"]["compress"] is True
     assert manifest["files"]["archive"] == {"file": "mine_cls.npz", "bytes": built_compressed.archive.stat().st_size,
-                                            "sha256": _sha256(built_compressed.archive)}
+                                            "sha256": sha256(built_compressed.archive)}
 
 
 def test_manifest_input_names_label_files_only(manifest):
@@ -302,7 +253,7 @@ def test_manifest_holds_no_absolute_path(manifest, share_root):
 
 
 def test_manifest_splits_and_sources_match_the_arrays(built, manifest, tree):
-    z = _read_npz(built.archive)
+    z = read_npz(built.archive)
     assert list(manifest["splits"]) == ["train", "val"]
     assert list(manifest["sources"]) == ["train", "val"]
     expected_rows = {"train": tree.train_rows(), "val": tree.val_rows()}
@@ -322,7 +273,7 @@ def test_manifest_splits_and_sources_match_the_arrays(built, manifest, tree):
 
 
 def test_manifest_train_statistics(built, manifest):
-    X = _read_npz(built.archive)["X_train"].reshape(-1, 3).astype(np.float64)
+    X = read_npz(built.archive)["X_train"].reshape(-1, 3).astype(np.float64)
     stats = manifest["X_train_stats"]
     assert set(stats) == {"mean", "std"}
     np.testing.assert_allclose(stats["mean"], X.mean(axis=0), rtol=0, atol=1e-3)
@@ -354,9 +305,9 @@ def test_channel_sums_are_exact_in_both_accumulators():
 def test_manifest_files_and_build_records(built, manifest):
     files = manifest["files"]
     assert files["archive"] == {"file": "mine_cls.npz", "bytes": built.archive.stat().st_size,
-                                "sha256": _sha256(built.archive)}
+                                "sha256": sha256(built.archive)}
     assert files["metadata"] == {"file": "mine_cls_metadata.csv", "bytes": built.metadata.stat().st_size,
-                                 "sha256": _sha256(built.metadata)}
+                                 "sha256": sha256(built.metadata)}
     assert built.sha256 == files["archive"]["sha256"]
     record = manifest["build"]
     assert isinstance(record["seconds"], (int, float)) and record["seconds"] > 0
@@ -369,7 +320,7 @@ def test_manifest_files_and_build_records(built, manifest):
 # --------------------------------------------------------------------------- 3. verify
 
 def _verify_cli(archive, capsys):
-    code, out, err = _cli(["verify", archive], capsys)
+    code, out, err = run_main(["verify", archive], capsys)
     assert "Traceback" not in out + err
     lines = out.rstrip("\n").split("\n")
     return code, lines, err
@@ -418,7 +369,7 @@ def test_verify_damaged_compressed_archive_reports_without_traceback(built_compr
     with zipfile.ZipFile(archive) as z:
         zinfo = z.getinfo("X_train.npy")
     _flip_byte(archive, zinfo.header_offset + 30 + len("X_train.npy") + zinfo.compress_size // 2)
-    code, out, err = _cli(["verify", archive], capsys)
+    code, out, err = run_main(["verify", archive], capsys)
     assert "Traceback" not in out + err
     assert code == 1
     assert f"FAIL: {archive}: SHA-256 differs from the manifest: the file was changed or damaged" in out.splitlines()
@@ -465,7 +416,7 @@ def test_verify_missing_archive_is_one_error_line(tmp_path, capsys):
     missing = tmp_path / "nothing_cls.npz"
     with pytest.raises(UserError, match=re.escape(str(missing))):
         verify(missing)
-    code, out, err = _cli(["verify", missing], capsys)
+    code, out, err = run_main(["verify", missing], capsys)
     assert code == 1 and out == ""
     _one_error_line(err, missing)
 
@@ -482,7 +433,7 @@ def test_info_lists_arrays_classes_and_sha(built, manifest, capsys):
                       "train_id": ["int32", "(75,)"], "X_val": ["uint8", "(36, 224, 224, 3)"],
                       "y_val": ["int32", "(36,)"], "val_id": ["int32", "(36,)"]}
     sha_lines = [line for line in lines if line.startswith("sha256: ")]
-    assert len(sha_lines) == 1 and sha_lines[0].split()[1] == manifest["files"]["archive"]["sha256"] == _sha256(
+    assert len(sha_lines) == 1 and sha_lines[0].split()[1] == manifest["files"]["archive"]["sha256"] == sha256(
         built.archive)
     assert "from the manifest" in sha_lines[0]
     counts = {C: (25, 12), A: (30, 12), B: (20, 12)}
@@ -496,7 +447,7 @@ def test_info_lists_arrays_classes_and_sha(built, manifest, capsys):
         tokens = line.split()
         assert tokens[0] == str(label) and tokens[1] == wnid
         assert tokens[-2:] == [str(n) for n in counts[wnid]]
-    code, out, err = _cli(["info", built.archive], capsys)
+    code, out, err = run_main(["info", built.archive], capsys)
     assert code == 0 and err == "" and out == text + "\n"
 
 
@@ -506,15 +457,8 @@ def _rchar() -> int:
 
 def _single_class_tree(data_dir: Path, n_train: int, n_val: int) -> None:
     """One class, the same small picture ``n_train`` + ``n_val`` times; val sorted into a class folder."""
-    picture = data_dir.parent / "one.JPEG"
-    data_dir.mkdir(parents=True)
-    _photo(64, 48, seed=7).save(picture, "JPEG", quality=90)
-    (data_dir / "train" / A).mkdir(parents=True)
-    (data_dir / "val" / A).mkdir(parents=True)
-    for k in range(1, n_train + 1):
-        shutil.copyfile(picture, data_dir / "train" / A / f"{A}_{k}.JPEG")
-    for n in range(1, n_val + 1):
-        shutil.copyfile(picture, data_dir / "val" / A / f"ILSVRC2012_val_{n:08d}.JPEG")
+    write_tree(data_dir, counts={A: n_train}, val=dict.fromkeys(range(1, n_val + 1), A), kaggle=False,
+               sorted_val=True, images=Images(sizes=((64, 48),), photo=SOFT, quality=90, first=7, repeat=True))
 
 
 @pytest.mark.skipif(not Path("/proc/self/io").is_file(), reason="needs /proc/self/io")
@@ -525,7 +469,7 @@ def test_info_reads_only_headers(tmp_path):
     for scale in (1, 4):
         data_dir = tmp_path / f"tree{scale}" / "CLS-LOC"
         _single_class_tree(data_dir, 140 * scale, 4 * scale)
-        archives.append(_build(class_list, data_dir, tmp_path / f"out{scale}").archive)
+        archives.append(build(class_list, data_dir, tmp_path / f"out{scale}").archive)
     small, big = archives
     assert small.stat().st_size >= 20e6 and big.stat().st_size >= 4 * small.stat().st_size - 1e6
     info(small)  # warm up: first-use imports (pandas, ...) read files too
@@ -560,14 +504,14 @@ def test_recipe_rebuild_on_a_copy_is_identical(built, tree_b, tmp_path, capsys):
     assert report.metadata_matches is True
     assert report.differing_images == ()
     assert report.result.archive == tmp_path / "other" / "mine_cls.npz"
-    assert report.result.sha256 == _sha256(report.result.archive) == _sha256(built.archive)
-    assert _sha256(report.result.metadata) == _sha256(built.metadata)
-    code, out, err = _cli(["build", "--recipe", built.manifest, "--data_dir", tree_b.data_dir,
+    assert report.result.sha256 == sha256(report.result.archive) == sha256(built.archive)
+    assert sha256(report.result.metadata) == sha256(built.metadata)
+    code, out, err = run_main(["build", "--recipe", built.manifest, "--data_dir", tree_b.data_dir,
                            "--out_dir", tmp_path / "cli", "--workers", "1", "--quiet"], capsys)
     assert code == 0, err
     assert "Traceback" not in err
-    assert f"identical to the recipe (sha256 {_sha256(built.archive)})" in out
-    assert _sha256(tmp_path / "cli" / "mine_cls.npz") == _sha256(built.archive)
+    assert f"identical to the recipe (sha256 {sha256(built.archive)})" in out
+    assert sha256(tmp_path / "cli" / "mine_cls.npz") == sha256(built.archive)
 
 
 def test_recipe_rebuild_names_a_missing_image(built, tree_b, tmp_path, capsys):
@@ -579,7 +523,7 @@ def test_recipe_rebuild_names_a_missing_image(built, tree_b, tmp_path, capsys):
                             workers=1, progress=False)
     assert gone in str(raised.value)
     assert "1 images of the recipe are missing" in str(raised.value)
-    code, out, err = _cli(["build", "--recipe", built.manifest, "--data_dir", tree_b.data_dir,
+    code, out, err = run_main(["build", "--recipe", built.manifest, "--data_dir", tree_b.data_dir,
                            "--out_dir", tmp_path / "cli", "--workers", "1", "--quiet"], capsys)
     assert code == 1 and out == ""
     _one_error_line(err, gone)
@@ -588,14 +532,14 @@ def test_recipe_rebuild_names_a_missing_image(built, tree_b, tmp_path, capsys):
 
 def test_recipe_rebuild_names_a_changed_image(built, tree_b, tmp_path, capsys):
     changed = f"val/{tree_b.val_rows()[0][5]}"
-    _photo(70, 50, seed=999).save(tree_b.data_dir / changed, "JPEG", quality=92)
+    save_image(tree_b.data_dir / changed, photo(70, 50, seed=999, **SOFT), quality=92)
     report = rebuild_from_recipe(built.manifest, str(tree_b.data_dir), out_dir=str(tmp_path / "other"),
                                  workers=1, progress=False)
     assert report.archive_matches is False
     assert report.differing_images == (changed,)
     assert report.metadata_matches is True
-    assert report.result.sha256 != _sha256(built.archive)
-    code, out, err = _cli(["build", "--recipe", built.manifest, "--data_dir", tree_b.data_dir,
+    assert report.result.sha256 != sha256(built.archive)
+    code, out, err = run_main(["build", "--recipe", built.manifest, "--data_dir", tree_b.data_dir,
                            "--out_dir", tmp_path / "cli", "--workers", "1", "--quiet"], capsys)
     assert code == 1
     assert "Traceback" not in err
@@ -605,7 +549,7 @@ def test_recipe_rebuild_names_a_changed_image(built, tree_b, tmp_path, capsys):
 # --------------------------------------------------------------------------- 6. load
 
 def test_load_memory_maps_stored_arrays(built):
-    reference = _read_npz(built.archive)
+    reference = read_npz(built.archive)
     data = packer.load(built.archive, mmap=True)
     assert list(data.keys()) == KEYS
     for key in ("X_train", "X_val"):
@@ -621,7 +565,7 @@ def test_load_memory_maps_stored_arrays(built):
 
 
 def test_load_without_mmap_gives_plain_arrays(built):
-    reference = _read_npz(built.archive)
+    reference = read_npz(built.archive)
     data = packer.load(built.archive, mmap=False)
     for key in KEYS:
         assert type(data[key]) is np.ndarray, key
@@ -629,7 +573,7 @@ def test_load_without_mmap_gives_plain_arrays(built):
 
 
 def test_load_compressed_archive(built, built_compressed):
-    reference = _read_npz(built.archive)
+    reference = read_npz(built.archive)
     data = packer.load(built_compressed.archive)
     for key in KEYS:
         assert not isinstance(data[key], np.memmap), key
@@ -655,7 +599,7 @@ def _tile(X, row) -> np.ndarray:
 
 
 def _check_sheet(sheet: Image.Image, archive, split: str, labels: list[int], per_class: int) -> None:
-    z = _read_npz(archive)
+    z = read_npz(archive)
     X, y = z[f"X_{split}"], z[f"y_{split}"]
     assert sheet.mode == "RGB"
     assert sheet.size == (LABEL_WIDTH + per_class * (THUMB + GAP) + GAP, len(labels) * (THUMB + GAP) + GAP)
@@ -695,7 +639,8 @@ def test_write_preview_and_cli(built, tmp_path, capsys):
     with Image.open(output) as image:
         _check_sheet(image.convert("RGB"), built.archive, "train", [0, 2], 3)
     out_png = tmp_path / "cli.png"
-    code, out, err = _cli(["preview", built.archive, "-o", out_png, "--per_class", "3", "--classes", f"0,{B}"], capsys)
+    code, out, err = run_main(["preview", built.archive, "-o", out_png, "--per_class", "3", "--classes", f"0,{B}"],
+                              capsys)
     assert code == 0 and err == ""
     assert out == f"wrote {out_png}\n"
     with Image.open(out_png) as image:
@@ -705,10 +650,10 @@ def test_write_preview_and_cli(built, tmp_path, capsys):
 
 def test_preview_cli_errors(built, tmp_path, capsys):
     out_png = tmp_path / "bad.png"
-    code, out, err = _cli(["preview", built.archive, "-o", out_png, "--classes", "0,n09999999"], capsys)
+    code, out, err = run_main(["preview", built.archive, "-o", out_png, "--classes", "0,n09999999"], capsys)
     assert code == 1 and out == ""
     _one_error_line(err, "n09999999")
-    code, out, err = _cli(["preview", built.archive, "-o", out_png, "--split", "test"], capsys)
+    code, out, err = run_main(["preview", built.archive, "-o", out_png, "--split", "test"], capsys)
     assert code == 1 and out == ""
     _one_error_line(err, "'test'")
     assert not out_png.exists()
