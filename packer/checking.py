@@ -61,6 +61,11 @@ def read_manifest(path: str | Path) -> dict:
     if version > MANIFEST_VERSION:
         raise UserError(f"{path} is a version {version} manifest, newer than this imagenet-subset reads "
                         f"(version {MANIFEST_VERSION}); update imagenet-subset to read it")
+    lacking = [key for key, kind in (("options", dict), ("classes", list), ("splits", dict), ("files", dict),
+                                     ("sources", dict)) if not isinstance(manifest.get(key), kind)]
+    if lacking or not isinstance(manifest["files"].get("metadata"), dict):
+        raise UnreadableManifest(f"{path} lacks {', '.join(lacking or ['files.metadata'])}: it is not a complete "
+                                 "manifest; rebuild the archive")
     return manifest
 
 
@@ -138,6 +143,8 @@ def _archives_of(path: Path, manifest: dict | None) -> list[tuple[Path, dict | N
 def verify(path: str | Path) -> list[str]:
     """Every problem found with the archive (or sharded set) at ``path``; an empty list: all checks hold."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; pass an archive (*_cls.npz) or a shard index (*_cls.index.json)")
     if not path.is_file():
         raise UserError(f"{path} does not exist; build it first or check the path")
     problems = []

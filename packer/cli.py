@@ -147,6 +147,9 @@ def _demo(argv: list[str]) -> int:
     from .demo import IMAGENETTE, write_sample_tree
     from .loading import load
 
+    if args.dir and Path(args.dir).exists() and (not Path(args.dir).is_dir() or any(Path(args.dir).iterdir())):
+        raise UserError(f"--dir {args.dir} is not an empty folder; the demo writes a whole tree there, so give a new "
+                        "or empty folder")
     with tempfile.TemporaryDirectory(prefix="imagenet-subset-demo-") as scratch:
         root = Path(args.dir or scratch)
         data_dir = write_sample_tree(root)
@@ -156,6 +159,8 @@ def _demo(argv: list[str]) -> int:
         print(f"wrote a synthetic ILSVRC tree {where}: 12 classes, 20 train + 5 val images each")
         result = build(BuildOptions(subset_name=str(class_list), data_dir=str(data_dir), out_dir=args.out_dir,
                                     workers=args.workers))
+        for note in result.notes:
+            print(f"{PROG}: note: {note}", file=sys.stderr)
         print(result.summary())
         data = load(result.archive)
         for key, array in data.arrays.items():

@@ -370,7 +370,8 @@ class Packing:
         """Rename the finished outputs over the final paths: all of them, or none.
 
         An earlier output at a final path is first hard-linked (or copied) into the
-        work folder, so that if a later rename fails every earlier file is put back.
+        work folder, so that if a later rename fails, or a Ctrl-C or SIGTERM stops the
+        renames halfway, every earlier file is put back.
         """
         replaced: list[tuple[Path, Path]] = []  # (the earlier output kept, its final path)
         created: list[tuple[Path, Path]] = []
@@ -384,13 +385,14 @@ class Packing:
                             os.link(final, kept)
                         except OSError:
                             shutil.copy2(final, kept)
+                    (replaced if earlier else created).append((kept, final))  # before: a signal may follow it
                     os.replace(self.work.partial(name), final)
-                    (replaced if earlier else created).append((kept, final))
-            except OSError:
+            except BaseException:
                 for kept, final in replaced:
                     os.replace(kept, final)
                 for _, final in created:
-                    os.remove(final)
+                    if final.is_file():  # ours (not something in the way)
+                        os.remove(final)
                 raise
         self.committed = True
 

@@ -107,10 +107,16 @@ class BuildOptions:
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
         if isinstance(self.classes, str):  # one name, or "a,b" as the command line gives it
             object.__setattr__(self, "classes", tuple(c.strip() for c in self.classes.split(",") if c.strip()))
-        elif isinstance(self.classes, list):
+        elif isinstance(self.classes, list | tuple):  # in the order given: the order makes the labels
             object.__setattr__(self, "classes", tuple(self.classes))
+        if self.classes is not None and (not isinstance(self.classes, tuple) or not self.classes
+                                         or not all(isinstance(c, str) and c.strip() for c in self.classes)):
+            raise UserError(f"--classes {self.classes!r} must name classes, as \"goldfish,tench\" or a list of "
+                            "names in label order")
+        if self.search is not None and isinstance(self.search, str) and not self.search.strip():
+            raise UserError("--search needs a text, such as dog")
         for name, problem in _field_problems(self):
-            raise UserError(f"--{name} {getattr(self, name)!r} {problem}")
+            raise UserError(f"{name} {problem}")
         if self.resize == "crop" and self.crop_size > self.resize_size:
             raise UserError(f"--crop_size {self.crop_size} is larger than --resize_size {self.resize_size}; "
                             "the crop must fit inside the resized image")
@@ -157,24 +163,26 @@ def option_fields() -> list:
 
 
 def _field_problems(options: BuildOptions):
-    """``(name, problem)`` of every field whose value is not of its declared kind."""
+    """``(what, problem)`` of every field whose value is not of its declared kind: ``what`` is the
+    option's flag and value (its field name where the flag stores it inverted, as ``--quiet``)."""
     for f, kind in option_fields():
         value = getattr(options, f.name)
+        name = f"{f.name if f.metadata['flag'] else '--' + f.name} {value!r}"
         allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
         if value is None and type(None) in allowed:
             continue
         choices = next((typing.get_args(a) for a in allowed if typing.get_origin(a) is Literal), None)
         if choices is not None:
             if value not in choices:
-                yield f.name, f"must be one of: {', '.join(choices)}"
+                yield name, f"must be one of: {', '.join(choices)}"
         elif int in allowed:
             minimum = f.metadata["minimum"]
             if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
-                yield f.name, _WHOLE_NUMBER_RULES[(minimum, f.metadata["unit"])]
+                yield name, _WHOLE_NUMBER_RULES[(minimum, f.metadata["unit"])]
         elif bool in allowed and not isinstance(value, bool):
-            yield f.name, "must be true or false"
+            yield name, "must be true or false"
         elif str in allowed and not isinstance(value, str):
-            yield f.name, "must be a text"
+            yield name, "must be a text"
 
 
 _WHOLE_NUMBER_RULES = {  # (minimum, unit) -> what the value must be

@@ -9,6 +9,7 @@ split in row order with their labels and ids, and the class facts the label
 files give. ``execute.py`` packs it.
 """
 import re
+from pathlib import Path
 
 from .options import BuildOptions, BuildPlan
 from .sampling import apply_sampling
@@ -54,7 +55,8 @@ def _choose_subset(options: BuildOptions, tree: Tree, classes: dict[str, ClassIn
             wnids = classes_by_search(search, names, folders, str(tree.train_dir))
             default_name = "search_" + re.sub(r"[^a-z0-9]+", "_", search.lower()).strip("_")
             how = f"--search {search}"
-        subset = SubsetList(options.subset_name or default_name, tuple(Label(w, (w,)) for w in wnids), how)
+        name = Path(options.subset_name).stem if options.subset_name else default_name  # inside --out_dir
+        subset = SubsetList(name, tuple(Label(w, (w,)) for w in wnids), how)
     else:
         subset = read_subset_list(options.subset_name or "imagenet30")
     return subset.with_rest() if options.rest is not None else subset

@@ -71,6 +71,7 @@ def contact_sheet(path: str | Path, split: str = "train", per_class: int = 8, cl
     if not rows:
         raise UserError(f"{path} has no classes to show")
     shown = {label: np.flatnonzero(labels == label)[:per_class] for label in rows}
+    per_class = max(1, min(per_class, max(len(members) for members in shown.values())))  # no wider than needed
     drawn = np.concatenate(list(shown.values()))
     pixels_of = dict(zip(drawn.tolist(), read_rows(path, f"X_{split}", drawn), strict=True))
     font = ImageFont.load_default(size=15)

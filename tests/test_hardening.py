@@ -412,3 +412,78 @@ def test_a_fork_server_that_cannot_start_is_one_line(tree, tmp_path):
         "imagenet-subset: error: cannot start the fork server that starts the workers (AF_UNIX path too long, "
         f"socket under {long_tmp}); set TMPDIR to a short path such as /tmp")
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- found in review
+
+def test_an_interruption_between_the_final_renames_puts_every_earlier_output_back(tree, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    first = build(tree.root.parent / "mine.txt", tree.data_dir, out, resize_size=32, crop_size=24)
+    earlier = {name: (out / name).read_bytes() for name in files_in(out)}
+    original, renames = os.replace, []
+
+    def replace(source, target):
+        renames.append(target)
+        original(source, target)
+        if len(renames) == 1 and str(target).endswith("_cls.npz"):  # the new archive is in place, the CSV not yet
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(packer.execute.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        build(tree.root.parent / "mine.txt", tree.data_dir, out, resize_size=40, crop_size=32)
+    monkeypatch.undo()
+    assert {name: (out / name).read_bytes() for name in files_in(out)} == earlier
+    assert sha256(first.archive) == first.sha256
+
+
+def test_demo_refuses_a_folder_that_holds_files(tmp_path, capsys):
+    kept = tmp_path / "imagenet"
+    kept.mkdir()
+    (kept / "LOC_synset_mapping.txt").write_text("n01440764 tench, Tinca tinca\n")
+    code, _, err = run_main(["demo", "--dir", kept, "--out_dir", tmp_path / "out"], capsys)
+    assert code == 1
+    assert assert_one_error_line(err) == (f"imagenet-subset: error: --dir {kept} is not an empty folder; the demo "
+                                          "writes a whole tree there, so give a new or empty folder")
+    assert files_in(kept) == ["LOC_synset_mapping.txt"] and not (tmp_path / "out").exists()
+
+
+def test_the_output_name_of_a_choice_by_name_stays_in_out_dir(tree, tmp_path, capsys):
+    out = tmp_path / "deep" / "out"
+    code, _, err = run_main(["--classes", "tench", "--subset_name", "../escaped.txt", "--data_dir", tree.data_dir,
+                             "--out_dir", out, *SMALL], capsys)
+    assert code == 0, err
+    assert files_in(out) == ["escaped_cls.manifest.json", "escaped_cls.npz", "escaped_cls_metadata.csv"]
+    assert files_in(tmp_path / "deep") == ["out"]
+
+
+def test_preview_is_no_wider_than_the_images_it_shows(recipe, tmp_path):
+    from packer.preview import LABEL_WIDTH, contact_sheet
+
+    sheet = contact_sheet(recipe.archive, per_class=100_000, thumbnail=16)
+    most = max(np.bincount(read_npz(recipe.archive)["y_train"]))
+    assert sheet.size[0] == LABEL_WIDTH + most * (16 + 4) + 4
+
+
+def test_a_manifest_lacking_entries_is_one_line_in_info_and_a_problem_in_verify(recipe, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    for path in (recipe.archive, recipe.metadata, recipe.manifest):
+        (out / path.name).write_bytes(path.read_bytes())
+    manifest = json.loads(recipe.manifest.read_text())
+    del manifest["options"]
+    (out / recipe.manifest.name).write_text(json.dumps(manifest))
+    code, _, err = run_main(["info", out / recipe.archive.name], capsys)
+    assert code == 1
+    assert assert_one_error_line(err) == (f"imagenet-subset: error: {out / recipe.manifest.name} lacks options: it is "
+                                          "not a complete manifest; rebuild the archive")
+    code, stdout, err = run_main(["verify", out / recipe.archive.name], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert (f"FAIL: {out / recipe.manifest.name} lacks options: it is not a complete manifest; rebuild the archive"
+            in stdout.splitlines())
+
+
+def test_verify_of_a_folder_says_it_is_a_folder(tmp_path, capsys):
+    code, _, err = run_main(["verify", tmp_path], capsys)
+    assert code == 1
+    assert assert_one_error_line(err) == (f"imagenet-subset: error: {tmp_path} is a folder; pass an archive "
+                                          "(*_cls.npz) or a shard index (*_cls.index.json)")

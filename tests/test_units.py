@@ -57,8 +57,21 @@ def test_the_command_line_gives_the_options_the_api_gives():
     ({"classes": "a", "search": "b"}, "--classes and --search both choose the classes; use one of them"),
     ({"rest_val": 3}, "--rest_val needs --rest N (the number of rest train images)"),
     ({"backend": "dask"}, "--backend dask needs --scheduler tcp://HOST:PORT (the address of a running Dask scheduler)"),
+    ({"progress": "no"}, "progress 'no' must be true or false"),
+    ({"classes": {"tench", "goldfish"}}, "--classes {'tench', 'goldfish'} must name classes, as \"goldfish,tench\" "
+                                         "or a list of names in label order"),
+    ({"classes": 5}, "--classes 5 must name classes, as \"goldfish,tench\" or a list of names in label order"),
+    ({"classes": ","}, "--classes () must name classes, as \"goldfish,tench\" or a list of names in label order"),
+    ({"classes": ["tench", 1]}, "--classes ('tench', 1) must name classes, as \"goldfish,tench\" or a list of names "
+                                "in label order"),
+    ({"search": " "}, "--search needs a text, such as dog"),
 ])
 def test_every_option_is_checked_once_when_the_options_are_made(options, message):
+    if options.get("classes") == {"tench", "goldfish"}:  # a set's order, hence the message, varies: sort it
+        options = {"classes": {"tench", "goldfish"}}
+        with pytest.raises(UserError, match=r"--classes \{'.*'\} must name classes"):
+            BuildOptions(**options)
+        return
     with pytest.raises(UserError) as info:
         BuildOptions(**options)
     assert str(info.value) == message
