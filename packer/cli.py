@@ -18,7 +18,7 @@ import types
 import typing
 from pathlib import Path
 
-from .errors import Interrupted, UserError
+from .errors import STOP_SIGNALS, Interrupted, UserError
 from .options import CHOOSING, GENERAL, SCALE, BuildOptions, option_fields
 
 PROG = "imagenet-subset"
@@ -305,12 +305,10 @@ class _stop_signals_interrupt:
     """While the command runs, SIGTERM and SIGHUP (``kill``, a batch scheduler, a container stop, a
     closed terminal) raise ``Interrupted`` in the main thread, so the build stops as on Ctrl-C."""
 
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
-
     def __enter__(self):
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
-            for number in self.SIGNALS:
+            for number in STOP_SIGNALS:
                 self.previous[number] = signal.signal(number, self._raise)
         return self
 

@@ -1,4 +1,5 @@
-"""The one exception type the command line turns into a one-line message."""
+"""The errors the command line turns into one line and an exit code, and the signals that stop a build."""
+import signal
 
 
 class UserError(Exception):
@@ -21,14 +22,16 @@ class ImageError(UserError):
         return f"cannot read image {self.path}: {self.reason}"
 
 
+# The signals that stop a build as Ctrl-C does, but keep its work for --resume (see Interrupted)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 class Interrupted(KeyboardInterrupt):
     """The build was asked to stop by a signal other than Ctrl-C (SIGTERM from ``kill``, a batch
     scheduler or a container stop; SIGHUP from a closed terminal). It stops as Ctrl-C does, but
     keeps its work folder (with every finished chunk journaled) for ``--resume``."""
 
     def __init__(self, signal_number: int):
-        import signal
-
         super().__init__(signal_number)
         self.signal_name = signal.Signals(signal_number).name
         self.exit_code = 128 + signal_number

@@ -50,16 +50,16 @@ import numpy as np
 from PIL import Image
 
 from .crc32 import crc32_of_parts
-from .errors import ImageError, UserError
+from .errors import STOP_SIGNALS, ImageError, UserError
 from .npz import deflate_segment
 from .options import CHUNK_SIZE, TransformSpec
 from .transform import store_rows, transform_image
 
 IN_FLIGHT = 2  # chunks per worker queued or running: keeps every worker busy, memory flat
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+BLOCKED_WHILE_STARTING = (signal.SIGINT, *STOP_SIGNALS)  # until a new worker has set its own handlers
 # What workers ignore, leaving it to the build process. Not SIGTERM: the pool ends its workers with
 # it when one of them dies, and a worker that gets one with the build (a whole job stopped) may go.
-IGNORED_BY_WORKERS = tuple(s for s in STOP_SIGNALS if s != getattr(signal, "SIGTERM", None))
+IGNORED_BY_WORKERS = tuple(s for s in BLOCKED_WHILE_STARTING if s != signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -308,14 +308,14 @@ def _local_results(chunks: Iterator[Chunk], spec: TransformSpec, workers: int) -
         # gets one sent now, when it is unblocked (and the pool is shut down below), and a
         # worker never runs the parent's handler before its own initializer ignores them.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_WHILE_STARTING)
         try:
             pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker)
             for chunk in islice(chunks, IN_FLIGHT * workers):
                 pending.append(pool.submit(pack_chunk, chunk, spec))
         finally:
             signal.signal(signal.SIGINT, previous)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_WHILE_STARTING)
         while pending:
             result = pending.popleft().result()
             for chunk in islice(chunks, 1):
@@ -341,7 +341,7 @@ def _start_worker() -> None:
     for stop in IGNORED_BY_WORKERS:
         signal.signal(stop, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the build's handler, which a fork copied
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_WHILE_STARTING)
     build = multiprocessing.parent_process()
 
     def exit_with_build():
