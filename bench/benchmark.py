@@ -114,7 +114,7 @@ class Subset:
         self.splits = {}
         for images in (list_train_images(tree, wnids), list_val_images(tree, wnids)):
             self.splits[images.split] = {
-                "paths": [str(images.root / p) for p in images.paths],
+                "paths": [images.source.image(p).path for p in images.paths],  # an extracted tree: files
                 "labels": [position[w] for w in images.wnids],
                 "ids": [int(i) for i in images.ids],
             }
@@ -642,6 +642,20 @@ def run_listing(args, work_dir: Path) -> tuple[str, dict]:
 
 # --------------------------------------------------------------------------- main
 
+def add_shared_options(p: argparse.ArgumentParser) -> None:
+    """The options every benchmark script takes: retries and waiting on a shared machine, and
+    which packer to measure."""
+    p.add_argument("--retry_busy", type=int, default=1, metavar="N",
+                   help="run a timed case again (up to N times, keeping the quietest run) when other processes used "
+                        f"more than {BUSY_CORES} cores during it (default: 1)")
+    p.add_argument("--wait_quiet", type=float, default=0, metavar="MINUTES",
+                   help="on a shared machine: before the timed runs, wait up to this long for a 30 s window with "
+                        "less than 0.3 cores busy (default: 0, start at once)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--packer_dir", help="benchmark the packer (main.py + packer/) in this folder (default: this repo)")
+    which.add_argument("--packer_rev", help="benchmark this git revision of the repo, exported to the work dir")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -657,15 +671,7 @@ def parse_args(argv=None):
     p.add_argument("--work_dir", help="trees and outputs (default: a new folder in the temp dir); trees are cached there")
     p.add_argument("--results_dir", default=str(BENCH_DIR / "results"))
     p.add_argument("--keep", action="store_true", help="keep the archives written under --work_dir")
-    p.add_argument("--retry_busy", type=int, default=1, metavar="N",
-                   help="run a case again (up to N times, keeping the quietest run) when other processes used more "
-                        f"than {BUSY_CORES} cores during it (default: 1)")
-    p.add_argument("--wait_quiet", type=float, default=0, metavar="MINUTES",
-                   help="on a shared machine: before measuring, wait up to this long for a 30 s window with "
-                        "less than 0.3 cores busy (default: 0, start at once)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--packer_dir", help="benchmark the packer (main.py + packer/) in this folder (default: this repo)")
-    which.add_argument("--packer_rev", help="benchmark this git revision of the repo, exported to the work dir")
+    add_shared_options(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--big", action="store_true", help="flat memory: a >4 GiB output next to a ~400 MB one")
     mode.add_argument("--listing", action="store_true", help="discovery + listing time on a full-size tree")

@@ -5,7 +5,7 @@
 """
 import time
 
-from .execute import execute
+from .execute import execute, new_out_dir_removed_on_failure
 from .options import BuildOptions, BuildResult
 from .plan import plan_build
 
@@ -13,7 +13,8 @@ from .plan import plan_build
 def build(options: BuildOptions) -> BuildResult:
     """Plan and pack a build: ``<out_dir>/<name>_cls.npz``, its metadata CSV and its manifest."""
     started = time.perf_counter()
-    return execute(plan_build(options), options, started)
+    with new_out_dir_removed_on_failure(options):  # planning may start the archive index in it
+        return execute(plan_build(options), options, started)
 
 
 def build_subset(subset_name: str, data_dir: str, **options) -> BuildResult:

@@ -113,6 +113,7 @@ def _build(argv: list[str]) -> int:
     for note in result.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     print(result.summary())
+    print(result.labels_line())
     print(f"metadata: {result.metadata}")
     return 0
 
@@ -129,9 +130,9 @@ def _rebuild(args: argparse.Namespace, argv: list[str]) -> int:
                    if not option.metadata["shapes_output"]]
         raise UserError(f"{', '.join(fixed)}: the recipe {args.recipe} fixes the options that shape the archive; "
                         f"drop them (beside --recipe give only {', '.join(allowed)})")
-    report = rebuild_from_recipe(args.recipe, args.data_dir, args.devkit_dir, args.out_dir, args.workers,
-                                 progress=args.progress, backend=args.backend, scheduler=args.scheduler,
-                                 resume=args.resume)
+    report = rebuild_from_recipe(args.recipe, args.data_dir, **{
+        option.name: getattr(args, option.name) for option, _ in option_fields()
+        if not option.metadata["shapes_output"] and option.name != "data_dir"})
     print(report.summary())
     return 0 if report.archive_matches else 1
 
@@ -214,18 +215,21 @@ def _preview(argv: list[str]) -> int:
 def _classes(argv: list[str]) -> int:
     parser = _Parser(prog=f"{PROG} classes",
                                      description="List the classes a tree holds: WNID, image counts, name.")
-    parser.add_argument("--data_dir", default="./Data/CLS-LOC", help="folder holding train/ and val/")
-    parser.add_argument("--devkit_dir", help="folder with map_clsloc.txt, if not found beside the data")
+    for option, kind in option_fields():
+        if option.name in ("data_dir", "devkit_dir", "out_dir", "index_dir"):
+            _add_option(parser, option, kind)
     parser.add_argument("--search", help="only classes whose name contains this text")
     args = parser.parse_args(argv)
     from .subset import classes_by_search
-    from .tree import class_table, find_tree, human_labels, image_counts, train_classes
+    from .tree import class_table, find_tree, image_counts, names_to_match, train_classes
 
-    tree = find_tree(args.data_dir, args.devkit_dir)
+    where = BuildOptions(data_dir=args.data_dir, devkit_dir=args.devkit_dir, out_dir=args.out_dir,
+                         index_dir=args.index_dir)
+    tree = find_tree(where.data_dir, where.devkit_dir, where.index_folder)
     names = class_table(tree)
     wnids = train_classes(tree)
     if args.search:
-        wnids = classes_by_search(args.search, human_labels(names), wnids, str(tree.train_dir))
+        wnids = classes_by_search(args.search, names_to_match(names), wnids, str(tree.train))
     counts = image_counts(tree, wnids)
     print(f"{'WNID':<10} {'train':>6} {'val':>5}  human_label")
     for wnid in wnids:

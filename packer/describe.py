@@ -190,7 +190,7 @@ def plan_fingerprint(plan, output_options: dict) -> str:
     digest = hashlib.sha256(json.dumps([plan.name, output_options, class_records(plan.subset, plan.classes)],
                                        sort_keys=True, default=str).encode())
     for images in plan.splits:
-        digest.update(f"\n{images.split}:{images.root}\n".encode())
+        digest.update(f"\n{images.split}:{images.source}\n".encode())
         digest.update("\n".join(images.paths).encode())
         digest.update(images.ids.tobytes())
         digest.update(images.labels.tobytes())

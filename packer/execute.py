@@ -30,6 +30,7 @@ import os
 import shutil
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,6 @@ from .progress import Progress
 from .work import (
     Chunk,
     ChunkResult,
-    ImageFile,
     SendDeflated,
     WriteInPlace,
     available_memory,
@@ -137,24 +137,36 @@ def execute(plan: BuildPlan, options: BuildOptions, started: float | None = None
     """Pack the images of ``plan`` with ``options``; see the module docstring for the guarantees."""
     started = time.perf_counter() if started is None else started
     out_dir = Path(options.out_dir)
-    created = _make_folder(out_dir)
-    try:
+    with new_out_dir_removed_on_failure(options):
+        _make_folder(out_dir)
         with Packing(plan, options, out_dir, started) as packing:
             packing.run()
             packing.drop_failed()
             packing.describe()
             packing.commit()
         return packing.result()
+
+
+@contextlib.contextmanager
+def new_out_dir_removed_on_failure(options: BuildOptions) -> Iterator[None]:
+    """If the block fails, remove the folders up to ``--out_dir`` that did not exist before it,
+    with the archive index that planning may have started in one of them (a folder this build
+    made holds nothing else once its outputs are rolled back)."""
+    out_dir = Path(options.out_dir).absolute()
+    missing = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
+    try:
+        yield
     except BaseException:
-        for folder in created:  # deepest first; only those this build made and left empty
+        if missing and Path(options.index_folder).absolute().is_relative_to(missing[-1]):
+            shutil.rmtree(options.index_folder, ignore_errors=True)
+        for folder in missing:  # deepest first; only those left empty
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
 
 
-def _make_folder(out_dir: Path) -> list[Path]:
-    """Create ``out_dir`` as needed; the folders created, deepest first."""
-    missing = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
+def _make_folder(out_dir: Path) -> None:
+    """Create ``out_dir`` as needed."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out_dir {out_dir} is a file, not a folder; choose a folder (it is created if missing)")
     try:
@@ -163,7 +175,6 @@ def _make_folder(out_dir: Path) -> list[Path]:
         raise UserError(f"cannot create --out_dir {out_dir}: part of that path is a file; choose a folder") from None
     except OSError as exc:
         raise UserError(f"cannot create --out_dir {out_dir}: {exc.strerror}; choose a writable folder") from None
-    return missing
 
 
 class Packing:
@@ -268,9 +279,9 @@ class Packing:
         for p, (part, writer) in enumerate(zip(self.parts, self.writers, strict=True)):
             for images in self.splits:
                 first, end = part.rows[images.split]
-                key, root = f"X_{images.split}", str(images.root)
+                key = f"X_{images.split}"
                 for start in range(0, end - first, CHUNK_SIZE):
-                    files = tuple(ImageFile(os.path.join(root, path))
+                    files = tuple(images.source.image(path)
                                   for path in images.paths[first + start:min(first + start + CHUNK_SIZE, end)])
                     offset = writer.rows_at(key, start)
                     destination = SendDeflated() if offset is None else WriteInPlace(writer.path, offset)
@@ -413,7 +424,8 @@ class Packing:
                            sum((self.out_dir / p.file_name).stat().st_size for p in self.parts),
                            describe.sha256_of_file(archive) if self.options.shard_size else self.writers[0].sha256,
                            time.perf_counter() - self.started, notes,
-                           tuple(self.out_dir / p.file_name for p in self.parts))
+                           tuple(self.out_dir / p.file_name for p in self.parts),
+                           {s.split: s.label_source for s in self.splits})
 
     def _check_space(self, needed: int, options: BuildOptions, what: str) -> None:
         free = shutil.disk_usage(self.out_dir).free

@@ -1,10 +1,29 @@
-"""Readers for the label files that ImageNet downloads carry. Each states its format.
+"""Readers for the label files that ImageNet downloads carry, and the tables the package ships.
+Each states its format.
 
-All readers raise ``UserError`` naming the file and line of anything malformed.
-Val images are identified by their number: ``ILSVRC2012_val_00000042`` is 42.
+A label file is a ``Path``, or a file inside an archive (``sources.LabelFile``),
+which offers the same ``name``, ``str()`` and ``read_bytes()``. All readers raise
+``UserError`` naming the file and line of anything malformed. Val images are
+identified by their number: ``ILSVRC2012_val_00000042`` is 42.
+
+The package ships two ILSVRC tables in ``packer/data/`` (facts about the 1,000
+CLS-LOC classes, the same in ILSVRC 2012-2017; see its README for where they
+come from), so that no devkit is needed to name the classes or label val:
+
+- ``ilsvrc2012_classes.csv``: header ``clsloc_id,wnid,human_label,names,num_train_images``,
+  then the 1,000 classes in CLS-LOC id order (1-1000: the ids of ``map_clsloc.txt``,
+  ``meta.mat`` and both devkits' val ground truth), e.g.
+  ``1,n02119789,kit_fox,"kit fox, Vulpes macrotis",1300``;
+- ``ilsvrc2012_val_labels.txt``: 50,000 lines, line i the CLS-LOC id of val image i.
 """
+import csv
+import functools
+import io
 import re
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Protocol
 
 from .errors import UserError
 
@@ -18,21 +37,33 @@ def val_image_number(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _lines(path: Path):
+class LabelSource(Protocol):
+    """What the readers use of a label file: a ``Path`` or a file inside an archive."""
+
+    @property
+    def name(self) -> str: ...
+
+    def read_bytes(self) -> bytes: ...
+
+
+def _lines(path: LabelSource):
     try:
-        with open(path, encoding="utf-8") as f:
-            yield from enumerate(f, start=1)
+        if isinstance(path, Path):
+            with open(path, encoding="utf-8") as f:
+                yield from enumerate(f, start=1)
+        else:
+            yield from enumerate(io.StringIO(path.read_bytes().decode("utf-8"), newline=None), start=1)
     except UnicodeDecodeError:
         raise UserError(f"{path} is not a text file; replace it with the file from the ImageNet download") from None
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _bad_line(path: Path, number: int, expected: str) -> UserError:
+def _bad_line(path: LabelSource, number: int, expected: str) -> UserError:
     return UserError(f"{path}:{number}: expected {expected}; fix or remove the file")
 
 
-def train_list_from_train_cls(path: Path, wnids: set[str]):
+def train_list_from_train_cls(path: LabelSource, wnids: set[str]):
     """Rows of ``ImageSets/CLS-LOC/train_cls.txt`` whose class is in ``wnids``, streamed.
 
     Format: one line per train image, sorted by path, ``<wnid>/<stem> <id>`` with
@@ -51,7 +82,7 @@ def train_list_from_train_cls(path: Path, wnids: set[str]):
         yield wnid, parts[0], int(parts[1])
 
 
-def names_from_synset_mapping(path: Path) -> dict[str, str]:
+def names_from_synset_mapping(path: LabelSource) -> dict[str, str]:
     """WNID -> human label from ``LOC_synset_mapping.txt``.
 
     Format: 1000 lines ``<wnid> <names>``, e.g. ``n01440764 tench, Tinca tinca``,
@@ -68,7 +99,7 @@ def names_from_synset_mapping(path: Path) -> dict[str, str]:
     return names
 
 
-def classes_from_map_clsloc(path: Path) -> dict[str, tuple[int, str]]:
+def classes_from_map_clsloc(path: LabelSource) -> dict[str, tuple[int, str]]:
     """WNID -> (CLS-LOC id, name) from the devkit's ``map_clsloc.txt``.
 
     Format: 1000 lines ``<wnid> <id> <name>``, e.g. ``n02119789 1 kit_fox``; ids 1-1000
@@ -85,7 +116,7 @@ def classes_from_map_clsloc(path: Path) -> dict[str, tuple[int, str]]:
     return classes
 
 
-def val_labels_from_solution_csv(path: Path) -> dict[int, str]:
+def val_labels_from_solution_csv(path: LabelSource) -> dict[int, str]:
     """Val image number -> WNID from Kaggle's ``LOC_val_solution.csv``.
 
     Format: header ``ImageId,PredictionString``, then rows such as
@@ -107,12 +138,13 @@ def val_labels_from_solution_csv(path: Path) -> dict[int, str]:
     return labels
 
 
-def val_labels_from_ground_truth(path: Path, wnid_of_id: dict[int, str]) -> dict[int, str]:
+def val_labels_from_ground_truth(path: LabelSource, wnid_of_id: dict[int, str]) -> dict[int, str]:
     """Val image number -> WNID from a devkit ground-truth file.
 
     Format (``ILSVRC2015_clsloc_validation_ground_truth.txt`` or the 2012
     ``ILSVRC2012_validation_ground_truth.txt``): one CLS-LOC id (1-1000, as in
-    ``map_clsloc.txt``) per line; line i is the label of val image i.
+    ``map_clsloc.txt`` and the built-in class table) per line; line i is the
+    label of val image i.
     """
     labels = {}
     for number, line in _lines(path):
@@ -120,7 +152,7 @@ def val_labels_from_ground_truth(path: Path, wnid_of_id: dict[int, str]) -> dict
         if not text:
             continue
         if not text.isdigit() or int(text) not in wnid_of_id:
-            raise _bad_line(path, number, "a class id listed in map_clsloc.txt")
+            raise _bad_line(path, number, "a CLS-LOC class id from 1 to 1000")
         labels[number] = wnid_of_id[int(text)]
     return labels
 
@@ -128,7 +160,7 @@ def val_labels_from_ground_truth(path: Path, wnid_of_id: dict[int, str]) -> dict
 _OBJECT_NAME_RE = re.compile(rb"<object>\s*<name>\s*(n\d{8})\s*</name>")
 
 
-def val_labels_from_annotations(folder: Path, numbers: list[int]) -> dict[int, str]:
+def val_labels_from_annotations(folder, numbers: list[int]) -> dict[int, str]:
     """Val image number -> WNID from ``Annotations/CLS-LOC/val/ILSVRC2012_val_XXXXXXXX.xml``.
 
     Format: PASCAL VOC XML, one file per image; the ``<name>`` of its first
@@ -148,3 +180,33 @@ def val_labels_from_annotations(folder: Path, numbers: list[int]) -> dict[int, s
             raise UserError(f"{path}: no <object><name>WNID</name> found; fix or remove the file")
         labels[image_number] = match.group(1).decode()
     return labels
+
+
+@dataclass(frozen=True)
+class BuiltinClass:
+    """One of the 1,000 ILSVRC CLS-LOC classes, as the packaged table has it."""
+
+    clsloc_id: int
+    human_label: str
+    names: str
+    train_images: int
+
+
+@functools.cache
+def builtin_classes() -> dict[str, BuiltinClass]:
+    """WNID -> ``BuiltinClass`` of the 1,000 classes, in CLS-LOC id order (``ilsvrc2012_classes.csv``)."""
+    text = resources.files("packer.data").joinpath("ilsvrc2012_classes.csv").read_text(encoding="utf-8")
+    return {row["wnid"]: BuiltinClass(int(row["clsloc_id"]), row["human_label"], row["names"],
+                                      int(row["num_train_images"]))
+            for row in csv.DictReader(io.StringIO(text))}
+
+
+BUILTIN_VAL_LABELS = "built-in ILSVRC2012 validation labels"
+
+
+@functools.cache
+def builtin_val_labels() -> dict[int, str]:
+    """Val image number (1-50,000) -> WNID, from ``ilsvrc2012_val_labels.txt`` and the class table."""
+    wnid_of_id = {info.clsloc_id: wnid for wnid, info in builtin_classes().items()}
+    text = resources.files("packer.data").joinpath("ilsvrc2012_val_labels.txt").read_text(encoding="utf-8")
+    return {number: wnid_of_id[int(line)] for number, line in enumerate(text.split(), start=1)}

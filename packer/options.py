@@ -37,6 +37,9 @@ CHUNK_SIZE = 32  # rows per chunk of work: the output bytes depend on it, never 
 GENERAL, CHOOSING, SCALE = "general", "choosing classes and images", "running at scale"
 
 
+ARCHIVE_INDEX_FOLDER = ".archive_index"  # in --out_dir, unless --index_dir says otherwise
+
+
 def _option(default, help: str, *, group: str = GENERAL, shapes_output: bool = False, minimum: int | None = None,
             unit: str = "", metavar: str | None = None, flag: str | None = None):
     """A ``BuildOptions`` field. ``shapes_output``: the option decides the archive's bytes (a recipe
@@ -55,10 +58,14 @@ class BuildOptions:
         None, "built-in list (imagenet30, imagenet100, imagenette, imagewoof, hotdog), aux_files/NAME.txt, or a path "
               "to a class-list file (default: imagenet30); with --classes or --search, the output name",
         shapes_output=True)
-    data_dir: str = _option("./Data/CLS-LOC", "folder holding train/ and val/ (default: ./Data/CLS-LOC)")
+    data_dir: str = _option("./Data/CLS-LOC", "folder holding train/ and val/, or the ImageNet archives "
+                                              "(ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, Kaggle's zip), "
+                                              "or one archive (default: ./Data/CLS-LOC)")
     devkit_dir: str | None = _option(None, "folder with map_clsloc.txt and the val ground truth, if not found beside "
                                            "the data")
     out_dir: str = _option("out_files", "output folder (default: out_files)")
+    index_dir: str | None = _option(None, "folder keeping the member lists of archives, so each is scanned once "
+                                          f"(default: OUT_DIR/{ARCHIVE_INDEX_FOLDER})")
     resize_size: int = _option(256, "short side after resizing (default: 256)", shapes_output=True, minimum=1,
                                unit="pixels")
     crop_size: int = _option(224, "side of the center crop (default: 224)", shapes_output=True, minimum=1,
@@ -101,8 +108,13 @@ class BuildOptions:
                                group=SCALE)
     scheduler: str | None = _option(None, "address of the Dask scheduler", group=SCALE, metavar="tcp://HOST:PORT")
 
+    @property
+    def index_folder(self) -> str:
+        """Where the member lists of archives are kept: ``index_dir``, or ``ARCHIVE_INDEX_FOLDER`` in ``out_dir``."""
+        return self.index_dir or os.path.join(self.out_dir, ARCHIVE_INDEX_FOLDER)
+
     def __post_init__(self):
-        for name in ("subset_name", "data_dir", "devkit_dir", "out_dir"):  # paths may come as Path objects
+        for name in ("subset_name", "data_dir", "devkit_dir", "out_dir", "index_dir"):  # paths may come as Path objects
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
         if isinstance(self.classes, str):  # one name, or "a,b" as the command line gives it
@@ -301,6 +313,7 @@ class BuildResult:
     seconds: float
     notes: tuple[str, ...] = ()
     archives: tuple[Path, ...] = ()
+    label_sources: dict[str, str] = field(default_factory=dict)  # split -> what gave its order and labels
 
     @property
     def images_per_second(self) -> float:
@@ -312,6 +325,10 @@ class BuildResult:
         return (f"{self.name}: {counts} images, {self.num_classes} {classes} -> {self.archive} "
                 f"({self.archive_bytes / 1e6:.1f} MB) in {self.seconds:.1f} s "
                 f"({self.images_per_second:.0f} images/s)")
+
+    def labels_line(self) -> str:
+        """Where each split's order and labels came from: ``labels: train from train_cls.txt; val from ...``."""
+        return "labels: " + "; ".join(f"{split} from {source}" for split, source in self.label_sources.items())
 
 
 def shown(items, limit: int = 3) -> str:

@@ -29,9 +29,9 @@ from .tree import (
     class_table,
     class_table_gaps,
     find_tree,
-    human_labels,
     list_train_images,
     list_val_images,
+    names_to_match,
     train_classes,
 )
 
@@ -45,14 +45,16 @@ def _input_description(tree: Tree, splits: list[SplitImages]) -> dict:
 
 def _choose_subset(options: BuildOptions, tree: Tree, classes: dict[str, ClassInfo], folders: list[str]) -> SubsetList:
     if options.classes or options.search:
-        names = human_labels(classes)
-        if options.classes:
-            source = " / ".join(p.name for p in (tree.synset_mapping, tree.map_clsloc) if p) or "the tree"
-            wnids = classes_by_name(list(options.classes), names, source)
+        names = names_to_match(classes)
+        if options.classes:  # among the tree's classes, named by its files or the built-in table
+            files = " / ".join(p.name for p in (tree.synset_mapping, tree.map_clsloc) if p)
+            source = f"the classes of {tree.train} (named by {files or 'the built-in class table'})"
+            in_tree = {wnid: names.get(wnid, "") for wnid in folders}
+            wnids = classes_by_name(list(options.classes), in_tree, source)
             default_name, how = "custom", f"--classes {','.join(options.classes)}"
         else:
             search = str(options.search)
-            wnids = classes_by_search(search, names, folders, str(tree.train_dir))
+            wnids = classes_by_search(search, names, folders, str(tree.train))
             default_name = "search_" + re.sub(r"[^a-z0-9]+", "_", search.lower()).strip("_")
             how = f"--search {search}"
         name = Path(options.subset_name).stem if options.subset_name else default_name  # inside --out_dir
@@ -64,11 +66,11 @@ def _choose_subset(options: BuildOptions, tree: Tree, classes: dict[str, ClassIn
 
 def plan_build(options: BuildOptions) -> BuildPlan:
     """Read the tree and the class list and decide every row of the archive."""
-    tree = find_tree(options.data_dir, options.devkit_dir)
+    tree = find_tree(options.data_dir, options.devkit_dir, options.index_folder)
     classes = class_table(tree)
     folders = train_classes(tree)
     subset = _choose_subset(options, tree, classes, folders)
-    check_classes_present(subset, folders, tree.train_dir)
+    check_classes_present(subset, folders, str(tree.train))
     listed = folders if options.rest is not None else list(subset.wnids)
     train = label_images(list_train_images(tree, listed), subset)
     val = label_images(list_val_images(tree, listed), subset)

@@ -30,7 +30,6 @@ or ``..``, no backslash, drive (``C:``) or control character. The paths are
 looked up under ``--data_dir`` only, in the split's own folder (``SPLIT_FOLDERS``);
 the manifest's ``root`` entries are ignored.
 """
-import os
 import re
 import typing
 from dataclasses import dataclass
@@ -41,9 +40,9 @@ import numpy as np
 
 from .checking import read_manifest
 from .errors import UserError
-from .execute import execute
+from .execute import execute, new_out_dir_removed_on_failure
 from .labelfiles import WNID_RE
-from .options import Backend, BuildOptions, BuildPlan, BuildResult, Layout, Resize, shown
+from .options import BuildOptions, BuildPlan, BuildResult, Layout, Resize, option_fields, shown
 from .subset import Label, SubsetList
 from .tree import SplitImages, class_table, find_tree
 
@@ -230,20 +229,22 @@ def check_recipe(recipe: dict, source: str) -> None:
         raise UserError(f"{source}: {'; '.join(problems)}; ask the sender for the manifest written by the build")
 
 
-def plan_from_recipe(recipe: dict, data_dir: str, devkit_dir: str | None = None, source: str = "recipe") -> BuildPlan:
-    """The recipe's rows (after ``check_recipe``), found under ``data_dir``; every missing image is named."""
+def plan_from_recipe(recipe: dict, data_dir: str, devkit_dir: str | None = None, source: str = "recipe",
+                     index_dir: str | None = None) -> BuildPlan:
+    """The recipe's rows (after ``check_recipe``), found in ``data_dir`` (folders or archives: the
+    paths are the same); every missing image is named."""
     check_recipe(recipe, source)
-    tree = find_tree(data_dir, devkit_dir)
+    tree = find_tree(data_dir, devkit_dir, index_dir)
     labels_of_recipe = tuple(Label(c["name"], tuple(c["wnids"]), c.get("rest", False)) for c in recipe["classes"])
     subset = SubsetList(recipe["name"], labels_of_recipe, recipe.get("subset_source", "recipe"))
     splits, missing = [], []
     for split, folder in SPLIT_FOLDERS.items():
         if split not in recipe["sources"]:
             continue
-        sources, root = recipe["sources"][split], tree.data_dir / folder
-        missing += [f"{folder}/{p}" for p in sources["paths"] if not os.path.isfile(root / p)]
+        sources, images = recipe["sources"][split], tree.train if folder == "train" else tree.val
+        missing += [f"{folder}/{p}" for p in sources["paths"] if not images.has(p)]
         labels = np.array(sources["labels"], dtype=np.int32)
-        splits.append(SplitImages(split, root, list(sources["paths"]), [subset.labels[i].name for i in labels],
+        splits.append(SplitImages(split, images, list(sources["paths"]), [subset.labels[i].name for i in labels],
                                   np.array(sources["ids"], dtype=np.int32), sources["label_source"], labels))
     if missing:
         raise UserError(f"{len(missing)} images of the recipe are missing from {tree.data_dir}: {shown(missing, 5)}; "
@@ -251,21 +252,28 @@ def plan_from_recipe(recipe: dict, data_dir: str, devkit_dir: str | None = None,
     return BuildPlan(recipe["name"], subset, tuple(splits), class_table(tree), recipe["input"])
 
 
-def rebuild_from_recipe(recipe_path: str | Path, data_dir: str, devkit_dir: str | None = None,
-                        out_dir: str = "out_files", workers: int | None = None, progress: bool = True,
-                        backend: str = "local", scheduler: str | None = None, resume: bool = False) -> RecipeReport:
-    """Build the recipe's archive from ``data_dir`` and compare it with the recipe; ``resume``
-    continues an interrupted rebuild of it, as ``--resume`` does for any build."""
+def rebuild_from_recipe(recipe_path: str | Path, data_dir: str, **options) -> RecipeReport:
+    """Build the recipe's archive from ``data_dir`` and compare it with the recipe. ``options``
+    are the ``BuildOptions`` that do not shape the archive (``devkit_dir``, ``out_dir``,
+    ``index_dir``, ``workers``, ``progress``, ``backend``, ``scheduler``, ``resume``: ``resume``
+    continues an interrupted rebuild, as ``--resume`` does for any build); the others come from
+    the recipe."""
     recipe = read_manifest(recipe_path)
-    plan = plan_from_recipe(recipe, data_dir, devkit_dir, source=str(recipe_path))
-    options = recipe["options"]
-    build_options = BuildOptions(subset_name=recipe["name"], data_dir=str(data_dir), devkit_dir=devkit_dir,
-                                 out_dir=out_dir, resize_size=options["resize_size"], crop_size=options["crop_size"],
-                                 resize=options.get("resize", "crop"), layout=options.get("layout", "nhwc"),
-                                 fast=options["fast"], compress=options["compress"],
-                                 shard_size=options.get("shard_size"), workers=workers, progress=progress,
-                                 backend=typing.cast(Backend, backend), scheduler=scheduler, resume=resume)
-    result = execute(plan, build_options)
+    check_recipe(recipe, str(recipe_path))
+    fixed = {field.name for field, _ in option_fields() if field.metadata["shapes_output"]}
+    if fixed & set(options):
+        raise UserError(f"{', '.join(sorted(fixed & set(options)))}: the recipe {recipe_path} fixes the options "
+                        "that shape the archive; leave them out")
+    recorded = recipe["options"]
+    build_options = BuildOptions(subset_name=recipe["name"], data_dir=str(data_dir),
+                                 resize_size=recorded["resize_size"], crop_size=recorded["crop_size"],
+                                 resize=recorded.get("resize", "crop"), layout=recorded.get("layout", "nhwc"),
+                                 fast=recorded["fast"], compress=recorded["compress"],
+                                 shard_size=recorded.get("shard_size"), **options)
+    with new_out_dir_removed_on_failure(build_options):  # planning may start the archive index in it
+        plan = plan_from_recipe(recipe, build_options.data_dir, build_options.devkit_dir, str(recipe_path),
+                                build_options.index_folder)
+        result = execute(plan, build_options)
     rebuilt = read_manifest(result.manifest)
     differing = tuple(
         f"{SPLIT_FOLDERS[images.split]}/{path}"

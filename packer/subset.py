@@ -153,9 +153,6 @@ def _described(wnids: list[str], names: dict[str, str]) -> str:
 
 def classes_by_name(requested: list[str], names: dict[str, str], source: str) -> list[str]:
     """WNIDs for ``requested`` names (or WNIDs), in the order given; see the module docstring."""
-    if not names:
-        raise UserError("choosing classes by name needs LOC_synset_mapping.txt or map_clsloc.txt; "
-                        f"none found ({source})")
     chosen = []
     for item in requested:
         text = item.strip().lower()
@@ -164,6 +161,10 @@ def classes_by_name(requested: list[str], names: dict[str, str], source: str) ->
                 raise UserError(f"--classes: {item.strip()} is not in {source}")
             chosen.append(item.strip())
             continue
+        if not any(names.values()):
+            raise UserError(f"--classes: '{item}' is a name, but none of {source} has a name (they are not among "
+                            "ImageNet's 1000 and no LOC_synset_mapping.txt or map_clsloc.txt names them); pass "
+                            "WNIDs, or --devkit_dir DIR")
         exact = [w for w, name in names.items() if text in _synonyms(name)]
         matches = exact or [w for w, name in names.items() if text in name.lower()]
         if len(matches) == 1:
@@ -185,7 +186,7 @@ def classes_by_search(text: str, names: dict[str, str], present: list[str], tree
     """WNIDs (sorted) of the classes in ``present`` whose human label in ``names`` contains ``text``
     (case-insensitive). ``present`` is what the tree holds (its ``train/<wnid>`` folders), so a
     mapping file listing more classes than the tree adds none; ``tree_name`` names the tree in errors."""
-    if not names:
+    if not any(w in names for w in present):
         raise UserError(f"--search needs class names from LOC_synset_mapping.txt or map_clsloc.txt; none found "
                         f"for {tree_name}: pass --devkit_dir DIR")
     found = sorted(w for w in present if w in names and text.lower() in names[w].lower())
@@ -195,7 +196,7 @@ def classes_by_search(text: str, names: dict[str, str], present: list[str], tree
     return found
 
 
-def check_classes_present(subset: SubsetList, train_classes: list[str], train_dir: Path) -> None:
+def check_classes_present(subset: SubsetList, train_classes: list[str], train_dir: str) -> None:
     """Every listed WNID must have a ``train/<wnid>`` folder; all absent ones are named."""
     present = set(train_classes)
     absent = [w for w in subset.wnids if w not in present]

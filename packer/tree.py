@@ -1,6 +1,9 @@
-"""Find the images and labels of a local ILSVRC CLS-LOC tree.
+"""Find the images and labels of a local ILSVRC CLS-LOC tree, extracted or in its archives.
 
-``data_dir`` is the folder holding ``train/`` and ``val/``. Three layouts are
+``data_dir`` is the folder holding ``train/`` and ``val/``, or the archives they
+come in (``ILSVRC2012_img_train.tar``, ``ILSVRC2012_img_val.tar``, Kaggle's
+zip; any mix with extracted folders), or one such archive: ``sources.py`` says
+which, and gives each split as an ``ImageFolder``. Three layouts are
 recognised with no flags (any mix of their label files works):
 
 1. Kaggle / ILSVRC2017 CLS-LOC download::
@@ -20,21 +23,34 @@ recognised with no flags (any mix of their label files works):
    ``<top>/ILSVRC/`` is found this way.
 3. A val folder already sorted into ``val/<wnid>/*.JPEG`` (``valprep.sh``).
 
-Label files are looked for in ``--devkit_dir``, then in ``data_dir`` and its
-three nearest ancestors, then in ``./aux_files`` (where the original script kept
-them); the first found of each kind wins.
+Label files are looked for in ``--devkit_dir``, then inside the Kaggle zip (in
+its data folder and the three above it), then in ``data_dir`` (the folder of
+the archives) and its three nearest ancestors, then in ``./aux_files`` (where
+the original script kept them); a devkit archive (``ILSVRC2012_devkit_t12.tar.gz``
+or ``ILSVRC2015_devkit.tar.gz``) in one of those folders is searched right after
+it. The first found of each kind wins.
 
-Train images are ``train/<wnid>/<stem>.JPEG`` (any case of ``.jpeg``/``.jpg``/``.png``).
-Their rows follow ``train_cls.txt`` (ids are its line numbers); without it, the
-sorted listing of the whole train tree gives the same order and ids. Val rows
-are in image-number order and ``val_id`` is that number. Val labels come from
-the first source present: ``val/<wnid>/`` folders, ``LOC_val_solution.csv``, the
-devkit ground truth with ``map_clsloc.txt``, the Annotations XML files.
+Train images are ``train/<wnid>/<stem>.JPEG`` (any case of ``.jpeg``/``.jpg``/``.png``),
+or ``<stem>.JPEG`` in ``<wnid>.tar`` inside the train tar. Their rows follow
+``train_cls.txt`` (ids are its line numbers). Without it, in a folder or zip the
+sorted listing of the whole train tree gives the same order and ids; in the
+train tar an image's id is the number of train images of the classes whose
+WNIDs sort before its class (from the built-in class table) plus its 1-based
+rank by name in its class tar, its line number in the standard
+``train_cls.txt``, so no other class tar is read (a tar holding classes the
+table lacks, or more images of a class than ImageNet has, is numbered by its
+own listing instead). Val rows are in image-number order and ``val_id`` is
+that number. Val labels come from the first source present: ``val/<wnid>/``
+folders, ``LOC_val_solution.csv``, the devkit ground truth (with
+``map_clsloc.txt``, or the built-in class table), the Annotations XML files,
+the built-in labels of the 50,000 ILSVRC2012 val images.
 
-Only the class folders of the subset are listed when ``train_cls.txt`` exists;
-no image file is ever opened or stat'ed here.
+Only the class folders (or class tars) of the subset are listed when
+``train_cls.txt`` exists or the train images are in the train tar; no image
+file is ever opened or stat'ed here.
 """
 import itertools
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +59,11 @@ import numpy as np
 
 from . import labelfiles
 from .errors import UserError
-from .labelfiles import WNID_RE, val_image_number
+from .labelfiles import BUILTIN_VAL_LABELS, LabelSource, builtin_classes, builtin_val_labels, val_image_number
 from .options import shown
+from .sources import DEVKIT_ARCHIVES, ArchiveFolder, ImageFolder, devkit_archive, find_image_sources
+
+log = logging.getLogger("packer")
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
@@ -67,18 +86,20 @@ LABEL_FILE_PLACES = {
 
 @dataclass(frozen=True)
 class Tree:
-    """Where a tree's images are and which label files were found (None: not found)."""
+    """Where a tree's images are and which label files were found (None: not found). A label
+    file is a ``Path`` or a file inside an archive; ``val_annotations`` is a folder of either kind."""
 
     data_dir: Path
-    train_dir: Path
-    val_dir: Path
+    train: ImageFolder
+    val: ImageFolder
     searched: tuple[Path, ...]
-    train_cls: Path | None = None
-    synset_mapping: Path | None = None
-    val_solution: Path | None = None
-    val_annotations: Path | None = None
-    map_clsloc: Path | None = None
-    val_ground_truth: Path | None = None
+    archives: tuple[str, ...] = ()
+    train_cls: LabelSource | None = None
+    synset_mapping: LabelSource | None = None
+    val_solution: LabelSource | None = None
+    val_annotations: "Path | ArchiveFolder | None" = None
+    map_clsloc: LabelSource | None = None
+    val_ground_truth: LabelSource | None = None
 
     def looked_in(self) -> str:
         """The searched folders, comma-separated, for messages."""
@@ -87,7 +108,8 @@ class Tree:
 
 @dataclass(frozen=True)
 class SplitImages:
-    """The images of one split in row order: ``root/paths[i]`` has class ``wnids[i]`` and id ``ids[i]``.
+    """The images of one split in row order: ``paths[i]`` (relative to the split's folder, and
+    found in ``source``) has class ``wnids[i]`` and id ``ids[i]``.
 
     ``label_source`` names what gave the order and classes (a file name, or a
     description such as ``val/<wnid>/ folders``); ``labels`` (int32, per image)
@@ -95,7 +117,7 @@ class SplitImages:
     """
 
     split: str
-    root: Path
+    source: ImageFolder
     paths: list[str]
     wnids: list[str]
     ids: np.ndarray
@@ -116,7 +138,7 @@ class SplitImages:
     def take(self, rows: np.ndarray, split: str | None = None) -> "SplitImages":
         """The images at positions ``rows`` (in that order), optionally as another split."""
         rows = np.asarray(rows, dtype=np.int64)
-        return SplitImages(split or self.split, self.root, [self.paths[i] for i in rows],
+        return SplitImages(split or self.split, self.source, [self.paths[i] for i in rows],
                            [self.wnids[i] for i in rows], self.ids[rows], self.label_source,
                            None if self.labels is None else self.labels[rows], self.notes)
 
@@ -147,48 +169,58 @@ def _check_folder(flag: str, folder: Path, what_to_pass: str) -> None:
         raise UserError(f"{flag} {folder} {problem}; pass {what_to_pass}")
 
 
-def find_tree(data_dir: str | os.PathLike, devkit_dir: str | os.PathLike | None = None) -> Tree:
-    """Check ``data_dir`` holds ``train/`` and ``val/`` and locate the label files."""
+def _found_on_disk(folder: Path, place: str, want_dir: bool) -> Path | None:
+    path = folder / place
+    return path if (path.is_dir() if want_dir else path.is_file()) else None
+
+
+def _found_in_archive(folder, place: str, want_dir: bool):
+    if want_dir:
+        return folder / place if folder.is_dir(place) else None
+    return folder.label_file(place) if folder.is_file(place) else None
+
+
+def find_tree(data_dir: str | os.PathLike, devkit_dir: str | os.PathLike | None = None,
+              index_dir: str | os.PathLike | None = None) -> Tree:
+    """Find the images of ``data_dir`` (folders or archives; ``index_dir`` keeps the member lists
+    of archives) and locate the label files."""
     data_dir = Path(data_dir).resolve()
-    data_dir_hint = "the folder holding train/ and val/ (e.g. ILSVRC/Data/CLS-LOC)"
-    _check_folder("--data_dir", data_dir, data_dir_hint)
-    for split in ("train", "val"):
-        if not (data_dir / split).is_dir():
-            raise UserError(f"--data_dir {data_dir} has no {split}/ folder; pass {data_dir_hint}")
+    if not data_dir.exists():
+        raise UserError(f"--data_dir {data_dir} does not exist; pass the folder holding train/ and val/ "
+                        "(e.g. ILSVRC/Data/CLS-LOC) or the ImageNet archives")
     if devkit_dir is not None:
         devkit_dir = Path(devkit_dir).resolve()
         _check_folder("--devkit_dir", devkit_dir, "the devkit folder holding map_clsloc.txt")
-    searched = _search_folders(data_dir, devkit_dir)
-    found = {}
-    for kind, places in LABEL_FILE_PLACES.items():
-        want_dir = kind == "val_annotations"
-        found[kind] = next(
-            (folder / place for folder in searched for place in places
-             if ((folder / place).is_dir() if want_dir else (folder / place).is_file())),
-            None,
-        )
-    return Tree(data_dir, data_dir / "train", data_dir / "val", searched, **found)
+    images = find_image_sources(data_dir, index_dir)
+    searched = _search_folders(data_dir.parent if data_dir.is_file() else data_dir, devkit_dir)
+    places = [*searched[:1 if devkit_dir else 0], *images.label_places, *searched[1 if devkit_dir else 0:]]
+    found: dict = {}
+    devkit_places = LABEL_FILE_PLACES["map_clsloc"] + LABEL_FILE_PLACES["val_ground_truth"]
+    for folder in places:
+        candidates: list = [folder]
+        if isinstance(folder, Path) and not all(found.get(k) for k in ("map_clsloc", "val_ground_truth")):
+            candidates += [devkit_archive(folder / name, devkit_places) for name in DEVKIT_ARCHIVES
+                           if (folder / name).is_file()]
+        for candidate in candidates:
+            for kind, kind_places in LABEL_FILE_PLACES.items():
+                want_dir = kind == "val_annotations"
+                finder = _found_on_disk if isinstance(candidate, Path) else _found_in_archive
+                found[kind] = found.get(kind) or next(
+                    (hit for place in kind_places if (hit := finder(candidate, place, want_dir)) is not None), None)
+    return Tree(data_dir, images.train, images.val, searched, images.archives, **found)
 
 
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _list_dir(folder: Path) -> list[os.DirEntry]:
-    try:
-        with os.scandir(folder) as entries:
-            return list(entries)
-    except OSError as exc:
-        raise UserError(f"cannot list {folder}: {exc.strerror}") from None
-
-
 def train_classes(tree: Tree) -> list[str]:
-    """Sorted names of the class folders in ``train/`` (no image is touched)."""
-    return sorted(e.name for e in _list_dir(tree.train_dir) if WNID_RE.fullmatch(e.name) and e.is_dir())
+    """Sorted names of the class folders in ``train/`` (or class tars in the train tar; no image is touched)."""
+    return tree.train.class_folders()
 
 
-def _images_by_stem(folder: Path) -> dict[str, str]:
-    return {os.path.splitext(e.name)[0]: e.name for e in _list_dir(folder) if _is_image(e.name)}
+def _images_by_stem(folder: ImageFolder, class_folder: str) -> dict[str, str]:
+    return {os.path.splitext(name)[0]: name for name in folder.file_names(class_folder) if _is_image(name)}
 
 
 def list_train_images(tree: Tree, wnids: list[str]) -> SplitImages:
@@ -196,18 +228,49 @@ def list_train_images(tree: Tree, wnids: list[str]) -> SplitImages:
     wanted = set(wnids)
     if tree.train_cls is not None:
         return _train_from_train_cls(tree, wanted)
+    if isinstance(tree.train, ArchiveFolder) and tree.train.class_tars:
+        numbered = _train_numbered_by_table(tree, wnids)
+        if numbered is not None:
+            return numbered
     paths, classes, ids = [], [], []
     next_id = 1
     for wnid in train_classes(tree):
-        stems = _images_by_stem(tree.train_dir / wnid)
+        stems = _images_by_stem(tree.train, wnid)
         if wnid in wanted:
             for n, stem in enumerate(sorted(stems)):
                 paths.append(f"{wnid}/{stems[stem]}")
                 classes.append(wnid)
                 ids.append(next_id + n)
         next_id += len(stems)
-    return SplitImages("train", tree.train_dir, paths, classes, np.array(ids, dtype=np.int32),
+    return SplitImages("train", tree.train, paths, classes, np.array(ids, dtype=np.int32),
                        "sorted listing of train/")
+
+
+def _train_numbered_by_table(tree: Tree, wnids: list[str]) -> SplitImages | None:
+    """The train tar's images of ``wnids``, numbered as the standard ``train_cls.txt`` numbers
+    them (see the module docstring); None when the tar is not ImageNet's, so the table does not apply."""
+    table = builtin_classes()
+    present = train_classes(tree)
+    if any(wnid not in table for wnid in present):
+        log.info("note: %s holds classes not among the 1,000 of ILSVRC; train ids follow its own listing, "
+                 "so every class tar is read", tree.train)
+        return None
+    before, total = {}, 0
+    for wnid in sorted(table):
+        before[wnid], total = total, total + table[wnid].train_images
+    paths, classes, ids = [], [], []
+    for wnid in sorted(set(wnids)):
+        stems = _images_by_stem(tree.train, wnid)
+        if len(stems) > table[wnid].train_images:
+            log.info("note: %s holds %d images of %s, more than ImageNet's %d; train ids follow its own listing, "
+                     "so every class tar is read", tree.train, len(stems), wnid, table[wnid].train_images)
+            return None
+        for n, stem in enumerate(sorted(stems), start=1):
+            paths.append(f"{wnid}/{stems[stem]}")
+            classes.append(wnid)
+            ids.append(before[wnid] + n)
+    return SplitImages("train", tree.train, paths, classes, np.array(ids, dtype=np.int32),
+                       "ILSVRC2012 train_cls.txt numbering (built-in class table)")
 
 
 def _train_from_train_cls(tree: Tree, wanted: set[str]) -> SplitImages:
@@ -217,7 +280,7 @@ def _train_from_train_cls(tree: Tree, wanted: set[str]) -> SplitImages:
     unlisted: dict[str, dict[str, str]] = {}  # class -> its files not (yet) matched by a line
     rows = labelfiles.train_list_from_train_cls(train_cls, wanted)
     for wnid, class_rows in itertools.groupby(rows, key=lambda row: row[0]):
-        on_disk = unlisted.pop(wnid) if wnid in unlisted else _images_by_stem(tree.train_dir / wnid)
+        on_disk = unlisted.pop(wnid) if wnid in unlisted else _images_by_stem(tree.train, wnid)
         for _, stem, image_id in class_rows:
             name = on_disk.pop(stem, None)
             if name is None:
@@ -231,21 +294,17 @@ def _train_from_train_cls(tree: Tree, wanted: set[str]) -> SplitImages:
         raise UserError(f"{len(missing)} train images listed in {tree.train_cls} are missing from {tree.data_dir}: "
                         f"{shown(missing)}; restore them or remove train_cls.txt to use the images present")
     for wnid in wanted - set(unlisted):  # classes with no line at all
-        unlisted[wnid] = _images_by_stem(tree.train_dir / wnid)
+        unlisted[wnid] = _images_by_stem(tree.train, wnid)
     left_out = sum(len(files) for files in unlisted.values())
     notes = (f"{left_out} train images not listed in {tree.train_cls} were left out",) if left_out else ()
-    return SplitImages("train", tree.train_dir, paths, classes, np.array(ids, dtype=np.int32),
+    return SplitImages("train", tree.train, paths, classes, np.array(ids, dtype=np.int32),
                        train_cls.name, notes=notes)
-
-
-def _val_is_sorted(tree: Tree) -> bool:
-    return any(WNID_RE.fullmatch(e.name) and e.is_dir() for e in _list_dir(tree.val_dir))
 
 
 def _val_number(tree: Tree, relative: str) -> int:
     number = val_image_number(os.path.basename(relative))
     if number is None:
-        raise UserError(f"cannot read the image number of {tree.val_dir / relative}; "
+        raise UserError(f"cannot read the image number of {tree.val}/{relative}; "
                         "val images are named ILSVRC2012_val_XXXXXXXX.JPEG: rename or remove it")
     return number
 
@@ -253,68 +312,84 @@ def _val_number(tree: Tree, relative: str) -> int:
 def list_val_images(tree: Tree, wnids: list[str]) -> SplitImages:
     """The val images of ``wnids`` in image-number order, labelled by the best source present."""
     wanted = set(wnids)
-    if _val_is_sorted(tree):
+    sorted_into = tree.val.class_folders()
+    if sorted_into:
         entries = [
-            (_val_number(tree, f"{wnid}/{e.name}"), wnid, f"{wnid}/{e.name}")
-            for wnid in sorted(wanted) if (tree.val_dir / wnid).is_dir()
-            for e in _list_dir(tree.val_dir / wnid) if _is_image(e.name)
+            (_val_number(tree, f"{wnid}/{name}"), wnid, f"{wnid}/{name}")
+            for wnid in sorted(wanted & set(sorted_into))
+            for name in tree.val.file_names(wnid) if _is_image(name)
         ]
         source = "val/<wnid>/ folders"
     else:
         files = {}
-        for e in _list_dir(tree.val_dir):
-            if _is_image(e.name):
-                files[_val_number(tree, e.name)] = e.name
+        for name in tree.val.file_names():
+            if _is_image(name):
+                files[_val_number(tree, name)] = name
         labels, source = _flat_val_labels(tree, sorted(files))
         unlabelled = [files[n] for n in sorted(files) if n not in labels]
         if unlabelled:
-            raise UserError(f"{len(unlabelled)} val images in {tree.val_dir} have no label in {source}: "
+            raise UserError(f"{len(unlabelled)} val images in {tree.val} have no label in {source}: "
                             f"{shown(unlabelled)}; use the label file that came with these images")
         entries = [(n, labels[n], name) for n, name in files.items() if labels[n] in wanted]
     entries.sort()
-    return SplitImages("val", tree.val_dir, [e[2] for e in entries], [e[1] for e in entries],
+    return SplitImages("val", tree.val, [e[2] for e in entries], [e[1] for e in entries],
                        np.array([e[0] for e in entries], dtype=np.int32), source)
 
 
 def _flat_val_labels(tree: Tree, numbers: list[int]) -> tuple[dict[int, str], str]:
     if tree.val_solution:
         return labelfiles.val_labels_from_solution_csv(tree.val_solution), tree.val_solution.name
-    if tree.val_ground_truth and tree.map_clsloc:
-        wnid_of_id = {cls_id: wnid for wnid, (cls_id, _) in labelfiles.classes_from_map_clsloc(tree.map_clsloc).items()}
+    if tree.val_ground_truth:
+        if tree.map_clsloc:
+            classes = labelfiles.classes_from_map_clsloc(tree.map_clsloc)
+            wnid_of_id, table = {cls_id: wnid for wnid, (cls_id, _) in classes.items()}, tree.map_clsloc.name
+        else:
+            wnid_of_id = {info.clsloc_id: wnid for wnid, info in builtin_classes().items()}
+            table = "the built-in class table"
         return (labelfiles.val_labels_from_ground_truth(tree.val_ground_truth, wnid_of_id),
-                f"{tree.val_ground_truth.name} with {tree.map_clsloc.name}")
+                f"{tree.val_ground_truth.name} with {table}")
     if tree.val_annotations:
         return labelfiles.val_labels_from_annotations(tree.val_annotations, numbers), "Annotations/CLS-LOC/val"
-    hint = " (found it, but map_clsloc.txt is needed to read it)" if tree.val_ground_truth else ""
-    raise UserError(
-        f"no val labels found for {tree.val_dir}: looked for val/<wnid>/ folders, LOC_val_solution.csv, "
-        f"ILSVRC2015_clsloc_validation_ground_truth.txt{hint}, Annotations/CLS-LOC/val/ in "
-        f"{tree.looked_in()}; pass --devkit_dir or sort val/ into class folders")
+    return builtin_val_labels(), BUILTIN_VAL_LABELS
 
 
 def class_table(tree: Tree) -> dict[str, ClassInfo]:
-    """Human label, CLS-LOC id and 0-999 model index of every class the label files know.
+    """Human label, CLS-LOC id and 0-999 model index of every class the label files or the
+    built-in class table know; the tree's own files come first.
 
     The index is the position in the sorted list of the 1000 classes, from the
-    mapping file, ``map_clsloc.txt``, or a complete ``train/`` (1000 folders).
+    mapping file, ``map_clsloc.txt``, a complete ``train/`` (1000 class folders),
+    or the built-in table (ImageNet's 1000).
     """
     names = labelfiles.names_from_synset_mapping(tree.synset_mapping) if tree.synset_mapping else {}
     clsloc = labelfiles.classes_from_map_clsloc(tree.map_clsloc) if tree.map_clsloc else {}
-    all_classes = next((sorted(c) for c in (names, clsloc) if len(c) == 1000), None)
-    if all_classes is None:
-        folders = train_classes(tree)
-        all_classes = folders if len(folders) == 1000 else []
+    builtin = builtin_classes()
+    folders = train_classes(tree)
+    all_classes = next((sorted(c) for c in (names, clsloc, folders) if len(c) == 1000), sorted(builtin))
     index = {wnid: i for i, wnid in enumerate(all_classes)}
-    return {
-        wnid: ClassInfo(names.get(wnid) or clsloc.get(wnid, (None, None))[1],
-                        clsloc.get(wnid, (None, None))[0], index.get(wnid))
-        for wnid in set(names) | set(clsloc) | set(index)
-    }
+
+    def facts(wnid: str) -> ClassInfo:
+        known = builtin.get(wnid)
+        human_label = names.get(wnid) or (clsloc[wnid][1] if wnid in clsloc else known and known.human_label)
+        original_label = clsloc[wnid][0] if wnid in clsloc else (known.clsloc_id if known else None)
+        return ClassInfo(human_label or None, original_label, index.get(wnid))
+
+    return {wnid: facts(wnid) for wnid in set(names) | set(clsloc) | set(index) | set(builtin)}
 
 
-def human_labels(classes: dict[str, ClassInfo]) -> dict[str, str]:
-    """WNID -> human label, in WNID order, of the classes of ``class_table`` that have one."""
-    return {wnid: info.human_label for wnid, info in sorted(classes.items()) if info.human_label}
+def names_to_match(classes: dict[str, ClassInfo]) -> dict[str, str]:
+    """WNID -> the comma-separated names ``--classes`` and ``--search`` match, in WNID order: the
+    human label of ``class_table``, then the class's WordNet names from the built-in table where
+    they add to it (``English_springer, English springer, English springer spaniel``)."""
+    builtin = builtin_classes()
+    names = {}
+    for wnid, info in sorted(classes.items()):
+        known = builtin[wnid].names if wnid in builtin else ""
+        label = info.human_label or ""
+        extra = [n.strip() for n in known.split(",") if n.strip() and n.strip().lower() not in label.lower()]
+        if label or extra:
+            names[wnid] = ", ".join(([label] if label else []) + extra)
+    return names
 
 
 def class_table_gaps(tree: Tree, classes: dict[str, ClassInfo], wnids: list[str]) -> list[str]:
@@ -322,12 +397,10 @@ def class_table_gaps(tree: Tree, classes: dict[str, ClassInfo], wnids: list[str]
     one for every field whose file was not found (naming the files and the folders searched),
     and one per field whose file was found but does not list some of the classes."""
     mapping_files = " and ".join(str(p) for p in (tree.synset_mapping, tree.map_clsloc) if p)
-    has_index = any(info.imagenet_index is not None for info in classes.values())
     columns = (  # (field, the file that fills it, why it is empty when that file was found)
         ("human_label", "LOC_synset_mapping.txt or map_clsloc.txt", mapping_files and f"not named in {mapping_files}"),
         ("original_label", "map_clsloc.txt", tree.map_clsloc and f"not listed in {tree.map_clsloc}"),
-        ("imagenet_index", "a 1000-class LOC_synset_mapping.txt or map_clsloc.txt, or a complete train/",
-         has_index and "not among the 1000 ImageNet classes"),
+        ("imagenet_index", "", "not among the 1000 ImageNet classes"),  # the built-in table has the 1000
     )
     unknown = ClassInfo(None, None, None)
     missing_files, notes = [], []
@@ -349,4 +422,4 @@ def image_counts(tree: Tree, wnids: list[str]) -> dict[str, tuple[int, int]]:
     val_counts = {w: 0 for w in wnids}
     for wnid in val.wnids:
         val_counts[wnid] += 1
-    return {w: (len(_images_by_stem(tree.train_dir / w)), val_counts[w]) for w in wnids}
+    return {w: (len(_images_by_stem(tree.train, w)), val_counts[w]) for w in wnids}

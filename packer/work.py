@@ -45,6 +45,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
+from typing import BinaryIO, Protocol
 
 import numpy as np
 from PIL import Image
@@ -62,11 +63,20 @@ BLOCKED_WHILE_STARTING = (signal.SIGINT, *STOP_SIGNALS)  # until a new worker ha
 IGNORED_BY_WORKERS = tuple(s for s in BLOCKED_WHILE_STARTING if s != signal.SIGTERM)
 
 
+class ImageSource(Protocol):
+    """How a worker gets an image: ``name`` for messages, ``open()`` for ``Image.open`` (a path or
+    a binary file; an ``ImageError`` if the bytes cannot be had). A worker never needs to know
+    which kind it has: an ``ImageFile``, or an ``archives.Member`` read by offset."""
+
+    @property
+    def name(self) -> str: ...
+
+    def open(self) -> str | BinaryIO: ...
+
+
 @dataclass(frozen=True)
 class ImageFile:
-    """How a worker gets an image's bytes: from a file. Other sources (a member of a tar or zip
-    archive read by offset, a downloaded file) are to offer the same ``name`` and ``open()``, so
-    that a worker never needs to know which kind it has."""
+    """An image in a file (an ``ImageSource``)."""
 
     path: str
 
@@ -100,7 +110,7 @@ class Chunk:
 
     key: str
     start: int
-    images: tuple[ImageFile, ...]
+    images: tuple[ImageSource, ...]
     destination: WriteInPlace | SendDeflated
     part: int = 0
     skip_errors: bool = False

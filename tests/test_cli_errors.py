@@ -1,11 +1,13 @@
 """Every error path of the command line: exit code 1, one line naming the file or value, no traceback,
 nothing written at the output paths."""
 import errno
+import json
 import re
 import os
 import resource
 import subprocess
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -58,23 +60,30 @@ def test_missing_devkit_dir(tree, tmp_path, class_list, capsys):
     assert_one_error_line(err, f"--devkit_dir {tmp_path / 'nodevkit'} does not exist")
 
 
-def test_missing_val_label_sources_lists_what_was_looked_for(tmp_path, class_list, capsys):
+def test_val_numbers_beyond_the_builtin_labels_name_the_images(tmp_path, class_list, capsys):
+    """With no label file, flat val images are labelled by the built-in labels of the 50,000
+    ILSVRC2012 val images; an image numbered beyond them has no label, and the error says so."""
     tree = plain_tree(tmp_path / "tree" / "CLS-LOC")  # flat val/, no label file anywhere
+    Image.new("RGB", (30, 30)).save(tree.val_dir / "ILSVRC2012_val_00050001.JPEG")
     code, _, err = run_main(args(class_list, tree.data_dir, tmp_path / "out"), capsys)
     assert code == 1
-    line = assert_one_error_line(err, "no val labels found", str(tree.val_dir), "val/<wnid>/", "LOC_val_solution.csv",
-                                 "ILSVRC2015_clsloc_validation_ground_truth.txt", "Annotations/CLS-LOC/val",
-                                 str(tree.data_dir), str(tmp_path / "tree"))
-    assert "--devkit_dir" in line
+    assert_one_error_line(err, f"1 val images in {tree.val_dir} have no label in built-in ILSVRC2012 validation "
+                               "labels: ILSVRC2012_val_00050001.JPEG; use the label file that came with these images")
     assert_nothing_written(tmp_path / "out")
 
 
-def test_ground_truth_without_map_clsloc_says_so(tmp_path, class_list, capsys):
+def test_ground_truth_without_map_clsloc_uses_the_builtin_class_table(tmp_path, class_list, capsys):
     tree = plain_tree(tmp_path / "tree" / "CLS-LOC")
-    (tmp_path / "tree" / "ILSVRC2015_clsloc_validation_ground_truth.txt").write_text("1\n" * 13)
-    code, _, err = run_main(args(class_list, tree.data_dir, tmp_path / "out"), capsys)
-    assert code == 1
-    assert_one_error_line(err, "map_clsloc.txt is needed")
+    # CLS-LOC id 449 is n01440764 (tench, A) in the built-in table: every val image is labelled A
+    (tmp_path / "tree" / "ILSVRC2015_clsloc_validation_ground_truth.txt").write_text("449\n" * 13)
+    code, _, _ = run_main(args(class_list, tree.data_dir, tmp_path / "out"), capsys)
+    assert code == 0
+    archive = np.load(tmp_path / "out" / "mine_cls.npz")
+    assert archive["val_id"].tolist() == sorted(tree.val)
+    assert archive["y_val"].tolist() == [SUBSET.index(A)] * len(tree.val)
+    manifest = json.loads((tmp_path / "out" / "mine_cls.manifest.json").read_text())
+    assert manifest["sources"]["val"]["label_source"] == (
+        "ILSVRC2015_clsloc_validation_ground_truth.txt with the built-in class table")
 
 
 def test_val_image_without_label(tree, tmp_path, class_list, capsys):
@@ -293,5 +302,6 @@ def test_successful_build_prints_the_summary(tree, tmp_path, class_list, capsys,
     first = stdout.splitlines()[0]
     assert re.fullmatch(rf"mine: 18 train, 8 val images, 3 classes -> {re.escape(str(archive))} "
                         r"\(\d+\.\d MB\) in \d+\.\d s \(\d+ images/s\)", first), first
+    assert stdout.splitlines()[1] == "labels: train from train_cls.txt; val from LOC_val_solution.csv"
     assert f"metadata: {out / 'mine_cls_metadata.csv'}" in stdout
     assert "Traceback" not in err and PREFIX not in err

@@ -5,6 +5,9 @@ The trees (helpers.py) hold classes A, B, C, D; the subset lists them as C, A, B
 the train images are A_1 A_10 A_11 A_2 .. A_9 (ids 1-11), D_1 D_2 (12-13),
 B_1 .. B_3 (14-16), C_1 .. C_4 (17-20).
 """
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,6 +15,7 @@ from helpers import (A, B, C, D, NAMES, SUBSET, TRAIN_COUNTS, VAL_LABELS, TreeWr
                      kaggle_tree, plain_tree, read_npz, sha256, write_annotations, write_ground_truth,
                      write_list, write_map_clsloc, write_synset_mapping, write_train_cls, write_val_solution)
 from packer import UserError
+from packer.labelfiles import builtin_classes, builtin_val_labels
 from packer.tree import find_tree
 
 TRAIN_FILES = ([f"{A}/{A}_{k}.JPEG" for k in (1, 10, 11, 2, 3, 4, 5, 6, 7, 8, 9)]
@@ -67,8 +71,13 @@ def test_devkit_given_with_devkit_dir(tmp_path, class_list):
     devkit = tmp_path / "elsewhere" / "ILSVRC2015_devkit"
     write_map_clsloc(devkit / "map_clsloc.txt", {w: (CLSLOC_IDS[w], f"name_of_{w}") for w in (A, B, C, D)})
     write_ground_truth(devkit / "ILSVRC2015_clsloc_validation_ground_truth.txt", VAL_LABELS, CLSLOC_IDS)
-    with pytest.raises(UserError, match="no val labels found"):
-        build(class_list, tree.data_dir, tmp_path / "out")
+    # without the devkit, the val images are labelled by the built-in ILSVRC2012 labels of their numbers
+    unlabelled_here = build(class_list, tree.data_dir, tmp_path / "builtin")
+    builtin = builtin_val_labels()
+    expected = [n for n in sorted(VAL_LABELS) if builtin[n] in SUBSET]
+    assert read_npz(unlabelled_here.archive)["val_id"].tolist() == expected
+    manifest = json.loads(Path(unlabelled_here.manifest).read_text())
+    assert manifest["sources"]["val"]["label_source"] == "built-in ILSVRC2012 validation labels"
     result = build(class_list, tree.data_dir, tmp_path / "out", devkit_dir=str(devkit))
     check_archive(result.archive, tree)
 
@@ -208,11 +217,12 @@ def test_label_files_left_in_aux_files_are_used(tmp_path, class_list, _isolated_
     write_ground_truth(aux / "ILSVRC2015_clsloc_validation_ground_truth.txt", VAL_LABELS, CLSLOC_IDS)
     result = build(class_list, tree.data_dir, tmp_path / "out")
     check_archive(result.archive, tree)
-    # every image is listed in train_cls.txt; only the 4-class map_clsloc.txt cannot give the 0-999 index
-    looked = find_tree(tree.data_dir).looked_in()
-    assert result.notes == (
-        "metadata columns left empty: imagenet_index (from a 1000-class LOC_synset_mapping.txt or map_clsloc.txt, "
-        f"or a complete train/): not found in {looked}; pass --devkit_dir DIR to fill them",)
+    # every image is listed in train_cls.txt; the 4-class map_clsloc.txt names the classes and the
+    # built-in class table gives the 0-999 index
+    assert result.notes == ()
+    metadata = Path(result.metadata).read_text().splitlines()
+    assert metadata[1].split(",")[:5] == ["0", SUBSET[0], f"name_of_{SUBSET[0]}", str(CLSLOC_IDS[SUBSET[0]]),
+                                          str(sorted(builtin_classes()).index(SUBSET[0]))]
 
 
 def test_subset_with_no_val_images(tmp_path):

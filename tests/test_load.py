@@ -58,14 +58,16 @@ def test_classes_is_the_csv(built):
     csv = pd.read_csv(stored.metadata)
     assert list(data.classes.columns) == list(csv.columns)
     assert len(data.classes) == len(csv) == 3
-    # written back, the table is the CSV byte for byte (empty cells stay empty)
+    # written back, the table is the CSV byte for byte
     assert data.classes.to_csv(index=False, lineterminator="\n") == stored.metadata.read_text()
     assert data.classes["WNID"].tolist() == SUBSET
     assert data.classes["human_label"].tolist() == [NAMES[w] for w in SUBSET]
     assert data.classes["subset_label"].tolist() == [0, 1, 2]
     assert data.classes["num_train_images"].tolist() == [4, 11, 3]
     assert data.classes["num_val_images"].tolist() == [3, 3, 2]
-    assert data.classes["original_label"].isna().all() and data.classes["imagenet_index"].isna().all()
+    # from the built-in class table (the tree has no map_clsloc.txt and a 4-class mapping file)
+    assert data.classes["original_label"].tolist() == [382, 449, 5]
+    assert data.classes["imagenet_index"].tolist() == [491, 0, 217]
 
 
 def test_no_csv_gives_no_classes(built, tmp_path):

@@ -1,4 +1,9 @@
-"""The metadata CSV written beside the archive: exact bytes for each source of class information."""
+"""The metadata CSV written beside the archive: exact bytes for each source of class information.
+
+What the tree's files leave out comes from the built-in ILSVRC class table: for the classes used
+here, C (n03000684) is chain_saw, CLS-LOC id 382, index 491; A (n01440764) tench, 449, 0; B
+(n02102040) English_springer, 5, 217; D (n01530575) brambling, 386, 10.
+"""
 import pytest
 
 from helpers import (A, B, C, D, NAMES, SUBSET, VAL_LABELS, build, kaggle_tree, plain_tree, write_ground_truth,
@@ -33,9 +38,9 @@ def test_kaggle_with_full_synset_mapping(tmp_path, class_list):
     result = build(class_list, tree.data_dir, tmp_path / "out")
     assert result.metadata.read_text() == (
         HEADER
-        + '0,n03000684,"chain saw, chainsaw",,513,4,3\n'
-        + '1,n01440764,"tench, Tinca tinca",,400,11,3\n'
-        + '2,n02102040,"English springer, English springer spaniel",,502,3,2\n')
+        + '0,n03000684,"chain saw, chainsaw",382,513,4,3\n'
+        + '1,n01440764,"tench, Tinca tinca",449,400,11,3\n'
+        + '2,n02102040,"English springer, English springer spaniel",5,502,3,2\n')
 
 
 def _full_map_clsloc(path):
@@ -60,20 +65,31 @@ def test_devkit_with_full_map_clsloc(tmp_path, class_list):
 
 
 def test_synset_names_win_over_map_clsloc_names(tmp_path, class_list):
-    tree = kaggle_tree(tmp_path / "kaggle")  # 4-line LOC_synset_mapping.txt: no index
+    tree = kaggle_tree(tmp_path / "kaggle")  # 4-line LOC_synset_mapping.txt: the index is the built-in one
     write_map_clsloc(tmp_path / "kaggle" / "map_clsloc.txt", {w: (CLSLOC_IDS[w], f"x_{w}") for w in (A, B, C, D)})
     result = build(class_list, tree.data_dir, tmp_path / "out")
     assert result.metadata.read_text() == (
         HEADER
-        + '0,n03000684,"chain saw, chainsaw",492,,4,3\n'
-        + '1,n01440764,"tench, Tinca tinca",449,,11,3\n'
-        + '2,n02102040,"English springer, English springer spaniel",218,,3,2\n')
+        + '0,n03000684,"chain saw, chainsaw",492,491,4,3\n'
+        + '1,n01440764,"tench, Tinca tinca",449,0,11,3\n'
+        + '2,n02102040,"English springer, English springer spaniel",218,217,3,2\n')
 
 
-def test_nothing_known_leaves_cells_empty(tmp_path, class_list):
+def test_a_tree_without_label_files_is_described_by_the_builtin_table(tmp_path, class_list):
     tree = plain_tree(tmp_path / "tree", sorted_val=True)
     result = build(class_list, tree.data_dir, tmp_path / "out")
-    assert result.metadata.read_text() == HEADER + "0,n03000684,,,,4,3\n1,n01440764,,,,11,3\n2,n02102040,,,,3,2\n"
+    assert result.metadata.read_text() == HEADER + (
+        "0,n03000684,chain_saw,382,491,4,3\n1,n01440764,tench,449,0,11,3\n2,n02102040,English_springer,5,217,3,2\n")
+    assert result.notes == ()
+
+
+def test_a_class_outside_the_builtin_table_leaves_cells_empty(tmp_path):
+    other = "n00000042"
+    tree = plain_tree(tmp_path / "tree", counts={other: 2, A: 1}, val={1: other, 2: A}, sorted_val=True)
+    result = build(write_list(tmp_path / "l.txt", [other, A]), tree.data_dir, tmp_path / "out")
+    assert result.metadata.read_text() == HEADER + "0,n00000042,,,,2,1\n1,n01440764,tench,449,0,1,1\n"
+    assert result.notes[0].startswith("metadata columns left empty: human_label (from LOC_synset_mapping.txt or "
+                                      "map_clsloc.txt); original_label (from map_clsloc.txt): not found in ")
 
 
 def test_index_from_a_complete_train_folder(tmp_path, class_list):
@@ -82,7 +98,8 @@ def test_index_from_a_complete_train_folder(tmp_path, class_list):
         (tree.train_dir / w).mkdir()
     result = build(class_list, tree.data_dir, tmp_path / "out")
     assert result.metadata.read_text() == (
-        HEADER + "0,n03000684,,,513,4,3\n1,n01440764,,,400,11,3\n2,n02102040,,,502,3,2\n")
+        HEADER + "0,n03000684,chain_saw,382,513,4,3\n1,n01440764,tench,449,400,11,3\n"
+        "2,n02102040,English_springer,5,502,3,2\n")
 
 
 def test_partial_synset_mapping_and_class_without_val(tmp_path):
@@ -91,4 +108,5 @@ def test_partial_synset_mapping_and_class_without_val(tmp_path):
     tree = kaggle_tree(tmp_path / "kaggle", names=names, val={1: A, 2: B, 3: A})
     write_synset_mapping(tmp_path / "kaggle" / "LOC_synset_mapping.txt", names)
     result = build(write_list(tmp_path / "l.txt", [D, A]), tree.data_dir, tmp_path / "out")
-    assert result.metadata.read_text() == HEADER + "0,n01530575,,,,2,0\n1,n01440764,\"tench, Tinca tinca\",,,11,2\n"
+    assert result.metadata.read_text() == (
+        HEADER + "0,n01530575,brambling,386,10,2,0\n1,n01440764,\"tench, Tinca tinca\",449,0,11,2\n")

@@ -282,3 +282,32 @@ def test_malformed_recipes_are_refused_before_any_image_is_touched(built, tmp_pa
         rebuild(recipe, built.tree.data_dir, tmp_path / "out")
     assert image_accesses == []
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- the recipe first
+
+def test_a_refused_recipe_is_refused_before_data_dir_and_options_are_read(built, tmp_path, image_accesses):
+    """The recipe is checked before anything else: a missing --data_dir, an option that shapes the
+    archive and a bad --workers are not what the error reports."""
+    recipe = crafted(built.plain.manifest, tmp_path, lambda r: r.__setitem__("name", "../evil"))
+    expected = "name '../evil' (a file-name stem: not empty, no /, \\, :, .. or control characters)"
+    with raises_exactly(refusal(recipe, f"1 {ENTRIES}: {expected}")):
+        rebuild_from_recipe(recipe, str(tmp_path / "nowhere"), out_dir=str(tmp_path / "out"), workers=0,
+                            crop_size=5, progress=False)
+    assert image_accesses == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_options_that_shape_the_archive_are_the_recipe_s(built, tmp_path, image_accesses):
+    with raises_exactly(f"crop_size, layout: the recipe {built.plain.manifest} fixes the options that shape the "
+                        "archive; leave them out"):
+        rebuild_from_recipe(built.plain.manifest, str(built.tree.data_dir), out_dir=str(tmp_path / "out"),
+                            layout="nchw", crop_size=5, workers=1, progress=False)
+    assert image_accesses == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_options_are_keywords_only(built, tmp_path):
+    with pytest.raises(TypeError):
+        rebuild_from_recipe(built.plain.manifest, str(built.tree.data_dir), None, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,1 @@
+"""Tables the package ships: see README.md in this folder."""
