@@ -44,6 +44,7 @@ naming the archive, and the member where there is one. Reading an image member
 that turns out to be damaged is an ``ImageError``, which ``--on_error skip``
 skips as it skips an unreadable file.
 """
+import contextlib
 import io
 import os
 import posixpath
@@ -152,6 +153,24 @@ def archive_size(path: str) -> int:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
 
 
+@contextlib.contextmanager
+def _opened(archive: str) -> Iterator[int]:
+    """A read-only descriptor of ``archive``; a ``UserError`` naming it if it cannot be opened."""
+    try:
+        f = open(archive, "rb", buffering=0)
+    except OSError as exc:
+        raise UserError(f"cannot read {archive}: {exc.strerror}") from None
+    with f:
+        yield f.fileno()
+
+
+def _past_the_end(shown: str, name: str, archive_kind: str = "archive", ends: tuple[int, int] | None = None) \
+        -> UserError:
+    detail = f" ({ends[0]} > {ends[1]} bytes)" if ends else ""
+    return UserError(f"{shown}: member {name} runs past the end of the {archive_kind}{detail}; it is truncated, "
+                     "download it again")
+
+
 # --- tar -------------------------------------------------------------------------------------------
 
 def _tar_number(field: bytes, where: str) -> int:
@@ -181,19 +200,23 @@ def _pax_records(data: bytes, where: str) -> dict[str, str]:
     return records
 
 
+def _member_name(raw: str) -> str:
+    """A member's path as extraction would place it: ``././a//b`` is ``a/b``, ``/a`` is ``a``."""
+    return posixpath.normpath(raw).lstrip("/")
+
+
 def scan_tar(archive: str, start: int = 0, length: int | None = None, label: str = "") -> Iterator[Member]:
     """The files of the tar in bytes ``start .. start+length`` of ``archive`` (the whole file by
     default), in archive order; ``label`` (``n01440764.tar/``) is prefixed to their paths. Only
-    headers are read: the data of every member is seeked over."""
+    headers are read: the data of every member is seeked over. A hard link is a file with its
+    target's bytes, as extraction makes it; folders, symbolic links and devices are left out."""
     end = start + (archive_size(archive) - start if length is None else length)
     shown = f"{archive}:{label.rstrip('/')}" if label else archive
-    try:
-        f = open(archive, "rb", buffering=0)
-    except OSError as exc:
-        raise UserError(f"cannot read {archive}: {exc.strerror}") from None
-    with f:
-        fd, position = f.fileno(), start
+    seen: dict[str, Member] = {}  # by name, for hard links
+    with _opened(archive) as fd:
+        position = start
         long_name: str | None = None
+        long_link: str | None = None
         pax: dict[str, str] = {}
         while True:
             header = os.pread(fd, BLOCK, position) if position + BLOCK <= end else b""
@@ -206,40 +229,44 @@ def scan_tar(archive: str, start: int = 0, length: int | None = None, label: str
             checksum = _tar_number(header[148:156], where)
             if checksum != sum(header[:148]) + 8 * 32 + sum(header[156:]):
                 raise UserError(f"{where}: damaged tar header (checksum mismatch); download the archive again")
-            size = _tar_number(header[124:136], where)
             kind = header[156:157]
+            name = _tar_text(header[:100])
+            if header[257:263] == b"ustar\0" and header[345:346] != b"\0":  # POSIX ustar: a name prefix
+                name = _tar_text(header[345:500]) + "/" + name
+            name = _member_name(pax.get("path") or long_name or name)
+            size = int(pax["size"]) if "size" in pax and kind not in (b"L", b"K", b"x") else \
+                _tar_number(header[124:136], where)
             data = position + BLOCK
             if data + size > end:
-                name = long_name or _tar_text(header[:100])
-                raise UserError(f"{shown}: member {name} runs past the end of the archive ({data + size - start} > "
-                                f"{end - start} bytes); it is truncated, download it again")
-            if kind in (b"L", b"x"):
+                raise _past_the_end(shown, name, ends=(data + size - start, end - start))
+            if kind in (b"L", b"K", b"x"):
                 content = _pread_exactly(fd, size, data)
                 if kind == b"L":
                     long_name = _tar_text(content)
+                elif kind == b"K":
+                    long_link = _tar_text(content)
                 else:
                     pax = _pax_records(content, where)
             else:
-                if kind in TAR_FILE_TYPES:
-                    name = _tar_text(header[:100])
-                    if header[257:262] == b"ustar" and header[345:346] != b"\0":
-                        name = _tar_text(header[345:500]) + "/" + name
-                    name = pax.get("path") or long_name or name
-                    size = int(pax["size"]) if "size" in pax else size
-                    if data + size > end:
-                        raise UserError(f"{shown}: member {name} runs past the end of the archive; it is truncated, "
-                                        "download it again")
-                    yield Member(archive, label + name.removeprefix("./"), data, size)
-                long_name, pax = None, {}  # (global pax records, type g, say nothing of where members are)
+                if kind in TAR_FILE_TYPES and name != ".":
+                    seen[name] = Member(archive, label + name, data, size)
+                    yield seen[name]
+                elif kind == b"1":  # a hard link to an earlier member
+                    target = seen.get(_member_name(pax.get("linkpath") or long_link or _tar_text(header[157:257])))
+                    if target is not None:
+                        seen[name] = Member(archive, label + name, target.offset, target.size)
+                        yield seen[name]
+                long_name, long_link, pax = None, None, {}  # (global pax records, type g, say nothing of members)
             position = data + (size + BLOCK - 1) // BLOCK * BLOCK
 
 
 def first_tar_member(archive: str) -> str | None:
     """The path of the first file in a tar (None for a tar without files or a file that is not a tar)."""
     try:
-        return next(iter(scan_tar(archive)), None).path  # type: ignore[union-attr]
-    except (UserError, AttributeError):
+        first = next(iter(scan_tar(archive)), None)
+    except UserError:
         return None
+    return first.path if first else None
 
 
 # --- zip -------------------------------------------------------------------------------------------
@@ -250,26 +277,30 @@ _END64 = struct.Struct("<4sQ2H2I4Q")  # 56 bytes
 _LOCATOR64 = struct.Struct("<4sIQI")  # 20 bytes
 
 
-def _zip_directory(archive: str, fd: int, size: int) -> tuple[int, int, int]:
-    """(entries, offset, size) of the zip's central directory."""
+def _zip_directory(archive: str, fd: int, size: int) -> tuple[int, int]:
+    """(offset, size) of the zip's central directory. The end record is the last ``PK\\5\\6``
+    whose comment length reaches exactly to the end of the file (a comment may hold the
+    signature too)."""
     tail_start = max(0, size - _END.size - 65535)
     tail = os.pread(fd, size - tail_start, tail_start)
     at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or at + _END.size > len(tail):
+    while at >= 0 and (at + _END.size > len(tail) or at + _END.size + _END.unpack_from(tail, at)[-1] != len(tail)):
+        at = tail.rfind(b"PK\x05\x06", 0, at)
+    if at < 0:
         raise UserError(f"{archive}: no zip end-of-central-directory record; it is not a zip or it is truncated, "
                         "download it again")
-    _, _, _, _, entries, directory_size, directory_offset, _ = _END.unpack_from(tail, at)
-    if entries == 0xFFFF or directory_size == 0xFFFFFFFF or directory_offset == 0xFFFFFFFF:
+    *_, directory_size, directory_offset, _ = _END.unpack_from(tail, at)
+    if directory_size == 0xFFFFFFFF or directory_offset == 0xFFFFFFFF or _END.unpack_from(tail, at)[4] == 0xFFFF:
         locator = tail[at - _LOCATOR64.size:at] if at >= _LOCATOR64.size else b""
         if len(locator) < _LOCATOR64.size or locator[:4] != b"PK\x06\x07":
             raise UserError(f"{archive}: its zip64 end record is missing; the zip is damaged, download it again")
         end64 = os.pread(fd, _END64.size, _LOCATOR64.unpack(locator)[2])
         if len(end64) < _END64.size or end64[:4] != b"PK\x06\x06":
             raise UserError(f"{archive}: broken zip64 end record; the zip is damaged, download it again")
-        *_, entries, directory_size, directory_offset = _END64.unpack(end64)
+        *_, directory_size, directory_offset = _END64.unpack(end64)
     if directory_offset + directory_size > tail_start + at:
         raise UserError(f"{archive}: its central directory runs past the end; the zip is truncated, download it again")
-    return entries, directory_offset, directory_size
+    return directory_offset, directory_size
 
 
 def _zip64_values(extra: bytes, wanted: list[str], archive: str, name: str) -> dict[str, int]:
@@ -291,49 +322,52 @@ def _zip64_values(extra: bytes, wanted: list[str], archive: str, name: str) -> d
 
 def scan_zip(archive: str) -> Iterator[Member]:
     """The files of a zip in central-directory order (folders left out). The central directory is
-    read in blocks, so memory stays small for a zip of millions of members."""
-    try:
-        f = open(archive, "rb", buffering=0)
-    except OSError as exc:
-        raise UserError(f"cannot read {archive}: {exc.strerror}") from None
-    with f:
-        fd, size = f.fileno(), os.fstat(f.fileno()).st_size
-        entries, position, directory_size = _zip_directory(archive, fd, size)
-        end, buffer, start = position + directory_size, b"", position
-        for number in range(entries):
-            if len(buffer) < _CENTRAL.size:
-                buffer += os.pread(fd, min(8 << 20, end - start), start)
-                start = position + len(buffer)
-            if len(buffer) < _CENTRAL.size or buffer[:4] != b"PK\x01\x02":
-                raise UserError(f"{archive}: broken central directory at entry {number + 1} of {entries}; the zip is "
-                                "damaged, download it again")
-            (_, _, _, flags, method, _, _, crc, stored, file_size, name_length, extra_length, comment_length, _, _, _,
-             local) = _CENTRAL.unpack_from(buffer)
-            entry_size = _CENTRAL.size + name_length + extra_length + comment_length
-            while len(buffer) < entry_size and start < end:
-                buffer += os.pread(fd, min(8 << 20, end - start), start)
-                start = position + len(buffer)
-            if len(buffer) < entry_size:
-                raise UserError(f"{archive}: broken central directory at entry {number + 1}; the zip is damaged, "
+    read in blocks of 8 MiB until its size is used up (not trusting the entry count, which some
+    writers wrap at 65,536), so memory stays small for a zip of millions of members."""
+    with _opened(archive) as fd:
+        size = os.fstat(fd).st_size
+        start, directory_size = _zip_directory(archive, fd, size)
+        end, read_to = start + directory_size, start
+        buffer, at, number = b"", 0, 0
+
+        def have(count: int) -> bool:  # at least ``count`` bytes from ``at`` are in the buffer
+            nonlocal buffer, at, read_to
+            while len(buffer) - at < count and read_to < end:
+                block = os.pread(fd, min(8 << 20, end - read_to), read_to)
+                if not block:
+                    break
+                buffer, at, read_to = buffer[at:] + block, 0, read_to + len(block)
+            return len(buffer) - at >= count
+
+        while read_to < end or at < len(buffer):
+            number += 1
+            if not have(_CENTRAL.size) or buffer[at:at + 4] != b"PK\x01\x02":
+                raise UserError(f"{archive}: broken central directory at entry {number}; the zip is damaged, "
                                 "download it again")
-            raw_name = buffer[_CENTRAL.size:_CENTRAL.size + name_length]
-            name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "surrogateescape")
+            (_, _, _, flags, method, _, _, crc, stored, file_size, name_length, extra_length, comment_length, _, _, _,
+             local) = _CENTRAL.unpack_from(buffer, at)
+            entry_size = _CENTRAL.size + name_length + extra_length + comment_length
+            if not have(entry_size):
+                raise UserError(f"{archive}: broken central directory at entry {number}; the zip is damaged, "
+                                "download it again")
+            name_at = at + _CENTRAL.size
+            name = buffer[name_at:name_at + name_length].decode("utf-8" if flags & 0x800 else "cp437",
+                                                                 "surrogateescape")
             wanted = [f for f, v in (("file_size", file_size), ("stored", stored), ("local", local))
                       if v == 0xFFFFFFFF]
             if wanted:
-                extra = buffer[_CENTRAL.size + name_length:_CENTRAL.size + name_length + extra_length]
+                extra = buffer[name_at + name_length:name_at + name_length + extra_length]
                 values = _zip64_values(extra, wanted, archive, name)
                 file_size, stored, local = (values.get("file_size", file_size), values.get("stored", stored),
                                             values.get("local", local))
-            buffer, position = buffer[entry_size:], position + entry_size
+            at += entry_size
             if name.endswith("/"):
                 continue
             if flags & 1:
                 raise UserError(f"{archive}: member {name} is encrypted; extract the zip with its password")
             if local + stored > size:
-                raise UserError(f"{archive}: member {name} runs past the end of the zip; it is truncated, "
-                                "download it again")
-            yield Member(archive, name, local, stored, method, crc, file_size)
+                raise _past_the_end(archive, name, "zip")
+            yield Member(archive, _member_name(name), local, stored, method, crc, file_size)
 
 
 # --- gzip-compressed tar (devkits) -------------------------------------------------------------

@@ -19,7 +19,7 @@ import typing
 from pathlib import Path
 
 from .errors import STOP_SIGNALS, Interrupted, UserError
-from .options import CHOOSING, GENERAL, SCALE, BuildOptions, option_fields
+from .options import CHOOSING, GENERAL, HIERARCHY, SCALE, BuildOptions, option_fields
 
 PROG = "imagenet-subset"
 COMMANDS = """commands:
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="Pack a subset of a local ImageNet (ILSVRC CLS-LOC) into a NumPy .npz archive.",
         epilog=COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    groups = {GENERAL: parser, CHOOSING: parser.add_argument_group(CHOOSING), SCALE: parser.add_argument_group(SCALE)}
+    groups = {GENERAL: parser, CHOOSING: parser.add_argument_group(CHOOSING),
+              HIERARCHY: parser.add_argument_group(HIERARCHY), SCALE: parser.add_argument_group(SCALE)}
     for option, kind in option_fields():
         _add_option(groups[option.metadata["group"]], option, kind)
     parser.add_argument("--recipe", metavar="MANIFEST.json",
@@ -134,6 +135,7 @@ def _rebuild(args: argparse.Namespace, argv: list[str]) -> int:
         option.name: getattr(args, option.name) for option, _ in option_fields()
         if not option.metadata["shapes_output"] and option.name != "data_dir"})
     print(report.summary())
+    print(report.result.labels_line())
     return 0 if report.archive_matches else 1
 
 
@@ -216,25 +218,44 @@ def _classes(argv: list[str]) -> int:
     parser = _Parser(prog=f"{PROG} classes",
                                      description="List the classes a tree holds: WNID, image counts, name.")
     for option, kind in option_fields():
-        if option.name in ("data_dir", "devkit_dir", "out_dir", "index_dir"):
+        if option.name in ("data_dir", "devkit_dir", "out_dir", "index_dir", "under", "wordnet", "hierarchy"):
             _add_option(parser, option, kind)
-    parser.add_argument("--search", help="only classes whose name contains this text")
+    parser.add_argument("--search", help="only classes whose name contains this text (each shown with its path "
+                                         "in the WordNet hierarchy)")
+    parser.add_argument("--tree", action="store_true", help="show the WordNet hierarchy above the tree's classes, "
+                                                             "with classes and images summed up the tree")
+    parser.add_argument("--depth", type=_whole_number(0), help="with --tree: levels shown below the top (default: all)")
     args = parser.parse_args(argv)
-    from .subset import classes_by_search
+    if args.depth is not None and not args.tree:
+        raise UserError("--depth applies to --tree; add --tree or drop --depth")
+    from .hierarchy import load_hierarchy, outline
+    from .subset import classes_by_search, labels_under
     from .tree import class_table, find_tree, image_counts, names_to_match, train_classes
 
     where = BuildOptions(data_dir=args.data_dir, devkit_dir=args.devkit_dir, out_dir=args.out_dir,
-                         index_dir=args.index_dir)
-    tree = find_tree(where.data_dir, where.devkit_dir, where.index_folder)
+                         index_dir=args.index_dir, under=args.under, wordnet=args.wordnet, hierarchy=args.hierarchy)
+    # a listing keeps archive member lists only where asked, or where a build already keeps them
+    index = where.index_folder if args.index_dir or os.path.isdir(where.index_folder) else None
+    tree = find_tree(where.data_dir, where.devkit_dir, index)
     names = class_table(tree)
     wnids = train_classes(tree)
+    hierarchy = load_hierarchy(where.wordnet, where.hierarchy) if args.tree or args.search or where.under else None
+    if where.under and hierarchy is not None:
+        wnids = [label.name for label in labels_under(hierarchy, where.under, (), wnids, str(tree.train))]
     if args.search:
         wnids = classes_by_search(args.search, names_to_match(names), wnids, str(tree.train))
     counts = image_counts(tree, wnids)
+    if args.tree and hierarchy is not None:
+        start = [hierarchy.resolve(name, "--under", set(wnids)) for name in where.under or ()]
+        print("\n".join(outline(hierarchy, counts, start, args.depth)))
+        return 0
     print(f"{'WNID':<10} {'train':>6} {'val':>5}  human_label")
     for wnid in wnids:
         label = names[wnid].human_label if wnid in names else ""
-        print(f"{wnid:<10} {counts[wnid][0]:>6} {counts[wnid][1]:>5}  {label or ''}")
+        path = ""
+        if args.search and hierarchy is not None and wnid in hierarchy.parents:
+            path = f"  [{' > '.join(hierarchy.name(n) for n in hierarchy.path_to_root(wnid)[:-1])}]"
+        print(f"{wnid:<10} {counts[wnid][0]:>6} {counts[wnid][1]:>5}  {label or ''}{path}")
     print(f"{len(wnids)} classes, {sum(c[0] for c in counts.values())} train and "
           f"{sum(c[1] for c in counts.values())} val images")
     return 0

@@ -44,8 +44,9 @@ order::
       shard_size          rows of each split per shard, or null for one archive
       on_error            "fail" or "skip"
       sampling            {train_per_class, val_per_class, holdout_per_class, rest,
-                          rest_val, seed}: the options of those names, null where
-                          not given (holdout_per_class and seed are 0 by default)
+                          rest_val, seed, balance}: the options of those names, null
+                          where not given (holdout_per_class and seed are 0 by
+                          default, balance "labels")
     classes             one record per label, in label order: {label, name, wnids,
                         human_label}. name is a class's WNID, a group's name or "rest";
                         wnids is [] for the rest label, whose record also has
@@ -59,7 +60,10 @@ order::
                         "sorted listing of train/", "val/<wnid>/ folders"); label_files
                         maps train_cls, synset_mapping, val_solution, val_annotations,
                         map_clsloc and val_ground_truth to the file found (its name
-                        only) or null
+                        only) or null. With --under or --group_by, also hierarchy:
+                        {source, sha256, under, exclude, group_by, overlap}: the
+                        hierarchy's files (packaged, --wordnet, --hierarchy) and
+                        their SHA-256, and the options as given
     splits              {split: {images, per_class}}: each split's row count and its
                         count per label. The splits are train and val, then holdout
                         with --holdout_per_class

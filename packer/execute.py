@@ -149,20 +149,34 @@ def execute(plan: BuildPlan, options: BuildOptions, started: float | None = None
 
 @contextlib.contextmanager
 def new_out_dir_removed_on_failure(options: BuildOptions) -> Iterator[None]:
-    """If the block fails, remove the folders up to ``--out_dir`` that did not exist before it,
-    with the archive index that planning may have started in one of them (a folder this build
-    made holds nothing else once its outputs are rolled back)."""
+    """If the block fails, remove the folders up to ``--out_dir`` that did not exist before it, when
+    nothing is left in them but the archive index that planning may have started there (a work
+    folder kept for ``--resume`` keeps them all)."""
     out_dir = Path(options.out_dir).absolute()
     missing = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
     try:
         yield
     except BaseException:
-        if missing and Path(options.index_folder).absolute().is_relative_to(missing[-1]):
-            shutil.rmtree(options.index_folder, ignore_errors=True)
+        if missing:
+            _remove_if_only_an_index(missing[-1], Path(options.index_folder).absolute())
         for folder in missing:  # deepest first; only those left empty
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+
+
+def _remove_if_only_an_index(top: Path, index_folder: Path) -> None:
+    """Remove ``index_folder``'s member lists if they are all that ``top`` holds."""
+    if not index_folder.is_relative_to(top):
+        return
+    lists = [kept.parent for kept in index_folder.glob("*/archive.json")]  # one folder per archive
+    for folder, _, files in os.walk(top):
+        if files and not any(Path(folder).is_relative_to(archive_lists) for archive_lists in lists):
+            return
+    for archive_lists in lists:
+        shutil.rmtree(archive_lists, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        index_folder.rmdir()
 
 
 def _make_folder(out_dir: Path) -> None:

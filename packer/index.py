@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -38,12 +37,6 @@ from .archives import Member
 log = logging.getLogger("packer")
 
 INDEX_FORMAT = 1
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _group_file(group: str) -> str:
@@ -100,9 +93,9 @@ class ArchiveIndex:
 
     @staticmethod
     def _write(path: Path, text_or_lines: str | Iterable[str]) -> None:
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
+        temporary = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
         try:
-            os.chmod(temporary, 0o666 & ~_umask())
             with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as f:
                 f.writelines([text_or_lines] if isinstance(text_or_lines, str) else text_or_lines)
             os.replace(temporary, path)

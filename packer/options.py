@@ -26,6 +26,8 @@ Resize = Literal["crop", "squash"]
 Layout = Literal["nhwc", "nchw"]
 OnError = Literal["fail", "skip"]
 Backend = Literal["local", "dask"]
+Overlap = Literal["error", "first"]
+Balance = Literal["labels", "classes"]
 
 RESIZE_RULES: dict[str, str] = {
     "crop": "torchvision Resize(resize_size) + CenterCrop(crop_size), bilinear (Pillow)",
@@ -35,6 +37,7 @@ CHUNK_SIZE = 32  # rows per chunk of work: the output bytes depend on it, never 
 
 # The groups of command-line options, in the order ``--help`` shows them.
 GENERAL, CHOOSING, SCALE = "general", "choosing classes and images", "running at scale"
+HIERARCHY = "choosing by the WordNet hierarchy"
 
 
 ARCHIVE_INDEX_FOLDER = ".archive_index"  # in --out_dir, unless --index_dir says otherwise
@@ -55,14 +58,15 @@ class BuildOptions:
     """Everything that decides what a build does; every value is checked when the options are made."""
 
     subset_name: str | None = _option(
-        None, "built-in list (imagenet30, imagenet100, imagenette, imagewoof, hotdog), aux_files/NAME.txt, or a path "
+        None, "built-in list (imagenet30, imagenet100, imagenette, imagewoof, hotdog, restricted_imagenet), "
+              "aux_files/NAME.txt, or a path "
               "to a class-list file (default: imagenet30); with --classes or --search, the output name",
         shapes_output=True)
     data_dir: str = _option("./Data/CLS-LOC", "folder holding train/ and val/, or the ImageNet archives "
                                               "(ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, Kaggle's zip), "
                                               "or one archive (default: ./Data/CLS-LOC)")
-    devkit_dir: str | None = _option(None, "folder with map_clsloc.txt and the val ground truth, if not found beside "
-                                           "the data")
+    devkit_dir: str | None = _option(None, "folder with map_clsloc.txt and the val ground truth, or the devkit "
+                                           "archive (ILSVRC2012_devkit_t12.tar.gz), if not found beside the data")
     out_dir: str = _option("out_files", "output folder (default: out_files)")
     index_dir: str | None = _option(None, "folder keeping the member lists of archives, so each is scanned once "
                                           f"(default: OUT_DIR/{ARCHIVE_INDEX_FOLDER})")
@@ -85,6 +89,26 @@ class BuildOptions:
               "(instead of --subset_name)", group=CHOOSING, shapes_output=True)
     search: str | None = _option(None, "every class of the tree whose name contains this text, e.g. dog",
                                  group=CHOOSING, shapes_output=True)
+    under: tuple[str, ...] | None = _option(
+        None, "every class of the tree below any of these comma-separated WordNet synsets (names or WNIDs), one "
+              "label each, e.g. dog", group=HIERARCHY, shapes_output=True, metavar="NAMES")
+    exclude: tuple[str, ...] | None = _option(
+        None, "leave out the classes below these synsets, e.g. \"toy dog\"", group=HIERARCHY, shapes_output=True,
+        metavar="NAMES")
+    group_by: str | None = _option(
+        None, "one label per synset, holding every class below it (\"dog,cat,bird\"), or level:N for the "
+              "ancestors N edges below the root; classes below none are left out (or go to --rest)",
+        group=HIERARCHY, shapes_output=True, metavar="NAMES|level:N")
+    overlap: Overlap = _option("error", "a class below two --group_by synsets is an error (default), or goes to "
+                                        "the first one listed", group=HIERARCHY, shapes_output=True)
+    balance: Balance = _option("labels", "with --train_per_class/--val_per_class: N images per label drawn from "
+                                         "all its images (labels, default), or spread evenly over its classes",
+                               group=HIERARCHY, shapes_output=True)
+    wordnet: str | None = _option(None, "folder with ImageNet's full words.txt and wordnet.is_a.txt, for classes "
+                                        "outside the 1,000 (default: the packaged hierarchy)", group=HIERARCHY,
+                                  shapes_output=True, metavar="DIR")
+    hierarchy: str | None = _option(None, "a PARENT CHILD edge list to use instead of WordNet's is-a edges (e.g. "
+                                          "BREEDS')", group=HIERARCHY, shapes_output=True, metavar="FILE")
     train_per_class: int | None = _option(None, "at most N train images per label (seeded choice)", group=CHOOSING,
                                           shapes_output=True, minimum=0, unit="images")
     val_per_class: int | None = _option(None, "at most M val images per label (seeded choice)", group=CHOOSING,
@@ -114,9 +138,18 @@ class BuildOptions:
         return self.index_dir or os.path.join(self.out_dir, ARCHIVE_INDEX_FOLDER)
 
     def __post_init__(self):
-        for name in ("subset_name", "data_dir", "devkit_dir", "out_dir", "index_dir"):  # paths may come as Path objects
+        for name in PATH_OPTIONS:  # paths may come as Path objects
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        for name in ("under", "exclude"):  # "a,b" as the command line gives it, or a list
+            value = getattr(self, name)
+            if isinstance(value, str | list | tuple):
+                items = value.split(",") if isinstance(value, str) else value
+                object.__setattr__(self, name, tuple(str(item).strip() for item in items if str(item).strip()))
+                if not getattr(self, name):
+                    raise UserError(f"--{name} {value!r} must name synsets, as \"dog\" or \"dog,cat\"")
+        if self.group_by is not None and not any(name.strip() for name in str(self.group_by).split(",")):
+            raise UserError("--group_by needs synset names, as \"dog,cat\", or level:N")
         if isinstance(self.classes, str):  # one name, or "a,b" as the command line gives it
             object.__setattr__(self, "classes", tuple(c.strip() for c in self.classes.split(",") if c.strip()))
         elif isinstance(self.classes, list | tuple):  # in the order given: the order makes the labels
@@ -134,8 +167,18 @@ class BuildOptions:
                             "the crop must fit inside the resized image")
         if self.fast and self.resize != "crop":
             raise UserError("--fast applies to --resize crop only; drop --fast or use --resize crop")
-        if self.classes and self.search:
-            raise UserError("--classes and --search both choose the classes; use one of them")
+        choosers = [flag for flag, value in (("--classes", self.classes), ("--search", self.search),
+                                             ("--under", self.under), ("--group_by", self.group_by)) if value]
+        if len(choosers) > 1 and choosers != ["--under", "--group_by"]:
+            raise UserError(f"{' and '.join(choosers)} each choose the classes; use one of them (--under may "
+                            "narrow --group_by)")
+        if self.exclude and not (self.under or self.group_by):
+            raise UserError("--exclude removes classes from --under or --group_by; give one of them")
+        if self.overlap != "error" and not self.group_by:
+            raise UserError("--overlap applies to --group_by; drop it or give --group_by")
+        if self.group_by and self.group_by.startswith("level:") and not self.group_by[6:].strip().isdigit():
+            raise UserError(f"--group_by {self.group_by}: the level is a whole number of edges below the root, "
+                            "as level:3")
         if self.rest_val is not None and self.rest is None:
             raise UserError("--rest_val needs --rest N (the number of rest train images)")
         if self.backend == "dask":
@@ -153,7 +196,7 @@ class BuildOptions:
         return TransformSpec(self.resize_size, self.crop_size, self.fast, self.resize, self.layout)
 
     @property
-    def sampling(self) -> dict[str, int | None]:
+    def sampling(self) -> dict[str, int | str | None]:
         """The options that choose images within the classes (``sampling.py``)."""
         return {name: getattr(self, name) for name in SAMPLING_OPTIONS}
 
@@ -165,7 +208,8 @@ class BuildOptions:
                 "on_error": self.on_error, "sampling": self.sampling}
 
 
-SAMPLING_OPTIONS = ("train_per_class", "val_per_class", "holdout_per_class", "rest", "rest_val", "seed")
+PATH_OPTIONS = ("subset_name", "data_dir", "devkit_dir", "out_dir", "index_dir", "wordnet", "hierarchy")
+SAMPLING_OPTIONS = ("train_per_class", "val_per_class", "holdout_per_class", "rest", "rest_val", "seed", "balance")
 
 
 def option_fields() -> list:

@@ -20,6 +20,8 @@ from .subset import (
     classes_by_name,
     classes_by_search,
     label_images,
+    labels_grouped_by,
+    labels_under,
     read_subset_list,
 )
 from .tree import (
@@ -43,6 +45,31 @@ def _input_description(tree: Tree, splits: list[SplitImages]) -> dict:
     return {"train_order": splits[0].label_source, "val_labels": splits[1].label_source, "label_files": found}
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def _choose_by_hierarchy(options: BuildOptions, tree: Tree, folders: list[str]) -> tuple[SubsetList, dict]:
+    """``--under`` / ``--group_by``: the labels, and the manifest's record of the hierarchy used."""
+    from .hierarchy import load_hierarchy
+
+    hierarchy = load_hierarchy(options.wordnet, options.hierarchy)
+    under, exclude = options.under or (), options.exclude or ()
+    if options.group_by:
+        labels = labels_grouped_by(hierarchy, options.group_by, under, exclude, options.overlap, folders,
+                                   str(tree.train))
+        default_name, how = "grouped_" + _slug(options.group_by), f"--group_by {options.group_by}"
+    else:
+        labels = labels_under(hierarchy, under, exclude, folders, str(tree.train))
+        default_name, how = "under_" + _slug("_".join(under)), f"--under {','.join(under)}"
+    if exclude:
+        how += f" --exclude {','.join(exclude)}"
+    name = Path(options.subset_name).stem if options.subset_name else default_name  # inside --out_dir
+    record = {"source": hierarchy.source, "sha256": hierarchy.sha256, "under": list(under),
+              "exclude": list(exclude), "group_by": options.group_by, "overlap": options.overlap}
+    return SubsetList(name, labels, how), record
+
+
 def _choose_subset(options: BuildOptions, tree: Tree, classes: dict[str, ClassInfo], folders: list[str]) -> SubsetList:
     if options.classes or options.search:
         names = names_to_match(classes)
@@ -55,7 +82,7 @@ def _choose_subset(options: BuildOptions, tree: Tree, classes: dict[str, ClassIn
         else:
             search = str(options.search)
             wnids = classes_by_search(search, names, folders, str(tree.train))
-            default_name = "search_" + re.sub(r"[^a-z0-9]+", "_", search.lower()).strip("_")
+            default_name = "search_" + _slug(search)
             how = f"--search {search}"
         name = Path(options.subset_name).stem if options.subset_name else default_name  # inside --out_dir
         subset = SubsetList(name, tuple(Label(w, (w,)) for w in wnids), how)
@@ -69,7 +96,12 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     tree = find_tree(options.data_dir, options.devkit_dir, options.index_folder)
     classes = class_table(tree)
     folders = train_classes(tree)
-    subset = _choose_subset(options, tree, classes, folders)
+    hierarchy_used = None
+    if options.under or options.group_by:
+        subset, hierarchy_used = _choose_by_hierarchy(options, tree, folders)
+        subset = subset.with_rest() if options.rest is not None else subset
+    else:
+        subset = _choose_subset(options, tree, classes, folders)
     check_classes_present(subset, folders, str(tree.train))
     listed = folders if options.rest is not None else list(subset.wnids)
     train = label_images(list_train_images(tree, listed), subset)
@@ -78,4 +110,6 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     splits, notes = apply_sampling(train, val, [label.name for label in subset.labels], rest_label, options)
     notes += class_table_gaps(tree, classes, subset.single_classes())
     description = _input_description(tree, splits)
+    if hierarchy_used is not None:
+        description["hierarchy"] = hierarchy_used
     return BuildPlan(subset.name, subset, tuple(splits), classes, description, tuple(notes))

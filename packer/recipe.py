@@ -229,11 +229,10 @@ def check_recipe(recipe: dict, source: str) -> None:
         raise UserError(f"{source}: {'; '.join(problems)}; ask the sender for the manifest written by the build")
 
 
-def plan_from_recipe(recipe: dict, data_dir: str, devkit_dir: str | None = None, source: str = "recipe",
+def plan_from_recipe(recipe: dict, data_dir: str, devkit_dir: str | None = None,
                      index_dir: str | None = None) -> BuildPlan:
-    """The recipe's rows (after ``check_recipe``), found in ``data_dir`` (folders or archives: the
-    paths are the same); every missing image is named."""
-    check_recipe(recipe, source)
+    """The rows of a recipe that ``check_recipe`` passed, found in ``data_dir`` (folders or archives:
+    the paths are the same); every missing image is named."""
     tree = find_tree(data_dir, devkit_dir, index_dir)
     labels_of_recipe = tuple(Label(c["name"], tuple(c["wnids"]), c.get("rest", False)) for c in recipe["classes"])
     subset = SubsetList(recipe["name"], labels_of_recipe, recipe.get("subset_source", "recipe"))
@@ -271,8 +270,7 @@ def rebuild_from_recipe(recipe_path: str | Path, data_dir: str, **options) -> Re
                                  fast=recorded["fast"], compress=recorded["compress"],
                                  shard_size=recorded.get("shard_size"), **options)
     with new_out_dir_removed_on_failure(build_options):  # planning may start the archive index in it
-        plan = plan_from_recipe(recipe, build_options.data_dir, build_options.devkit_dir, str(recipe_path),
-                                build_options.index_folder)
+        plan = plan_from_recipe(recipe, build_options.data_dir, build_options.devkit_dir, build_options.index_folder)
         result = execute(plan, build_options)
     rebuilt = read_manifest(result.manifest)
     differing = tuple(

@@ -15,6 +15,13 @@ Order of the choices, per label:
    the rest pool's own val/train ratio times the rest's train count, rounded).
 
 A label with fewer images than asked keeps all it has, and a note says so.
+
+With ``balance="classes"`` a label of several classes (a group, ``rest``)
+spreads its ``n`` images evenly over its classes instead of taking the ``n``
+lowest ranks among all its images: every class gets ``n // k`` (the first
+``n % k`` classes in WNID order one more), a class with fewer images than its
+share gives all it has, and what it lacks is spread over the others the same
+way; within a class the lowest ranks are taken.
 """
 import hashlib
 
@@ -44,16 +51,42 @@ def _lowest(rows: np.ndarray, rank: np.ndarray, n: int | None) -> np.ndarray:
     return rows[np.argsort(rank[rows], kind="stable")[:n]]
 
 
+def class_quotas(available: dict[str, int], n: int) -> dict[str, int]:
+    """How many of ``n`` images each class gives when they are spread evenly (module docstring)."""
+    quota, left = {}, n
+    pending = sorted(available, key=lambda wnid: (available[wnid], wnid))
+    while pending and (small := [w for w in pending if available[w] <= left // len(pending)]):
+        for wnid in small:
+            quota[wnid], left = available[wnid], left - available[wnid]
+        pending = [w for w in pending if w not in quota]
+    pending.sort()
+    share, extra = divmod(left, len(pending)) if pending else (0, 0)
+    quota.update({wnid: share + (i < extra) for i, wnid in enumerate(pending)})
+    return quota
+
+
+def _balanced(rows: np.ndarray, wnids: list[str], rank: np.ndarray, n: int | None) -> np.ndarray:
+    if n is None or len(rows) <= n:
+        return rows
+    by_class: dict[str, list[int]] = {}
+    for row in rows:
+        by_class.setdefault(wnids[row], []).append(row)
+    quota = class_quotas({wnid: len(r) for wnid, r in by_class.items()}, n)
+    return np.sort(np.concatenate([_lowest(np.array(r, dtype=np.int64), rank, quota[wnid])
+                                   for wnid, r in by_class.items()]))
+
+
 def _choose(images: SplitImages, counts: list[int | None], seed: int, exclude: np.ndarray | None = None,
-            split: str | None = None):
+            split: str | None = None, balance: str = "labels"):
     """Rows to keep (sorted) taking ``counts[label]`` per label, and the labels left short."""
     rank = ranks(images, seed, split) if any(c is not None for c in counts) else None
+    pick = _balanced if balance == "classes" else (lambda rows, _, rank, n: _lowest(rows, rank, n))
     kept, short = [], []
     for label, rows in enumerate(_rows_by_label(images.labelled, len(counts))):
         if exclude is not None:
             rows = rows[~exclude[rows]]
         wanted = counts[label]
-        chosen = rows if rank is None else _lowest(rows, rank, wanted)
+        chosen = rows if rank is None else pick(rows, images.wnids, rank, wanted)
         if wanted is not None and len(chosen) < wanted:
             short.append((label, len(chosen)))
         kept.append(chosen)
@@ -85,12 +118,12 @@ def apply_sampling(train: SplitImages, val: SplitImages, label_names: list[str],
     in_holdout = np.zeros(len(train), dtype=bool)
     if sampling.holdout_per_class:
         wanted = per_label(sampling.holdout_per_class, sampling.holdout_per_class)
-        holdout_rows, short = _choose(train, wanted, sampling.seed, split="holdout")
+        holdout_rows, short = _choose(train, wanted, sampling.seed, split="holdout", balance=sampling.balance)
         in_holdout[holdout_rows] = True
         notes += _short_note("holdout", short, wanted, label_names)
 
     wanted = per_label(sampling.train_per_class, sampling.rest)
-    train_rows, short = _choose(train, wanted, sampling.seed, exclude=in_holdout)
+    train_rows, short = _choose(train, wanted, sampling.seed, exclude=in_holdout, balance=sampling.balance)
     notes += _short_note("train", short, wanted, label_names)
 
     rest_val = sampling.rest_val
@@ -100,7 +133,7 @@ def apply_sampling(train: SplitImages, val: SplitImages, label_names: list[str],
         taken = int(np.count_nonzero(train.labelled[train_rows] == rest_label))
         rest_val = round(taken * pool_val / pool_train) if pool_train else 0
     wanted = per_label(sampling.val_per_class, rest_val)
-    val_rows, short = _choose(val, wanted, sampling.seed)
+    val_rows, short = _choose(val, wanted, sampling.seed, balance=sampling.balance)
     notes += _short_note("val", short, wanted, label_names)
 
     splits = [train.take(train_rows), val.take(val_rows)]

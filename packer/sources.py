@@ -41,6 +41,7 @@ from .archives import Member, first_tar_member, read_from_compressed_tar, scan_t
 from .errors import UserError
 from .index import ArchiveIndex
 from .labelfiles import WNID_RE
+from .options import shown
 from .work import ImageFile
 
 TRAIN_TAR, VAL_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"
@@ -48,6 +49,12 @@ KAGGLE_ZIP = "imagenet-object-localization-challenge.zip"
 DEVKIT_ARCHIVES = ("ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2015_devkit.tar.gz")
 COMPRESSED_DOWNLOADS = ("ILSVRC2017_CLS-LOC.tar.gz", "ILSVRC2016_CLS-LOC.tar.gz")  # no reading by offset
 _TRAIN_CLASS_FOLDER = re.compile(r"(?:(.*)/)?train/n\d{8}")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name is an image's (any case of ``.jpeg``, ``.jpg``, ``.png``)."""
+    return name.lower().endswith(IMAGE_SUFFIXES)
 
 
 class ImageFolder(Protocol):
@@ -93,6 +100,38 @@ class DiskFolder:
         return os.path.isfile(self.path / relative)
 
 
+class LabelPlace(Protocol):
+    """A folder searched for label files (``tree.LABEL_FILE_PLACES``): on disk, inside an archive,
+    or a devkit archive. ``label_file`` and ``folder`` give what ``labelfiles`` reads."""
+
+    def is_file(self, relative: str) -> bool: ...
+
+    def is_dir(self, relative: str) -> bool: ...
+
+    def label_file(self, relative: str) -> "Path | LabelFile": ...
+
+    def folder(self, relative: str) -> "Path | ArchiveFolder": ...
+
+
+@dataclass(frozen=True)
+class DiskPlace:
+    """A folder on disk, as a ``LabelPlace``."""
+
+    path: Path
+
+    def is_file(self, relative: str) -> bool:
+        return (self.path / relative).is_file()
+
+    def is_dir(self, relative: str) -> bool:
+        return (self.path / relative).is_dir()
+
+    def label_file(self, relative: str) -> Path:
+        return self.path / relative
+
+    def folder(self, relative: str) -> Path:
+        return self.path / relative
+
+
 @dataclass(frozen=True)
 class LabelFile:
     """A label file inside an archive, read as ``labelfiles`` reads a ``Path``: ``name`` is its
@@ -119,26 +158,27 @@ class LabelFile:
 
 
 class ArchiveFolder:
-    """A folder inside an archive (``folder``, "" for its top) whose files are the members the
-    index groups under that folder's path. With ``class_tars`` (the train tar), the folder's
-    ``<wnid>.tar`` members are its class folders, each scanned when first asked for."""
+    """A folder inside an archive (``inside``: its path there, "" for the top) whose files are the
+    members the index groups under that path; ``scan`` lists the whole archive by folder, for the
+    index. With ``class_tars`` (the train tar), the folder's ``<wnid>.tar`` members are its class
+    folders, each scanned when first asked for."""
 
-    def __init__(self, index: ArchiveIndex, folder: str, scan: Callable[[], Iterator[tuple[str, Member]]],
+    def __init__(self, index: ArchiveIndex, inside: str, scan: Callable[[], Iterator[tuple[str, Member]]],
                  class_tars: bool = False):
-        self.index, self.folder, self.scan, self.class_tars = index, folder, scan, class_tars
+        self.index, self.inside, self.scan, self.class_tars = index, inside, scan, class_tars
         self.groups = index.groups(scan)
         self._listed: dict[str, dict[str, Member]] = {}
 
     def __str__(self) -> str:
-        return f"{self.index.archive}:{self.folder}" if self.folder else self.index.archive
+        return f"{self.index.archive}:{self.inside}" if self.inside else self.index.archive
 
     @property
     def name(self) -> str:
         """The folder's own name, as ``Path.name`` gives it (the archive's name for its top)."""
-        return posixpath.basename(self.folder) if self.folder else os.path.basename(self.index.archive)
+        return posixpath.basename(self.inside) if self.inside else os.path.basename(self.index.archive)
 
     def _path(self, folder: str) -> str:
-        return posixpath.join(self.folder, folder) if folder else self.folder
+        return posixpath.join(self.inside, folder) if folder else self.inside
 
     def _members(self, folder: str) -> dict[str, Member]:
         """File name -> member of ``folder`` (relative to this one)."""
@@ -157,7 +197,7 @@ class ArchiveFolder:
         if self.class_tars:
             names = (name.removesuffix(".tar") for name in self._members("") if name.endswith(".tar"))
         else:
-            names = (posixpath.basename(g) for g in self.groups if posixpath.dirname(g) == self.folder)
+            names = (posixpath.basename(g) for g in self.groups if posixpath.dirname(g) == self.inside)
         return sorted(name for name in names if WNID_RE.fullmatch(name))
 
     def file_names(self, folder: str = "") -> list[str]:
@@ -171,7 +211,7 @@ class ArchiveFolder:
         folder, name = posixpath.split(relative)
         return name in self._members(folder)
 
-    # What label-file searches ask of a folder (see LabelPlace)
+    # A folder of an archive is also a ``LabelPlace``
     def is_file(self, relative: str) -> bool:
         return self.has(relative)
 
@@ -183,11 +223,12 @@ class ArchiveFolder:
         member = self.image(relative)
         return LabelFile(member.archive, member.path, member)
 
-    def __truediv__(self, relative: str) -> "ArchiveFolder | LabelFile":
-        """What ``Path / name`` gives: a subfolder, or one of its files (``read_bytes`` of a file that
-        is not there raises ``FileNotFoundError``, as for a ``Path``)."""
-        if self.is_dir(relative):
-            return ArchiveFolder(self.index, self._path(relative), self.scan)
+    def folder(self, relative: str) -> "ArchiveFolder":
+        return ArchiveFolder(self.index, self._path(relative), self.scan)
+
+    def __truediv__(self, relative: str) -> LabelFile:
+        """What ``Path / name`` gives for a file: one whose ``read_bytes`` raises ``FileNotFoundError``
+        when it is not there, as a ``Path``'s does (how ``labelfiles`` reads annotation files)."""
         folder, name = posixpath.split(relative)
         member = self._members(folder).get(name)
         return LabelFile(self.index.archive, self._path(relative), member)
@@ -209,6 +250,9 @@ class DevkitArchive:
     def label_file(self, relative: str) -> LabelFile:
         return LabelFile(self.archive, relative, data=self.files[relative])
 
+    def folder(self, relative: str) -> Path:
+        raise NotImplementedError("a devkit archive is searched for files only")
+
     def __str__(self) -> str:
         return self.archive
 
@@ -221,13 +265,12 @@ def devkit_archive(archive: Path, places: tuple[str, ...]) -> DevkitArchive:
 
 @dataclass(frozen=True)
 class ImageSources:
-    """What ``--data_dir`` holds: each split's images, the archives they are in, and the folders
-    inside archives where label files are to be looked for, nearest first."""
+    """What ``--data_dir`` holds: each split's images, and the folders inside archives where label
+    files are to be looked for, nearest first."""
 
     train: ImageFolder
     val: ImageFolder
     label_places: tuple[ArchiveFolder, ...]
-    archives: tuple[str, ...]
 
 
 def _kind_of_archive(path: Path) -> str | None:
@@ -304,10 +347,8 @@ def find_image_sources(data_dir: Path, index_dir: str | os.PathLike | None) -> I
     archives = _standard_archives(folder) | given
     splits: dict[str, ImageFolder] = {}
     places: tuple[ArchiveFolder, ...] = ()
-    used: list[str] = []
     if "zip" in given:
         splits["train"], splits["val"], places = _zip_folders(data_dir, index_dir)
-        used.append(str(data_dir))
     for split in ("train", "val"):
         if split in splits:
             continue
@@ -315,12 +356,10 @@ def find_image_sources(data_dir: Path, index_dir: str | os.PathLike | None) -> I
             splits[split] = DiskFolder(folder / split)
         elif split in archives:
             splits[split] = _tar_folder(archives[split], index_dir, class_tars=split == "train")
-            used.append(str(archives[split]))
     if len(splits) < 2 and "zip" in archives:
         zip_train, zip_val, places = _zip_folders(archives["zip"], index_dir)
         splits.setdefault("train", zip_train)
         splits.setdefault("val", zip_val)
-        used.append(str(archives["zip"]))
     for split, archive in (("train", TRAIN_TAR), ("val", VAL_TAR)):
         if split not in splits:
             compressed = [name for name in COMPRESSED_DOWNLOADS if (folder / name).is_file()]
@@ -328,4 +367,21 @@ def find_image_sources(data_dir: Path, index_dir: str | os.PathLike | None) -> I
                     f"the uncompressed {TRAIN_TAR} and {VAL_TAR}") if compressed else ""
             raise UserError(f"--data_dir {data_dir} has no {split}/ folder, {archive} or {KAGGLE_ZIP}{hint}; pass "
                             "the folder holding train/ and val/ (e.g. ILSVRC/Data/CLS-LOC) or the archives")
-    return ImageSources(splits["train"], splits["val"], places, tuple(used))
+    for split, images in splits.items():
+        if isinstance(images, ArchiveFolder):
+            _check_holds_images(images, split)
+    return ImageSources(splits["train"], splits["val"], places)
+
+
+def _check_holds_images(images: ArchiveFolder, split: str) -> None:
+    """A one-line error for an archive that holds no images of ``split`` where ImageNet's has them
+    (an extracted folder may be empty; an archive laid out otherwise would pack nothing)."""
+    if images.class_folders() or any(is_image_name(name) for name in images.file_names()):
+        return
+    expected = {"train": "<wnid>.tar class tars at its top" if images.class_tars else "train/<wnid>/ folders",
+                "val": "ILSVRC2012_val_XXXXXXXX.JPEG files at its top" if not images.inside else "val images"}[split]
+    folders = sorted(group + "/" for group in images.groups
+                     if group and (not images.inside or group.startswith(images.inside + "/")))
+    found = f"; its files are in {shown(folders)}" if folders else ""
+    raise UserError(f"{images} holds no {split} images ({expected}){found}; pass the archive as ImageNet "
+                    "distributes it, or extract it")

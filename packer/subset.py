@@ -29,6 +29,7 @@ import difflib
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from .errors import UserError
 from .labelfiles import WNID_RE
 from .options import shown
 from .tree import SplitImages
+
+if TYPE_CHECKING:
+    from .hierarchy import Hierarchy
 
 REST = "rest"
 
@@ -213,3 +217,79 @@ def label_images(images: SplitImages, subset: SubsetList) -> SplitImages:
     if (labels < 0).any():
         raise ValueError("images of unlisted classes need a rest label")
     return replace(images, labels=labels)
+
+
+# --------------------------------------------------------------------------- the WordNet hierarchy
+
+def _resolved(hierarchy: "Hierarchy", names: tuple[str, ...], flag: str, present: set[str]) -> list[str]:
+    """The synsets ``names`` name (see ``Hierarchy.resolve``), in the order given."""
+    return [hierarchy.resolve(name, flag, present) for name in names]
+
+
+def _below(hierarchy: "Hierarchy", synsets: list[str], present: set[str]) -> set[str]:
+    return set().union(*(hierarchy.descendants(s) for s in synsets)) & present if synsets else set()
+
+
+def labels_under(hierarchy: "Hierarchy", under: tuple[str, ...], exclude: tuple[str, ...],
+                 present: list[str], tree_name: str) -> tuple[Label, ...]:
+    """``--under``: one label per class of ``present`` below any synset of ``under`` and none of
+    ``exclude`` (a class is below itself), in WNID order."""
+    classes = set(present)
+    synsets = _resolved(hierarchy, under, "--under", classes)
+    chosen = _below(hierarchy, synsets, classes) - _below(hierarchy, _resolved(hierarchy, exclude, "--exclude",
+                                                                                  classes), classes)
+    if not chosen:
+        named = ", ".join(f"{s} ({hierarchy.name(s)})" for s in synsets)
+        raise UserError(f"--under: no class of {tree_name} is below {named}"
+                        + (" once --exclude is applied" if exclude else "")
+                        + "; imagenet-subset classes --tree --data_dir DIR shows what the tree holds")
+    return tuple(Label(w, (w,)) for w in sorted(chosen))
+
+
+def labels_grouped_by(hierarchy: "Hierarchy", group_by: str, under: tuple[str, ...], exclude: tuple[str, ...],
+                      overlap: str, present: list[str], tree_name: str) -> tuple[Label, ...]:
+    """``--group_by``: one label per synset (named, in the order given; or every synset ``level:N``
+    edges below the root that has a class below it, in WNID order), holding the classes of
+    ``present`` below it, narrowed by ``under`` and ``exclude``. A class below two groups is an
+    error naming both, unless ``overlap`` is "first" (it goes to the first group)."""
+    classes = set(present)
+    if under:
+        classes = _below(hierarchy, _resolved(hierarchy, under, "--under", classes), classes)
+    classes -= _below(hierarchy, _resolved(hierarchy, exclude, "--exclude", classes), classes)
+    if group_by.startswith("level:"):
+        level = int(group_by[6:])
+        synsets = sorted({a for w in classes for a in hierarchy.ancestors(w) if hierarchy.depth(a) == level})
+        names = [hierarchy.name(s) for s in synsets]
+        names = [f"{n} ({s})" if names.count(n) > 1 else n for n, s in zip(names, synsets, strict=True)]
+    else:
+        names = [name.strip() for name in group_by.split(",") if name.strip()]
+        synsets = _resolved(hierarchy, tuple(names), "--group_by", classes)
+        repeated = sorted({s for s in synsets if synsets.count(s) > 1})
+        if repeated:
+            raise UserError(f"--group_by names {', '.join(repeated)} twice; name each synset once")
+    members = [_below(hierarchy, [s], classes) for s in synsets]
+    empty = [f"{n} ({s})" for n, s, m in zip(names, synsets, members, strict=True) if not m]
+    if empty and not group_by.startswith("level:"):
+        raise UserError(f"--group_by: no class of {tree_name} is below {', '.join(empty)}; imagenet-subset classes "
+                        "--tree --data_dir DIR shows what the tree holds")
+    owner: dict[str, int] = {}
+    clashes = []
+    for i, group in enumerate(members):
+        for wnid in sorted(group):
+            if wnid in owner:
+                clashes.append(f"{wnid} ({hierarchy.name(wnid)}) is below {names[owner[wnid]]} and {names[i]}")
+            else:
+                owner[wnid] = i
+    if clashes and overlap != "first":
+        count = f"{len(clashes)} classes are" if len(clashes) > 1 else "1 class is"
+        raise UserError(f"--group_by: {count} below two groups: {shown(clashes, 4)}; "
+                        "use --overlap first to give each to the first group listed, or --exclude one side")
+    labels = tuple(Label(names[i], tuple(sorted(w for w in owner if owner[w] == i))) for i in range(len(synsets)))
+    emptied = [f"{label.name} (all below {names[owner[min(members[i])]]})" for i, label in enumerate(labels)
+               if members[i] and not label.wnids and not group_by.startswith("level:")]
+    if emptied:
+        raise UserError(f"--group_by: with --overlap first, {', '.join(emptied)} would have no class left; list "
+                        "it before the groups that take its classes, or leave it out")
+    if not any(label.wnids for label in labels):
+        raise UserError(f"--group_by {group_by}: no class of {tree_name} is below any of its synsets")
+    return tuple(label for label in labels if label.wnids)

@@ -61,11 +61,19 @@ from . import labelfiles
 from .errors import UserError
 from .labelfiles import BUILTIN_VAL_LABELS, LabelSource, builtin_classes, builtin_val_labels, val_image_number
 from .options import shown
-from .sources import DEVKIT_ARCHIVES, ArchiveFolder, ImageFolder, devkit_archive, find_image_sources
+from .sources import (
+    DEVKIT_ARCHIVES,
+    ArchiveFolder,
+    DiskPlace,
+    ImageFolder,
+    LabelPlace,
+    devkit_archive,
+    find_image_sources,
+    is_image_name,
+)
 
 log = logging.getLogger("packer")
 
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 # Where devkit files may sit below each searched folder, first match first.
 DEVKIT_FOLDERS = ("", "data/", "devkit/", "devkit/data/", "ILSVRC2012_devkit_t12/data/", "ILSVRC2015/devkit/data/")
@@ -93,7 +101,6 @@ class Tree:
     train: ImageFolder
     val: ImageFolder
     searched: tuple[Path, ...]
-    archives: tuple[str, ...] = ()
     train_cls: LabelSource | None = None
     synset_mapping: LabelSource | None = None
     val_solution: LabelSource | None = None
@@ -169,49 +176,62 @@ def _check_folder(flag: str, folder: Path, what_to_pass: str) -> None:
         raise UserError(f"{flag} {folder} {problem}; pass {what_to_pass}")
 
 
-def _found_on_disk(folder: Path, place: str, want_dir: bool) -> Path | None:
-    path = folder / place
-    return path if (path.is_dir() if want_dir else path.is_file()) else None
+def _label_places(searched: tuple[Path, ...], devkit_dir: Path | None, in_archives: tuple[LabelPlace, ...]):
+    """Where label files are looked for, nearest first (see the module docstring): ``--devkit_dir``
+    (a folder or a devkit archive), the folders inside the archives, then each searched folder
+    followed by the devkit archives in it (each read when the search reaches it)."""
+    devkit_places = LABEL_FILE_PLACES["map_clsloc"] + LABEL_FILE_PLACES["val_ground_truth"]
 
+    def folder_and_its_devkits(folder: Path):
+        yield DiskPlace(folder)
+        for name in DEVKIT_ARCHIVES:
+            if (folder / name).is_file():
+                yield devkit_archive(folder / name, devkit_places)
 
-def _found_in_archive(folder, place: str, want_dir: bool):
-    if want_dir:
-        return folder / place if folder.is_dir(place) else None
-    return folder.label_file(place) if folder.is_file(place) else None
+    if devkit_dir is not None:
+        if devkit_dir.is_file():
+            yield devkit_archive(devkit_dir, devkit_places)
+        else:
+            yield from folder_and_its_devkits(devkit_dir)
+    yield from in_archives
+    for folder in searched:
+        if folder != devkit_dir:
+            yield from folder_and_its_devkits(folder)
 
 
 def find_tree(data_dir: str | os.PathLike, devkit_dir: str | os.PathLike | None = None,
               index_dir: str | os.PathLike | None = None) -> Tree:
     """Find the images of ``data_dir`` (folders or archives; ``index_dir`` keeps the member lists
     of archives) and locate the label files."""
-    data_dir = Path(data_dir).resolve()
+    data_dir = Path(os.path.abspath(data_dir))  # not resolved: an archive's neighbours are the link's
     if not data_dir.exists():
         raise UserError(f"--data_dir {data_dir} does not exist; pass the folder holding train/ and val/ "
                         "(e.g. ILSVRC/Data/CLS-LOC) or the ImageNet archives")
     if devkit_dir is not None:
-        devkit_dir = Path(devkit_dir).resolve()
-        _check_folder("--devkit_dir", devkit_dir, "the devkit folder holding map_clsloc.txt")
+        devkit_dir = Path(os.path.abspath(devkit_dir))
+        if not (devkit_dir.is_file() and devkit_dir.name.endswith((".tar.gz", ".tgz", ".tar"))):
+            _check_folder("--devkit_dir", devkit_dir, "the devkit folder holding map_clsloc.txt, or the devkit "
+                                                      "archive (ILSVRC2012_devkit_t12.tar.gz)")
+    if index_dir is not None and Path(index_dir).is_file():
+        raise UserError(f"--index_dir {index_dir} is a file, not a folder; pass a folder for the member lists of "
+                        "the archives (it is created if missing)")
     images = find_image_sources(data_dir, index_dir)
     searched = _search_folders(data_dir.parent if data_dir.is_file() else data_dir, devkit_dir)
-    places = [*searched[:1 if devkit_dir else 0], *images.label_places, *searched[1 if devkit_dir else 0:]]
     found: dict = {}
-    devkit_places = LABEL_FILE_PLACES["map_clsloc"] + LABEL_FILE_PLACES["val_ground_truth"]
-    for folder in places:
-        candidates: list = [folder]
-        if isinstance(folder, Path) and not all(found.get(k) for k in ("map_clsloc", "val_ground_truth")):
-            candidates += [devkit_archive(folder / name, devkit_places) for name in DEVKIT_ARCHIVES
-                           if (folder / name).is_file()]
-        for candidate in candidates:
-            for kind, kind_places in LABEL_FILE_PLACES.items():
-                want_dir = kind == "val_annotations"
-                finder = _found_on_disk if isinstance(candidate, Path) else _found_in_archive
-                found[kind] = found.get(kind) or next(
-                    (hit for place in kind_places if (hit := finder(candidate, place, want_dir)) is not None), None)
-    return Tree(data_dir, images.train, images.val, searched, images.archives, **found)
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES)
+    for place in _label_places(searched, devkit_dir, images.label_places):
+        for kind, kind_places in LABEL_FILE_PLACES.items():
+            if found.get(kind):
+                continue
+            for relative in kind_places:
+                if kind == "val_annotations" and place.is_dir(relative):
+                    found[kind] = place.folder(relative)
+                    break
+                if kind != "val_annotations" and place.is_file(relative):
+                    found[kind] = place.label_file(relative)
+                    break
+        if all(found.get(kind) for kind in LABEL_FILE_PLACES):
+            break
+    return Tree(data_dir, images.train, images.val, searched, **found)
 
 
 def train_classes(tree: Tree) -> list[str]:
@@ -220,7 +240,7 @@ def train_classes(tree: Tree) -> list[str]:
 
 
 def _images_by_stem(folder: ImageFolder, class_folder: str) -> dict[str, str]:
-    return {os.path.splitext(name)[0]: name for name in folder.file_names(class_folder) if _is_image(name)}
+    return {os.path.splitext(name)[0]: name for name in folder.file_names(class_folder) if is_image_name(name)}
 
 
 def list_train_images(tree: Tree, wnids: list[str]) -> SplitImages:
@@ -317,13 +337,13 @@ def list_val_images(tree: Tree, wnids: list[str]) -> SplitImages:
         entries = [
             (_val_number(tree, f"{wnid}/{name}"), wnid, f"{wnid}/{name}")
             for wnid in sorted(wanted & set(sorted_into))
-            for name in tree.val.file_names(wnid) if _is_image(name)
+            for name in tree.val.file_names(wnid) if is_image_name(name)
         ]
         source = "val/<wnid>/ folders"
     else:
         files = {}
         for name in tree.val.file_names():
-            if _is_image(name):
+            if is_image_name(name):
                 files[_val_number(tree, name)] = name
         labels, source = _flat_val_labels(tree, sorted(files))
         unlabelled = [files[n] for n in sorted(files) if n not in labels]

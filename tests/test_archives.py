@@ -615,16 +615,26 @@ def test_an_archive_of_another_size_is_scanned_again(data, tmp_path):
 def test_an_unwritable_index_folder_still_builds(data, reference, tmp_path, capsys):
     blocker = tmp_path / "index-is-a-file"
     blocker.write_text("not a folder\n")
-    code, out, err = run_main(cli(data, data.tars, tmp_path / "out", "--index_dir", blocker), capsys)
+    unwritable = blocker / "index"  # cannot be made: its parent is a file
+    code, out, err = run_main(cli(data, data.tars, tmp_path / "out", "--index_dir", unwritable), capsys)
     assert code == 0, err
     assert err.splitlines() == [
         f"imagenet-subset: note: cannot keep the member index of {data.tars / name} in "
-        f"{blocker / (name + '.' + digest12(data.tars / name))} (Not a directory); it is scanned again next time"
+        f"{unwritable / (name + '.' + digest12(data.tars / name))} (Not a directory); it is scanned again next time"
         for name in (TRAIN_TAR, VAL_TAR)]
     assert sha256(tmp_path / "out" / "mine_cls.npz") == reference.sha256
     assert blocker.read_text() == "not a folder\n"
-    result = pack(data, data.zip, tmp_path / "zip-out", index_dir=blocker)  # a zip too, kept in memory
+    result = pack(data, data.zip, tmp_path / "zip-out", index_dir=unwritable)  # a zip too, kept in memory
     assert result.sha256 == reference.sha256
+
+
+def test_an_index_dir_that_is_a_file_is_refused(data, tmp_path, capsys):
+    blocker = tmp_path / "index-is-a-file"
+    blocker.write_text("not a folder\n")
+    assert_fails(cli(data, data.tars, tmp_path / "out", "--index_dir", blocker), capsys, tmp_path / "out",
+                 f"--index_dir {blocker} is a file, not a folder; pass a folder for the member lists of the archives "
+                 "(it is created if missing)")
+    assert blocker.read_text() == "not a folder\n"
 
 
 @pytest.mark.parametrize("damaged", ["a class tar's list", "the val tar's list", "a folder list of the zip",
@@ -655,9 +665,9 @@ def test_a_member_name_holding_a_tab_does_not_empty_its_folder(data, reference, 
     folder = tmp_path / "tars"
     write_val_tar(folder / VAL_TAR, data.val | {"README\tcopy.txt": b"notes\n"})
     os.symlink(data.tars / TRAIN_TAR, folder / TRAIN_TAR)
-    blocker = tmp_path / "a-file"  # lists kept in memory only: the images are all there
+    blocker = tmp_path / "a-file"  # lists kept in memory only (the index cannot be made): the images are all there
     blocker.write_text("")
-    assert pack(data, folder, tmp_path / "memory", index_dir=blocker).sha256 == reference.sha256
+    assert pack(data, folder, tmp_path / "memory", index_dir=blocker / "index").sha256 == reference.sha256
     first = pack(data, folder, tmp_path / "first")
     assert first.counts == {"train": 18, "val": 8}
     assert first.sha256 == reference.sha256
@@ -871,13 +881,12 @@ def test_zip_cut_in_its_central_directory(data, zip_copy, tmp_path, capsys):
 
 def test_zip_with_a_broken_central_directory_entry(data, zip_copy, tmp_path, capsys):
     raw = bytearray(zip_copy.read_bytes())
-    entries = len(zipfile.ZipFile(data.zip).infolist())
     third = raw.index(b"PK\x01\x02", raw.index(b"PK\x01\x02", central_directory_offset(zip_copy)) + 1)
     third = raw.index(b"PK\x01\x02", third + 1)
     raw[third:third + 4] = b"XX\x01\x02"
     zip_copy.write_bytes(bytes(raw))
     assert_fails(cli(data, zip_copy, tmp_path / "out"), capsys, tmp_path / "out",
-                 f"{zip_copy}: broken central directory at entry 3 of {entries}; the zip is damaged, download it again")
+                 f"{zip_copy}: broken central directory at entry 3; the zip is damaged, download it again")
 
 
 def corrupt_jpeg_in_class_tar(data: Data, folder: Path) -> Path:
@@ -1071,7 +1080,11 @@ def test_classes_lists_the_archives_classes_with_counts(data, tmp_path, capsys, 
     code, out, err = run_main(["classes", "--data_dir", data_dir, "--out_dir", tmp_path / "out", "--search",
                                "hound"], capsys)
     assert (code, err) == (0, "")
-    assert out.splitlines() == [CLASSES_TABLE[0], *CLASSES_TABLE[2:5], "3 classes, 9 train and 7 val images"]
+    hound = "entity > physical entity > object > whole > living thing > organism > animal > domestic animal > dog " \
+            "> hunting dog > hound"
+    assert out.splitlines() == [CLASSES_TABLE[0], f"{CLASSES_TABLE[2]}  [{hound} > coonhound]",
+                                f"{CLASSES_TABLE[3]}  [{hound} > foxhound]",
+                                f"{CLASSES_TABLE[4]}  [{hound} > foxhound]", "3 classes, 9 train and 7 val images"]
 
 
 # =========================================================================== 8. workers

@@ -493,8 +493,28 @@ def test_classes_and_search_together_is_an_error(tree, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def _classes_lines(wnids):
-    return [(w, str(TRAIN_COUNTS[w]), str(VAL_COUNTS[w]), NAMES[w]) for w in wnids]
+_ORGANISM = "entity > physical entity > object > whole > living thing > organism"
+_FISH = f"{_ORGANISM} > animal > chordate > vertebrate > aquatic vertebrate > fish"
+_CARNIVORE = f"{_ORGANISM} > animal > chordate > vertebrate > mammal > placental > carnivore"
+# each class's path in the WordNet hierarchy, as classes --search appends it: root to parent, by the shortest way
+WORDNET_PATHS = {
+    TENCH: f"{_FISH} > bony fish > teleost fish > soft-finned fish > cypriniform fish > cyprinid",
+    GOLDFISH: f"{_FISH} > bony fish > teleost fish > soft-finned fish > cypriniform fish > cyprinid",
+    TIGER_SHARK: f"{_FISH} > cartilaginous fish > elasmobranch > shark > requiem shark",
+    RETRIEVER: f"{_ORGANISM} > animal > domestic animal > dog > hunting dog > sporting dog > retriever",
+    PUG: f"{_ORGANISM} > animal > domestic animal > dog",
+    HUNTING: f"{_CARNIVORE} > canine > wild dog",
+    TIGER_CAT: f"{_ORGANISM} > animal > domestic animal > domestic cat",
+    TIGER: f"{_CARNIVORE} > feline > big cat",
+    ANEMONE: f"{_FISH} > bony fish > teleost fish > spiny-finned fish > percoid fish > damselfish",
+    DOGSLED: "entity > physical entity > object > whole > artifact > instrumentality > conveyance > vehicle > sled",
+    HOTDOG: "entity > physical entity > matter > substance > food > nutriment > dish > snack food > sandwich",
+}
+
+
+def _classes_lines(wnids, paths=False):
+    return [(w, str(TRAIN_COUNTS[w]), str(VAL_COUNTS[w]), NAMES[w] + (f"  [{WORDNET_PATHS[w]}]" if paths else ""))
+            for w in wnids]
 
 
 @pytest.mark.parametrize("search", [None, "dog", "Tiger"])
@@ -505,7 +525,7 @@ def test_classes_command(tree, capsys, search):
     lines = out.rstrip("\n").split("\n")
     assert lines[0].split() == ["WNID", "train", "val", "human_label"]
     wnids = [w for w in ALL if search is None or search.lower() in NAMES[w].lower()]
-    assert [tuple(line.split(None, 3)) for line in lines[1:-1]] == _classes_lines(wnids)
+    assert [tuple(line.split(None, 3)) for line in lines[1:-1]] == _classes_lines(wnids, paths=search is not None)
     assert lines[-1] == (f"{len(wnids)} classes, {sum(TRAIN_COUNTS[w] for w in wnids)} train and "
                          f"{sum(VAL_COUNTS[w] for w in wnids)} val images")
     if search == "Tiger":

@@ -252,7 +252,8 @@ def test_file_as_devkit_dir(kaggle, tmp_path, capsys):
                                         "--devkit_dir", map_file), capsys)
     assert code == 1
     assert assert_one_error_line(err) == (f"imagenet-subset: error: --devkit_dir {map_file} is a file, not a "
-                                          "folder; pass the devkit folder holding map_clsloc.txt")
+                                          "folder; pass the devkit folder holding map_clsloc.txt, or the devkit "
+                                          "archive (ILSVRC2012_devkit_t12.tar.gz)")
     assert not (tmp_path / "out").exists()
 
 
@@ -313,7 +314,9 @@ def test_search_without_class_names_uses_the_builtin_names(tmp_path, capsys):
     assert _plan(tree.data_dir, search="springer").subset.wnids == (B,)
     code, out, err = run_main(["classes", "--data_dir", tree.data_dir, "--search", "springer"], capsys)
     assert code == 0, err
-    assert out.splitlines()[1].split() == [B, "3", "2", "English_springer"]
+    assert out.splitlines()[1] == (f"{B}       3     2  English_springer  [entity > physical entity > object > "
+                                   "whole > living thing > organism > animal > domestic animal > dog > hunting dog > "
+                                   "sporting dog > spaniel > springer spaniel]")
     with pytest.raises(UserError) as info:
         _plan(tree.data_dir, search="class")
     assert str(info.value) == (f"--search: no class in {tree.train_dir} has a name containing 'class'; "

@@ -54,7 +54,15 @@ def test_the_command_line_gives_the_options_the_api_gives():
     ({"fast": "yes"}, "--fast 'yes' must be true or false"),
     ({"crop_size": 300}, "--crop_size 300 is larger than --resize_size 256; the crop must fit inside the resized image"),
     ({"fast": True, "resize": "squash"}, "--fast applies to --resize crop only; drop --fast or use --resize crop"),
-    ({"classes": "a", "search": "b"}, "--classes and --search both choose the classes; use one of them"),
+    ({"classes": "a", "search": "b"}, "--classes and --search each choose the classes; use one of them (--under may "
+                                      "narrow --group_by)"),
+    ({"search": "b", "under": "dog"}, "--search and --under each choose the classes; use one of them (--under may "
+                                      "narrow --group_by)"),
+    ({"under": " , "}, "--under ' , ' must name synsets, as \"dog\" or \"dog,cat\""),
+    ({"exclude": "toy dog"}, "--exclude removes classes from --under or --group_by; give one of them"),
+    ({"overlap": "first", "under": "dog"}, "--overlap applies to --group_by; drop it or give --group_by"),
+    ({"group_by": "level:x"}, "--group_by level:x: the level is a whole number of edges below the root, as level:3"),
+    ({"group_by": " "}, "--group_by needs synset names, as \"dog,cat\", or level:N"),
     ({"rest_val": 3}, "--rest_val needs --rest N (the number of rest train images)"),
     ({"backend": "dask"}, "--backend dask needs --scheduler tcp://HOST:PORT (the address of a running Dask scheduler)"),
     ({"progress": "no"}, "progress 'no' must be true or false"),
@@ -86,7 +94,7 @@ def test_output_options_are_what_the_manifest_records():
         "resize_rule": "torchvision Resize(resize_size) + CenterCrop(crop_size), bilinear (Pillow)",
         "layout": "nhwc", "fast": False, "compress": False, "chunk_size": 32, "shard_size": None, "on_error": "fail",
         "sampling": {"train_per_class": 5, "val_per_class": None, "holdout_per_class": 0, "rest": None,
-                     "rest_val": None, "seed": 2}}
+                     "rest_val": None, "seed": 2, "balance": "labels"}}
 
 
 # --------------------------------------------------------------------------- names
