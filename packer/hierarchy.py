@@ -15,8 +15,9 @@ the 1,937 edges among those 1,860 synsets, one root (``n00001740`` entity).
 ``--wordnet DIR`` reads a user's full ``words.txt`` and ``wordnet.is_a.txt``
 from DIR instead (82,115 synsets, for classes outside the 1,000), and
 ``--hierarchy FILE`` takes the edges from another ``PARENT CHILD`` list, such
-as BREEDS' calibrated one, whose nodes need not be WNIDs (a node is named by
-the words file where it has a line, else by its id).
+as BREEDS' calibrated one, whose nodes need not be WNIDs: a node is named by
+``node_names.txt`` beside that file when there is one (``ID<TAB>names``, as
+BREEDS publishes its names), else by the words file, else by its id.
 
 The hierarchy is a DAG, not a tree: a synset may have several parents (38 of
 the 1,000 classes have more than one: 37 have two, tank has three). ``descendants(node)`` holds the node itself. A
@@ -38,6 +39,7 @@ from .errors import UserError
 from .options import shown
 
 BUILTIN_SOURCE = "built-in WordNet 3.0 hierarchy of the 1,000 ILSVRC classes"
+NODE_NAMES = "node_names.txt"  # beside a --hierarchy file: names of its nodes, as BREEDS publishes them
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,9 @@ def load_hierarchy(wordnet_dir: str | None = None, hierarchy_file: str | None = 
             return os.path.abspath(path), None, None
 
     files = ([os.path.join(wordnet_dir, "words.txt"), os.path.join(wordnet_dir, "wordnet.is_a.txt")]
-             if wordnet_dir is not None else []) + ([hierarchy_file] if hierarchy_file is not None else [])
+             if wordnet_dir is not None else [])
+    if hierarchy_file is not None:
+        files += [hierarchy_file, os.path.join(os.path.dirname(hierarchy_file), NODE_NAMES)]
     return _load_hierarchy(wordnet_dir, hierarchy_file, tuple(state(f) for f in files))
 
 
@@ -242,6 +246,10 @@ def _load_hierarchy(wordnet_dir: str | None, hierarchy_file: str | None, _files:
         edges_source = str(hierarchy_file)
         edges_text = _read(hierarchy_file, "--hierarchy", "a PARENT CHILD edge list, one edge per line")
         source = f"hierarchy {hierarchy_file}"
+        node_names = Path(hierarchy_file).with_name(NODE_NAMES)
+        if node_names.is_file():  # later lines win: the hierarchy's own names for its nodes
+            words_text += "\n" + _read(node_names, "--hierarchy names", "ID<TAB>names lines")
+            words_source = f"{words_source} and {node_names}"
     return hierarchy_from(words_text, edges_text, source, words_source, edges_source)
 
 

@@ -968,3 +968,19 @@ def test_depth_without_tree_is_refused(zoo, capsys):
     code, out, err = run_main(["classes", "--data_dir", zoo.data_dir, "--depth", "2"], capsys)
     assert (code, out) == (1, "")
     assert assert_one_error_line(err) == "imagenet-subset: error: --depth applies to --tree; add --tree or drop --depth"
+
+
+def test_node_names_beside_the_hierarchy_file_name_its_nodes(zoo, tmp_path):
+    """BREEDS publishes its nodes' names as node_names.txt beside its edge list; they name the groups,
+    count in the hierarchy's sha256, and are read again when they change."""
+    edges = _edge_list(tmp_path)
+    without = _plan(zoo, group_by="level:2", hierarchy=str(edges))
+    (tmp_path / "node_names.txt").write_text("dummy1\tpets, companion animals\n")
+    named = _plan(zoo, group_by="level:2", hierarchy=str(edges))
+    assert _labels(named) == [("pets", (CHIHUAHUA, BEAGLE, PUG, TABBY)), ("bird", (HEN, GOOSE)),
+                              ("crane", (CRANE_MACHINE,))]
+    assert _labels(_plan(zoo, group_by="companion animals", hierarchy=str(edges))) == [
+        ("companion animals", (CHIHUAHUA, BEAGLE, PUG, TABBY))]
+    assert named.input["hierarchy"]["sha256"] != without.input["hierarchy"]["sha256"]
+    (tmp_path / "node_names.txt").write_text("dummy1\thousehold animals\n")
+    assert _labels(_plan(zoo, group_by="level:2", hierarchy=str(edges)))[0][0] == "household animals"
