@@ -33,7 +33,7 @@ import numpy as np
 
 from .describe import MANIFEST_VERSION, sha256_of_file
 from .errors import UserError
-from .loading import ArrayHeader, array_headers, iter_rows, read_arrays, shard_paths
+from .loading import ArrayHeader, array_headers, iter_rows, read_arrays, refuse_other_outputs, shard_paths
 from .options import OutputNames, shown
 
 
@@ -147,6 +147,7 @@ def verify(path: str | Path) -> list[str]:
         raise UserError(f"{path} is a folder; pass an archive (*_cls.npz) or a shard index (*_cls.index.json)")
     if not path.is_file():
         raise UserError(f"{path} does not exist; build it first or check the path")
+    refuse_other_outputs(path)
     problems = []
     manifest: dict | None
     try:

@@ -228,7 +228,8 @@ def _classes(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.depth is not None and not args.tree:
         raise UserError("--depth applies to --tree; add --tree or drop --depth")
-    from .hierarchy import load_hierarchy, outline
+    if (args.wordnet or args.hierarchy) and not (args.tree or args.search or args.under):
+        raise UserError("--wordnet and --hierarchy apply to --tree, --search and --under; add one or drop them")
     from .subset import classes_by_search, labels_under
     from .tree import class_table, find_tree, image_counts, names_to_match, train_classes
 
@@ -239,9 +240,13 @@ def _classes(argv: list[str]) -> int:
     tree = find_tree(where.data_dir, where.devkit_dir, index)
     names = class_table(tree)
     wnids = train_classes(tree)
-    hierarchy = load_hierarchy(where.wordnet, where.hierarchy) if args.tree or args.search or where.under else None
+    hierarchy = None
+    if args.tree or args.search or where.under:
+        from .hierarchy import load_hierarchy, outline
+
+        hierarchy = load_hierarchy(where.wordnet, where.hierarchy)
     if where.under and hierarchy is not None:
-        wnids = [label.name for label in labels_under(hierarchy, where.under, (), wnids, str(tree.train))]
+        wnids = [label.name for label in labels_under(hierarchy, where.under, (), wnids, str(tree.train)).labels]
     if args.search:
         wnids = classes_by_search(args.search, names_to_match(names), wnids, str(tree.train))
     counts = image_counts(tree, wnids)

@@ -61,9 +61,11 @@ order::
                         maps train_cls, synset_mapping, val_solution, val_annotations,
                         map_clsloc and val_ground_truth to the file found (its name
                         only) or null. With --under or --group_by, also hierarchy:
-                        {source, sha256, under, exclude, group_by, overlap}: the
-                        hierarchy's files (packaged, --wordnet, --hierarchy) and
-                        their SHA-256, and the options as given
+                        {source, sha256, under, exclude, groups, group_by, overlap}:
+                        the hierarchy's files (packaged, --wordnet, --hierarchy; file
+                        names only) and their SHA-256; under, exclude and groups as
+                        [{name, wnid}], each name given (or, for level:N, each group)
+                        with the synset it resolved to; group_by and overlap as given
     splits              {split: {images, per_class}}: each split's row count and its
                         count per label. The splits are train and val, then holdout
                         with --holdout_per_class

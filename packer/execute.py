@@ -396,12 +396,20 @@ class Packing:
 
         An earlier output at a final path is first hard-linked (or copied) into the
         work folder, so that if a later rename fails, or a Ctrl-C or SIGTERM stops the
-        renames halfway, every earlier file is put back.
+        renames halfway, every earlier file is put back. An earlier archive set that
+        this one supersedes (another shard count, shards for one archive, or the other
+        way) is moved into the work folder the same way, so no stale shard stays beside
+        the new set.
         """
         replaced: list[tuple[Path, Path]] = []  # (the earlier output kept, its final path)
         created: list[tuple[Path, Path]] = []
         with self._writing():
             try:
+                for stale in self.names.archive_files_in(self.out_dir):
+                    if stale.name not in self.outputs:
+                        kept = Path(self.work.partial(stale.name) + ".previous")
+                        replaced.append((kept, stale))
+                        os.replace(stale, kept)
                 for name in self.outputs:
                     final, kept = self.out_dir / name, Path(self.work.partial(name) + ".previous")
                     earlier = final.is_file()
@@ -414,7 +422,8 @@ class Packing:
                     os.replace(self.work.partial(name), final)
             except BaseException:
                 for kept, final in replaced:
-                    os.replace(kept, final)
+                    if kept.exists():  # (a stale file is listed before it is moved: a signal may follow)
+                        os.replace(kept, final)
                 for _, final in created:
                     if final.is_file():  # ours (not something in the way)
                         os.remove(final)

@@ -24,14 +24,14 @@ the 1,000 classes have more than one: 37 have two, tank has three). ``descendant
 node's depth is the number of edges on the shortest path to it from a root
 (entity: 0), so "the ancestor at depth N" of a class may be more than one
 synset. Everything here is plain dicts and sets: loading the packaged files
-takes about 10 ms, and only builds that use the hierarchy load it.
+takes about 25 ms, and only builds that use the hierarchy load it.
 """
 import difflib
 import functools
 import hashlib
 import os
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -51,7 +51,7 @@ class Hierarchy:
     children: dict[str, tuple[str, ...]]
     source: str
     sha256: str
-    _depths: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    depths: dict[str, int]  # node -> edges on the shortest path from a root
 
     @property
     def roots(self) -> list[str]:
@@ -72,15 +72,7 @@ class Hierarchy:
 
     def depth(self, node: str) -> int | None:
         """Edges on the shortest path from a root to ``node``; None for a node not in the hierarchy."""
-        if not self._depths:
-            queue = deque((root, 0) for root in self.roots)
-            while queue:
-                node_at, depth = queue.popleft()
-                if node_at in self._depths:
-                    continue
-                self._depths[node_at] = depth
-                queue.extend((child, depth + 1) for child in self.children.get(node_at, ()))
-        return self._depths.get(node)
+        return self.depths.get(node)
 
     def path_to_root(self, node: str) -> list[str]:
         """One shortest path from a root down to ``node`` (its first parent at each step up)."""
@@ -119,6 +111,9 @@ class Hierarchy:
         close = difflib.get_close_matches(lowered, {s.strip().lower() for names in self.names.values()
                                                     for s in names.split(",")}, n=3)
         hint = f"; close names: {', '.join(close)}" if close else ""
+        if self.source == BUILTIN_SOURCE:
+            hint += ("; it holds the 1,000 classes and their ancestors: for other synsets pass --wordnet DIR with "
+                     "ImageNet's full words.txt and wordnet.is_a.txt")
         raise UserError(f"{flag}: no synset named '{text}' in the {self.source}{hint}")
 
 
@@ -190,9 +185,23 @@ def _cycle(children: dict[str, tuple[str, ...]]) -> str | None:
     return None
 
 
-def hierarchy_from(words_text: str, edges_text: str, source: str, words_source: str, edges_source: str) -> Hierarchy:
-    """A ``Hierarchy`` from the texts of a words file and an edge list (see the module docstring)."""
-    names = parse_words(words_text, words_source)
+def _shortest_depths(children: dict[str, tuple[str, ...]], roots: list[str]) -> dict[str, int]:
+    depths: dict[str, int] = {}
+    queue = deque((root, 0) for root in roots)
+    while queue:
+        node, depth = queue.popleft()
+        if node not in depths:
+            depths[node] = depth
+            queue.extend((child, depth + 1) for child in children.get(node, ()))
+    return depths
+
+
+def hierarchy_from(words: list[tuple[str, str]], edges_text: str, source: str, edges_source: str) -> Hierarchy:
+    """A ``Hierarchy`` from the texts of words files, ``(text, where)`` (a later file's names win),
+    and of an edge list (see the module docstring)."""
+    names = {}
+    for words_text, words_source in words:
+        names.update(parse_words(words_text, words_source))
     parents: dict[str, list[str]] = {}
     children: dict[str, list[str]] = {}
     for parent, child in parse_edges(edges_text, edges_source):
@@ -205,8 +214,10 @@ def hierarchy_from(words_text: str, edges_text: str, source: str, words_source: 
     looped = _cycle(frozen_children)
     if looped is not None:
         raise UserError(f"{edges_source}: the edges make a cycle through {looped}; an is-a hierarchy has none")
-    digest = hashlib.sha256(words_text.encode() + b"\0" + edges_text.encode()).hexdigest()
-    return Hierarchy(names, {c: tuple(p) for c, p in parents.items()}, frozen_children, source, digest)
+    digest = hashlib.sha256(b"\0".join(text.encode() for text, _ in words) + b"\0" + edges_text.encode()).hexdigest()
+    roots = sorted(node for node in frozen_children if node not in parents)
+    return Hierarchy(names, {c: tuple(p) for c, p in parents.items()}, frozen_children, source, digest,
+                     _shortest_depths(frozen_children, roots))
 
 
 def load_hierarchy(wordnet_dir: str | None = None, hierarchy_file: str | None = None) -> Hierarchy:
@@ -241,16 +252,16 @@ def _load_hierarchy(wordnet_dir: str | None, hierarchy_file: str | None, _files:
         words_source, edges_source = str(folder / "words.txt"), str(folder / "wordnet.is_a.txt")
         words_text = _read(words_source, "--wordnet file", "ImageNet's words.txt (WNID<TAB>names lines)")
         edges_text = _read(edges_source, "--wordnet file", "ImageNet's wordnet.is_a.txt (PARENT CHILD lines)")
-        source = f"WordNet hierarchy in {folder}"
+        source = f"WordNet hierarchy in {Path(os.path.abspath(folder)).name}/"
+    words = [(words_text, words_source)]
     if hierarchy_file is not None:
         edges_source = str(hierarchy_file)
         edges_text = _read(hierarchy_file, "--hierarchy", "a PARENT CHILD edge list, one edge per line")
-        source = f"hierarchy {hierarchy_file}"
+        source = f"hierarchy {os.path.basename(hierarchy_file)}"
         node_names = Path(hierarchy_file).with_name(NODE_NAMES)
-        if node_names.is_file():  # later lines win: the hierarchy's own names for its nodes
-            words_text += "\n" + _read(node_names, "--hierarchy names", "ID<TAB>names lines")
-            words_source = f"{words_source} and {node_names}"
-    return hierarchy_from(words_text, edges_text, source, words_source, edges_source)
+        if node_names.is_file():  # the hierarchy's own names for its nodes win
+            words.append((_read(node_names, "--hierarchy names", "ID<TAB>names lines"), str(node_names)))
+    return hierarchy_from(words, edges_text, source, edges_source)
 
 
 def outline(hierarchy: Hierarchy, counts: dict[str, tuple[int, int]], start: list[str] | None = None,
@@ -260,20 +271,29 @@ def outline(hierarchy: Hierarchy, counts: dict[str, tuple[int, int]], start: lis
     synset with its classes and images summed up the tree (a class counted once, however many
     paths lead to it). A synset under several shown parents appears under each, marked
     ``[also under ...]``; classes the hierarchy lacks are listed last."""
-    below: dict[str, frozenset[str]] = {}
+    below: dict[str, frozenset[str]] = {}  # node -> the classes of counts at or below it
 
-    def classes_below(node: str) -> frozenset[str]:
-        if node not in below:
-            found = {node} & counts.keys()
-            for child in hierarchy.children.get(node, ()):
-                found |= classes_below(child)
-            below[node] = frozenset(found)
-        return below[node]
+    def classes_below(top: str) -> frozenset[str]:
+        stack = [(top, False)]  # walked without recursion: an edge list may be deep
+        while stack:
+            node, children_done = stack.pop()
+            if node in below:
+                continue
+            kids = hierarchy.children.get(node, ())
+            if children_done:
+                below[node] = frozenset({node} & counts.keys()).union(*(below[k] for k in kids))
+            else:
+                stack.append((node, True))
+                stack.extend((kid, False) for kid in kids if kid not in below)
+        return below[top]
 
     lines: list[str] = []
-
-    def show(node: str, level: int, parent: str | None) -> None:
+    todo: list[tuple[str, int, str | None]] = [(node, 0, None) for node in reversed(start or hierarchy.roots)]
+    while todo:
+        node, level, parent = todo.pop()
         classes = classes_below(node)
+        if not classes:
+            continue
         train, val = sum(counts[w][0] for w in classes), sum(counts[w][1] for w in classes)
         others = [hierarchy.name(p) for p in hierarchy.parents.get(node, ()) if p != parent and classes_below(p)]
         also = f"  [also under {', '.join(others)}]" if parent is not None and others else ""
@@ -281,13 +301,8 @@ def outline(hierarchy: Hierarchy, counts: dict[str, tuple[int, int]], start: lis
             f"{len(classes)} {'class' if len(classes) == 1 else 'classes'}, {train} train, {val} val"
         lines.append(f"{'  ' * level}{hierarchy.name(node)} ({node}): {what}{also}")
         if depth is None or level < depth:
-            kids = [c for c in hierarchy.children.get(node, ()) if classes_below(c)]
-            for child in sorted(kids, key=lambda c: (hierarchy.name(c).lower(), c)):
-                show(child, level + 1, node)
-
-    for node in start or hierarchy.roots:
-        if classes_below(node):
-            show(node, 0, None)
+            kids = sorted(hierarchy.children.get(node, ()), key=lambda c: (hierarchy.name(c).lower(), c))
+            todo.extend((kid, level + 1, node) for kid in reversed(kids))
     outside = sorted(w for w in counts if w not in hierarchy.parents and w not in hierarchy.children)
     if outside:
         lines.append(f"not in the {hierarchy.source}: {', '.join(outside)}")

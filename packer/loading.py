@@ -131,7 +131,17 @@ class ArrayHeader:
         return int(self.dtype.itemsize * np.prod(self.shape[1:], dtype=np.int64))
 
 
+def refuse_other_outputs(path: Path) -> None:
+    """A one-line error when ``path`` is a build's manifest or metadata CSV, not its archive."""
+    names = OutputNames.of(path)
+    if path.name in (names.manifest, names.metadata):
+        what = "manifest" if path.name == names.manifest else "metadata CSV"
+        raise UserError(f"{path} is the {what} of a build, not an archive; pass {path.with_name(names.archive)} "
+                        f"(or its shard index {names.index})")
+
+
 def _open_zip(path: Path) -> zipfile.ZipFile:
+    refuse_other_outputs(path)
     try:
         return zipfile.ZipFile(path)
     except FileNotFoundError:

@@ -9,6 +9,7 @@ option is validated once, wherever it comes from (command line, API, recipe).
 """
 from __future__ import annotations
 
+import glob
 import os
 import types
 import typing
@@ -172,6 +173,10 @@ class BuildOptions:
         if len(choosers) > 1 and choosers != ["--under", "--group_by"]:
             raise UserError(f"{' and '.join(choosers)} each choose the classes; use one of them (--under may "
                             "narrow --group_by)")
+        if self.balance == "classes" and (self.train_per_class, self.val_per_class, self.holdout_per_class,
+                                          self.rest) == (None, None, 0, None):
+            raise UserError("--balance classes spreads --train_per_class, --val_per_class, --holdout_per_class or "
+                            "--rest images over a label's classes; give one of them")
         if self.exclude and not (self.under or self.group_by):
             raise UserError("--exclude removes classes from --under or --group_by; give one of them")
         if self.overlap != "error" and not self.group_by:
@@ -302,6 +307,12 @@ class OutputNames:
     @property
     def work_folder(self) -> str:
         return f".{self.name}_cls.work"
+
+    def archive_files_in(self, folder: Path) -> list[Path]:
+        """This build's archive, shards (of any set) and shard index that ``folder`` holds."""
+        return sorted(path for path in folder.glob(f"{glob.escape(self.name)}_cls*")
+                      if path.name in (self.archive, self.index)
+                      or (path.suffix == ".npz" and _is_shard_stem(path.stem) and OutputNames.of(path) == self))
 
     @classmethod
     def of(cls, path: str | os.PathLike) -> OutputNames:

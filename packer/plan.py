@@ -9,6 +9,7 @@ split in row order with their labels and ids, and the class facts the label
 files give. ``execute.py`` packs it.
 """
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from .options import BuildOptions, BuildPlan
@@ -49,28 +50,41 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
-def _choose_by_hierarchy(options: BuildOptions, tree: Tree, folders: list[str]) -> tuple[SubsetList, dict]:
-    """``--under`` / ``--group_by``: the labels, and the manifest's record of the hierarchy used."""
+@dataclass(frozen=True)
+class _Chosen:
+    """The labels chosen (``rest`` not yet added), the tree's classes no label or ``rest`` may take,
+    the manifest's record of the hierarchy used (None without one), and notes."""
+
+    subset: SubsetList
+    kept_out: frozenset[str] = frozenset()
+    hierarchy: dict | None = None
+    notes: tuple[str, ...] = ()
+
+
+def _choose_by_hierarchy(options: BuildOptions, tree: Tree, folders: list[str]) -> _Chosen:
+    """``--under`` / ``--group_by``, with the manifest's record of the hierarchy used."""
     from .hierarchy import load_hierarchy
 
     hierarchy = load_hierarchy(options.wordnet, options.hierarchy)
     under, exclude = options.under or (), options.exclude or ()
     if options.group_by:
-        labels = labels_grouped_by(hierarchy, options.group_by, under, exclude, options.overlap, folders,
+        choice = labels_grouped_by(hierarchy, options.group_by, under, exclude, options.overlap, folders,
                                    str(tree.train))
         default_name, how = "grouped_" + _slug(options.group_by), f"--group_by {options.group_by}"
     else:
-        labels = labels_under(hierarchy, under, exclude, folders, str(tree.train))
+        choice = labels_under(hierarchy, under, exclude, folders, str(tree.train))
         default_name, how = "under_" + _slug("_".join(under)), f"--under {','.join(under)}"
     if exclude:
         how += f" --exclude {','.join(exclude)}"
     name = Path(options.subset_name).stem if options.subset_name else default_name  # inside --out_dir
-    record = {"source": hierarchy.source, "sha256": hierarchy.sha256, "under": list(under),
-              "exclude": list(exclude), "group_by": options.group_by, "overlap": options.overlap}
-    return SubsetList(name, labels, how), record
+    record = {"source": hierarchy.source, "sha256": hierarchy.sha256, **choice.resolved,
+              "group_by": options.group_by, "overlap": options.overlap}
+    return _Chosen(SubsetList(name, choice.labels, how), choice.taken_away, record, choice.notes)
 
 
-def _choose_subset(options: BuildOptions, tree: Tree, classes: dict[str, ClassInfo], folders: list[str]) -> SubsetList:
+def _choose_subset(options: BuildOptions, tree: Tree, classes: dict[str, ClassInfo], folders: list[str]) -> _Chosen:
+    if options.under or options.group_by:
+        return _choose_by_hierarchy(options, tree, folders)
     if options.classes or options.search:
         names = names_to_match(classes)
         if options.classes:  # among the tree's classes, named by its files or the built-in table
@@ -85,10 +99,8 @@ def _choose_subset(options: BuildOptions, tree: Tree, classes: dict[str, ClassIn
             default_name = "search_" + _slug(search)
             how = f"--search {search}"
         name = Path(options.subset_name).stem if options.subset_name else default_name  # inside --out_dir
-        subset = SubsetList(name, tuple(Label(w, (w,)) for w in wnids), how)
-    else:
-        subset = read_subset_list(options.subset_name or "imagenet30")
-    return subset.with_rest() if options.rest is not None else subset
+        return _Chosen(SubsetList(name, tuple(Label(w, (w,)) for w in wnids), how))
+    return _Chosen(read_subset_list(options.subset_name or "imagenet30"))
 
 
 def plan_build(options: BuildOptions) -> BuildPlan:
@@ -96,20 +108,16 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     tree = find_tree(options.data_dir, options.devkit_dir, options.index_folder)
     classes = class_table(tree)
     folders = train_classes(tree)
-    hierarchy_used = None
-    if options.under or options.group_by:
-        subset, hierarchy_used = _choose_by_hierarchy(options, tree, folders)
-        subset = subset.with_rest() if options.rest is not None else subset
-    else:
-        subset = _choose_subset(options, tree, classes, folders)
+    chosen = _choose_subset(options, tree, classes, folders)
+    subset = chosen.subset.with_rest() if options.rest is not None else chosen.subset
     check_classes_present(subset, folders, str(tree.train))
-    listed = folders if options.rest is not None else list(subset.wnids)
+    listed = [w for w in folders if w not in chosen.kept_out] if options.rest is not None else list(subset.wnids)
     train = label_images(list_train_images(tree, listed), subset)
     val = label_images(list_val_images(tree, listed), subset)
     rest_label = len(subset.labels) - 1 if options.rest is not None else None
     splits, notes = apply_sampling(train, val, [label.name for label in subset.labels], rest_label, options)
-    notes += class_table_gaps(tree, classes, subset.single_classes())
+    notes = list(chosen.notes) + notes + class_table_gaps(tree, classes, subset.single_classes())
     description = _input_description(tree, splits)
-    if hierarchy_used is not None:
-        description["hierarchy"] = hierarchy_used
+    if chosen.hierarchy is not None:
+        description["hierarchy"] = chosen.hierarchy
     return BuildPlan(subset.name, subset, tuple(splits), classes, description, tuple(notes))

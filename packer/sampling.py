@@ -18,10 +18,11 @@ A label with fewer images than asked keeps all it has, and a note says so.
 
 With ``balance="classes"`` a label of several classes (a group, ``rest``)
 spreads its ``n`` images evenly over its classes instead of taking the ``n``
-lowest ranks among all its images: every class gets ``n // k`` (the first
-``n % k`` classes in WNID order one more), a class with fewer images than its
-share gives all it has, and what it lacks is spread over the others the same
-way; within a class the lowest ranks are taken.
+lowest ranks among all its images: every class gets ``n // k`` and ``n % k``
+classes one more, those first by the BLAKE2b of ``"<seed>/<split>/<wnid>"``
+(so the lucky classes change with the seed, as images do); a class with fewer
+images than its share gives all it has, and what it lacks is spread over the
+others the same way; within a class the lowest ranks are taken.
 """
 import hashlib
 
@@ -51,27 +52,39 @@ def _lowest(rows: np.ndarray, rank: np.ndarray, n: int | None) -> np.ndarray:
     return rows[np.argsort(rank[rows], kind="stable")[:n]]
 
 
-def class_quotas(available: dict[str, int], n: int) -> dict[str, int]:
-    """How many of ``n`` images each class gives when they are spread evenly (module docstring)."""
+def class_quotas(available: dict[str, int], n: int, order: list[str] | None = None) -> dict[str, int]:
+    """How many of ``n`` images each class gives when they are spread evenly (module docstring);
+    the images left over after an even share go to the classes first in ``order`` (default: WNID
+    order)."""
     quota, left = {}, n
     pending = sorted(available, key=lambda wnid: (available[wnid], wnid))
     while pending and (small := [w for w in pending if available[w] <= left // len(pending)]):
         for wnid in small:
             quota[wnid], left = available[wnid], left - available[wnid]
         pending = [w for w in pending if w not in quota]
-    pending.sort()
+    position = {wnid: i for i, wnid in enumerate(order or sorted(available))}
+    pending.sort(key=lambda wnid: position[wnid])
     share, extra = divmod(left, len(pending)) if pending else (0, 0)
     quota.update({wnid: share + (i < extra) for i, wnid in enumerate(pending)})
     return quota
 
 
-def _balanced(rows: np.ndarray, wnids: list[str], rank: np.ndarray, n: int | None) -> np.ndarray:
+def class_order(wnids, seed: int, split: str) -> list[str]:
+    """``wnids`` in the order of the BLAKE2b digests (8 bytes, compared as bytes) of
+    ``"<seed>/<split>/<wnid>"``: who gets an image left over after an even share, the same on
+    every machine and different for every seed."""
+    def rank(wnid: str) -> bytes:
+        return hashlib.blake2b(f"{seed}/{split}/{wnid}".encode(), digest_size=8).digest()
+    return sorted(wnids, key=rank)
+
+
+def _balanced(rows: np.ndarray, wnids: list[str], rank: np.ndarray, n: int | None, order_of) -> np.ndarray:
     if n is None or len(rows) <= n:
         return rows
     by_class: dict[str, list[int]] = {}
     for row in rows:
         by_class.setdefault(wnids[row], []).append(row)
-    quota = class_quotas({wnid: len(r) for wnid, r in by_class.items()}, n)
+    quota = class_quotas({wnid: len(r) for wnid, r in by_class.items()}, n, order_of(by_class))
     return np.sort(np.concatenate([_lowest(np.array(r, dtype=np.int64), rank, quota[wnid])
                                    for wnid, r in by_class.items()]))
 
@@ -80,7 +93,12 @@ def _choose(images: SplitImages, counts: list[int | None], seed: int, exclude: n
             split: str | None = None, balance: str = "labels"):
     """Rows to keep (sorted) taking ``counts[label]`` per label, and the labels left short."""
     rank = ranks(images, seed, split) if any(c is not None for c in counts) else None
-    pick = _balanced if balance == "classes" else (lambda rows, _, rank, n: _lowest(rows, rank, n))
+    if balance == "classes":
+        def pick(rows, wnids, rank, n):
+            return _balanced(rows, wnids, rank, n, lambda classes: class_order(classes, seed, split or images.split))
+    else:
+        def pick(rows, wnids, rank, n):
+            return _lowest(rows, rank, n)
     kept, short = [], []
     for label, rows in enumerate(_rows_by_label(images.labelled, len(counts))):
         if exclude is not None:

@@ -221,57 +221,101 @@ def label_images(images: SplitImages, subset: SubsetList) -> SplitImages:
 
 # --------------------------------------------------------------------------- the WordNet hierarchy
 
-def _resolved(hierarchy: "Hierarchy", names: tuple[str, ...], flag: str, present: set[str]) -> list[str]:
-    """The synsets ``names`` name (see ``Hierarchy.resolve``), in the order given."""
-    return [hierarchy.resolve(name, flag, present) for name in names]
+@dataclass(frozen=True)
+class HierarchyChoice:
+    """What ``--under`` / ``--group_by`` chose: the labels; the classes of the tree that ``--under``
+    and ``--exclude`` took away (kept out of ``rest`` too); what each name resolved to, for the
+    manifest (``{"under": [{"name", "wnid"}], "exclude": [...], "groups": [...]}``); notes."""
+
+    labels: tuple[Label, ...]
+    taken_away: frozenset[str]
+    resolved: dict
+    notes: tuple[str, ...] = ()
+
+
+def _named(pairs: list[tuple[str, str]]) -> list[dict]:
+    return [{"name": name, "wnid": synset} for name, synset in pairs]
 
 
 def _below(hierarchy: "Hierarchy", synsets: list[str], present: set[str]) -> set[str]:
     return set().union(*(hierarchy.descendants(s) for s in synsets)) & present if synsets else set()
 
 
+def _narrowed(hierarchy: "Hierarchy", under: tuple[str, ...], exclude: tuple[str, ...], present: set[str]):
+    """The classes of ``present`` below a synset of ``under`` (all of them without ``under``) and
+    none of ``exclude``, each name resolved among the classes it applies to; the classes
+    ``exclude`` removed; and the resolutions."""
+    under_pairs = [(name, hierarchy.resolve(name, "--under", present)) for name in under]
+    classes = _below(hierarchy, [s for _, s in under_pairs], present) if under else set(present)
+    exclude_pairs = [(name, hierarchy.resolve(name, "--exclude", classes or present)) for name in exclude]
+    excluded = _below(hierarchy, [s for _, s in exclude_pairs], classes)
+    return classes - excluded, excluded, {"under": _named(under_pairs), "exclude": _named(exclude_pairs)}
+
+
+def _narrowing(hierarchy: "Hierarchy", synsets: list[str], present: set[str], under: tuple[str, ...],
+               exclude: tuple[str, ...]) -> str:
+    """" once --under is applied" (or --exclude, or both) when the tree has classes below
+    ``synsets`` that those options took away; "" when it has none at all."""
+    if not _below(hierarchy, synsets, present):
+        return ""
+    flags = [flag for flag, names in (("--under", under), ("--exclude", exclude)) if names]
+    return f" once {' and '.join(flags)} {'are' if len(flags) > 1 else 'is'} applied" if flags else ""
+
+
 def labels_under(hierarchy: "Hierarchy", under: tuple[str, ...], exclude: tuple[str, ...],
-                 present: list[str], tree_name: str) -> tuple[Label, ...]:
+                 present: list[str], tree_name: str) -> HierarchyChoice:
     """``--under``: one label per class of ``present`` below any synset of ``under`` and none of
     ``exclude`` (a class is below itself), in WNID order."""
-    classes = set(present)
-    synsets = _resolved(hierarchy, under, "--under", classes)
-    chosen = _below(hierarchy, synsets, classes) - _below(hierarchy, _resolved(hierarchy, exclude, "--exclude",
-                                                                                  classes), classes)
+    chosen, excluded, resolved = _narrowed(hierarchy, under, exclude, set(present))
     if not chosen:
+        synsets = [pair["wnid"] for pair in resolved["under"]]
         named = ", ".join(f"{s} ({hierarchy.name(s)})" for s in synsets)
         raise UserError(f"--under: no class of {tree_name} is below {named}"
-                        + (" once --exclude is applied" if exclude else "")
-                        + "; imagenet-subset classes --tree --data_dir DIR shows what the tree holds")
-    return tuple(Label(w, (w,)) for w in sorted(chosen))
+                        f"{_narrowing(hierarchy, synsets, set(present), (), exclude)}; "
+                        "imagenet-subset classes --tree --data_dir DIR shows what the tree holds")
+    # the classes not under it are the rest pool ("dogs against the rest"); only excluded ones are kept out
+    return HierarchyChoice(tuple(Label(w, (w,)) for w in sorted(chosen)), frozenset(excluded), resolved)
 
 
 def labels_grouped_by(hierarchy: "Hierarchy", group_by: str, under: tuple[str, ...], exclude: tuple[str, ...],
-                      overlap: str, present: list[str], tree_name: str) -> tuple[Label, ...]:
+                      overlap: str, present: list[str], tree_name: str) -> HierarchyChoice:
     """``--group_by``: one label per synset (named, in the order given; or every synset ``level:N``
     edges below the root that has a class below it, in WNID order), holding the classes of
     ``present`` below it, narrowed by ``under`` and ``exclude``. A class below two groups is an
-    error naming both, unless ``overlap`` is "first" (it goes to the first group)."""
-    classes = set(present)
-    if under:
-        classes = _below(hierarchy, _resolved(hierarchy, under, "--under", classes), classes)
-    classes -= _below(hierarchy, _resolved(hierarchy, exclude, "--exclude", classes), classes)
-    if group_by.startswith("level:"):
+    error naming both, unless ``overlap`` is "first" (it goes to the group listed first; for
+    ``level:N``, the first in WNID order). Classes below no group are left out (``rest`` takes them)."""
+    classes, _, resolved = _narrowed(hierarchy, under, exclude, set(present))
+    notes = []
+    by_level = group_by.startswith("level:")
+    if by_level:
         level = int(group_by[6:])
         synsets = sorted({a for w in classes for a in hierarchy.ancestors(w) if hierarchy.depth(a) == level})
         names = [hierarchy.name(s) for s in synsets]
         names = [f"{n} ({s})" if names.count(n) > 1 else n for n, s in zip(names, synsets, strict=True)]
+        if not synsets:
+            depths = [d for w in classes if (d := hierarchy.depth(w)) is not None]
+            where = (f"the deepest of them is at level {max(depths)}" if depths
+                     else f"none of them is in the {hierarchy.source}")
+            edges = "edge" if level == 1 else "edges"
+            raise UserError(f"--group_by {group_by}: no class of {tree_name} has a synset {level} {edges} below the "
+                            f"root above it; {where}")
+        unplaced = sorted(w for w in classes if not any(hierarchy.depth(a) == level for a in hierarchy.ancestors(w)))
+        if unplaced:
+            notes.append(f"--group_by {group_by}: {len(unplaced)} classes have no synset at that level above them "
+                         f"(they are nearer the root, or not in the {hierarchy.source}) and are in no group: "
+                         f"{shown(unplaced)}")
     else:
         names = [name.strip() for name in group_by.split(",") if name.strip()]
-        synsets = _resolved(hierarchy, tuple(names), "--group_by", classes)
+        synsets = [hierarchy.resolve(name, "--group_by", set(present)) for name in names]  # as without narrowing
         repeated = sorted({s for s in synsets if synsets.count(s) > 1})
         if repeated:
             raise UserError(f"--group_by names {', '.join(repeated)} twice; name each synset once")
     members = [_below(hierarchy, [s], classes) for s in synsets]
-    empty = [f"{n} ({s})" for n, s, m in zip(names, synsets, members, strict=True) if not m]
-    if empty and not group_by.startswith("level:"):
-        raise UserError(f"--group_by: no class of {tree_name} is below {', '.join(empty)}; imagenet-subset classes "
-                        "--tree --data_dir DIR shows what the tree holds")
+    empty = [f"{n} ({s}){_narrowing(hierarchy, [s], set(present), under, exclude)}"
+             for n, s, m in zip(names, synsets, members, strict=True) if not m]
+    if empty and not by_level:
+        raise UserError(f"--group_by: no class of {tree_name} is below {', '.join(empty)}; "
+                        "imagenet-subset classes --tree --data_dir DIR shows what the tree holds")
     owner: dict[str, int] = {}
     clashes = []
     for i, group in enumerate(members):
@@ -286,10 +330,11 @@ def labels_grouped_by(hierarchy: "Hierarchy", group_by: str, under: tuple[str, .
                         "use --overlap first to give each to the first group listed, or --exclude one side")
     labels = tuple(Label(names[i], tuple(sorted(w for w in owner if owner[w] == i))) for i in range(len(synsets)))
     emptied = [f"{label.name} (all below {names[owner[min(members[i])]]})" for i, label in enumerate(labels)
-               if members[i] and not label.wnids and not group_by.startswith("level:")]
+               if members[i] and not label.wnids and not by_level]
     if emptied:
         raise UserError(f"--group_by: with --overlap first, {', '.join(emptied)} would have no class left; list "
                         "it before the groups that take its classes, or leave it out")
-    if not any(label.wnids for label in labels):
-        raise UserError(f"--group_by {group_by}: no class of {tree_name} is below any of its synsets")
-    return tuple(label for label in labels if label.wnids)
+    kept = [(label, synset) for label, synset in zip(labels, synsets, strict=True) if label.wnids]
+    resolved["groups"] = _named([(label.name, synset) for label, synset in kept])
+    return HierarchyChoice(tuple(label for label, _ in kept), frozenset(set(present) - classes), resolved,
+                           tuple(notes))

@@ -6,10 +6,13 @@ options' errors.
 Trees are small plain ones (``helpers.plain_tree``: train/ and val/<wnid>/, no label files, so the
 built-in class table names the classes) holding real ImageNet WNIDs. Expected labels, paths and
 outlines are written out here from WordNet 3.0 (checked by hand against ImageNet's wordnet.is_a.txt);
-the chosen images are recomputed from the documented rank rule (BLAKE2b of "<seed>/<split>/<path>").
-Own hierarchies (--wordnet DIR, --hierarchy FILE) are small files written in tmp_path.
+the chosen images are recomputed from the documented rank rule (BLAKE2b of "<seed>/<split>/<path>"),
+and the classes that get the images left over by --balance classes from the documented class order
+(BLAKE2b of "<seed>/<split>/<wnid>"). Own hierarchies (--wordnet DIR, --hierarchy FILE) are small
+files written in tmp_path; the manifest names them by file name only.
 """
 import csv
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -22,9 +25,9 @@ from helpers import PYTHON, assert_one_error_line, plain_tree, read_npz, run_mai
 
 import packer
 from packer import BuildOptions, UserError
-from packer.hierarchy import BUILTIN_SOURCE, load_hierarchy
+from packer.hierarchy import BUILTIN_SOURCE, Hierarchy, hierarchy_from, load_hierarchy, outline
 from packer.plan import plan_build
-from packer.sampling import class_quotas
+from packer.sampling import class_order, class_quotas
 from packer.subset import builtin_list_names, read_subset_list
 
 SMALL = {"resize_size": 32, "crop_size": 24, "workers": 1, "progress": False}
@@ -54,6 +57,10 @@ CRANE_PATHS = {
                    "> crane",
 }
 BUILTIN_NAME = "built-in WordNet 3.0 hierarchy of the 1,000 ILSVRC classes"
+# how an unknown name ends with the packaged hierarchy (it holds only the 1,000 classes' ancestors)
+BUILTIN_HINT = ("; it holds the 1,000 classes and their ancestors: for other synsets pass --wordnet DIR with "
+                "ImageNet's full words.txt and wordnet.is_a.txt")
+TREE_HINT = "imagenet-subset classes --tree --data_dir DIR shows what the tree holds"
 
 
 def _val_labels(counts: dict[str, int]) -> dict[int, str]:
@@ -102,6 +109,12 @@ def rank(seed: int, split: str, path: str) -> int:
 
 def _lowest(paths, n: int, seed: int = 0, split: str = "train") -> list[str]:
     return sorted(paths, key=lambda p: rank(seed, split, p))[:n]
+
+
+def class_rank_order(wnids, seed: int, split: str) -> list[str]:
+    """The documented order in which classes get the images left over by --balance classes (BLAKE2b of
+    "<seed>/<split>/<wnid>", its 8 bytes compared as they are), written out."""
+    return sorted(wnids, key=lambda w: hashlib.blake2b(f"{seed}/{split}/{w}".encode(), digest_size=8).digest())
 
 
 def _train_paths(wnid: str) -> list[str]:
@@ -230,19 +243,34 @@ def test_under_an_ambiguous_name_lists_the_candidates_with_their_paths(zoo, tmp_
     assert _labels(_plan(zoo, under=f"{CRANE_BIRD},{CRANE_MACHINE}")) == _singles([CRANE_BIRD, CRANE_MACHINE])
 
 
-def test_under_an_unknown_name_suggests_close_names(zoo):
+def test_under_an_unknown_name_suggests_close_names(zoo, tmp_path):
+    # the packaged hierarchy holds only the 1,000 classes and their ancestors: the message says where the rest are
     assert _error(_plan, tree=zoo, under="doggo") == (
-        f"--under: no synset named 'doggo' in the {BUILTIN_NAME}; close names: dog, door, dough")
-    assert _error(_plan, tree=zoo, under="dog,qqqqxxzz") == f"--under: no synset named 'qqqqxxzz' in the {BUILTIN_NAME}"
-    assert _error(_plan, tree=zoo, under="dog", exclude="doggo").startswith("--exclude: no synset named 'doggo'")
+        f"--under: no synset named 'doggo' in the {BUILTIN_NAME}; close names: dog, door, dough{BUILTIN_HINT}")
+    assert _error(_plan, tree=zoo, under="dog,qqqqxxzz") == (
+        f"--under: no synset named 'qqqqxxzz' in the {BUILTIN_NAME}{BUILTIN_HINT}")
+    assert _error(_plan, tree=zoo, under="dog", exclude="doggo") == (
+        f"--exclude: no synset named 'doggo' in the {BUILTIN_NAME}; close names: dog, door, dough{BUILTIN_HINT}")
+    assert _error(_plan, tree=zoo, group_by="dog,qqqqxxzz") == (
+        f"--group_by: no synset named 'qqqqxxzz' in the {BUILTIN_NAME}{BUILTIN_HINT}")
+    # an own hierarchy is named by its file name, and has no such hint (--wordnet is what it gave, or --hierarchy
+    # names the edges: the words are still the packaged ones)
+    edges = _edge_list(tmp_path / "edges")
+    assert _error(_plan, tree=zoo, under="doggo", hierarchy=str(edges)) == (
+        "--under: no synset named 'doggo' in the hierarchy hierarchy.txt; close names: dog, door, dough")
+    wordnet = _wordnet_dir(tmp_path / "wordnet")
+    assert _error(_plan, tree=zoo, under="doggo", wordnet=str(wordnet)) == (
+        "--under: no synset named 'doggo' in the WordNet hierarchy in wordnet/; close names: doggy, dog, doggie")
 
 
 def test_under_a_synset_without_a_class_of_the_tree_is_an_error(zoo):
-    hint = "imagenet-subset classes --tree --data_dir DIR shows what the tree holds"
     assert _error(_plan, tree=zoo, under="zebra") == (
-        f"--under: no class of {zoo.train_dir} is below {ZEBRA} (zebra); {hint}")
+        f"--under: no class of {zoo.train_dir} is below {ZEBRA} (zebra); {TREE_HINT}")
     assert _error(_plan, tree=zoo, under="dog", exclude="dog") == (
-        f"--under: no class of {zoo.train_dir} is below {DOG} (dog) once --exclude is applied; {hint}")
+        f"--under: no class of {zoo.train_dir} is below {DOG} (dog) once --exclude is applied; {TREE_HINT}")
+    assert _error(_plan, tree=zoo, under="toy dog,cat", exclude="Chihuahua,Japanese spaniel,domestic cat") == (
+        f"--under: no class of {zoo.train_dir} is below {TOY_DOG} (toy dog), {CAT} (cat) once --exclude is applied; "
+        f"{TREE_HINT}")
 
 
 # =========================================================================== 3. --group_by
@@ -305,10 +333,59 @@ def test_group_by_with_rest_pools_the_classes_below_none(zoo):
     assert sorted(p for p, label in zip(val.paths, val.labels, strict=True) if label == 3) == \
         sorted(_lowest(pool_val, 3, split="val"))
     assert np.bincount(train.labels).tolist() == [16, 5, 6, 6]
-    # spread evenly over the rest's classes: 6 over 4 classes of 2 images, the first two in WNID order one more
-    balanced = _plan(zoo, group_by="dog,cat,bird", rest=6, balance="classes")
-    rest_rows = [w for w, label in zip(balanced.splits[0].wnids, balanced.splits[0].labels, strict=True) if label == 3]
-    assert {w: rest_rows.count(w) for w in OTHERS} == {TENCH: 2, TIGER: 2, CRANE_MACHINE: 1, MINIVAN: 1}
+    # spread evenly over the rest's classes: 6 over 4 classes of 2 images, the first two in the seeded class
+    # order one more (seed 0: tench, tiger, minivan, crane; seed 4: minivan, tench, tiger, crane)
+    assert class_rank_order(OTHERS, 0, "train")[:2] == [TENCH, TIGER]
+    assert class_rank_order(OTHERS, 4, "train")[:2] == [MINIVAN, TENCH]
+    for seed, quotas in ((0, {TENCH: 2, TIGER: 2, CRANE_MACHINE: 1, MINIVAN: 1}),
+                         (4, {TENCH: 2, TIGER: 1, CRANE_MACHINE: 1, MINIVAN: 2})):
+        balanced = _plan(zoo, group_by="dog,cat,bird", rest=6, balance="classes", seed=seed).splits[0]
+        rest_rows = [w for w, label in zip(balanced.wnids, balanced.labels, strict=True) if label == 3]
+        assert {w: rest_rows.count(w) for w in OTHERS} == quotas
+
+
+def _rest_rows(split, rest_label: int) -> dict[str, int]:
+    """WNID -> how many images of that class the rest label holds, in one planned split."""
+    wnids = [w for w, label in zip(split.wnids, split.labels, strict=True) if label == rest_label]
+    return {w: wnids.count(w) for w in sorted(set(wnids))}
+
+
+def test_rest_leaves_out_the_classes_under_and_exclude_take_away(zoo):
+    """--rest pools the classes no label holds, but not those --exclude (and, with --group_by, --under)
+    took away: --under dog --rest N is dogs against everything else."""
+    # --under dog --exclude "toy dog": rest is drawn from every class not under dog; no toy dog anywhere
+    plan = _plan(zoo, under="dog", exclude="toy dog", rest=4)
+    assert _labels(plan) == _singles([BEAGLE, RETRIEVER, PUG]) + [("rest", ())]
+    train, val = plan.splits
+    not_dogs = set(CATS) | set(BIRDS) | set(OTHERS)
+    assert set(_rest_rows(train, 3)) <= not_dogs and sum(_rest_rows(train, 3).values()) == 4
+    assert sorted(p for p, label in zip(train.paths, train.labels, strict=True) if label == 3) == \
+        sorted(_lowest([p for w in sorted(not_dogs) for p in _train_paths(w)], 4))
+    assert not {CHIHUAHUA, JAPANESE_SPANIEL} & (set(train.wnids) | set(val.wnids))
+    assert not any("rest (" in note for note in plan.notes)
+    # --group_by with --exclude: the toy dogs are in no group and not in rest; the classes below no group are
+    plan = _plan(zoo, group_by="dog,cat,bird", exclude="toy dog", rest=20)
+    assert _labels(plan) == [("dog", (BEAGLE, RETRIEVER, PUG)), ("cat", tuple(CATS)), ("bird", tuple(BIRDS)),
+                             ("rest", ())]
+    train, val = plan.splits
+    assert _rest_rows(train, 3) == {w: ZOO_TRAIN[w] for w in OTHERS}
+    assert _rest_rows(val, 3) == dict.fromkeys(OTHERS, 1)  # 8 of 8 train taken: all 4 val
+    assert not {CHIHUAHUA, JAPANESE_SPANIEL} & (set(train.wnids) | set(val.wnids))
+    # --group_by with --under: the classes outside --under are not in rest; those below no group are
+    plan = _plan(zoo, group_by="dog,cat", under="domestic animal,bird", rest=20)
+    assert _labels(plan) == [("dog", tuple(DOGS)), ("cat", tuple(CATS)), ("rest", ())]
+    train, val = plan.splits
+    assert _rest_rows(train, 2) == {w: ZOO_TRAIN[w] for w in BIRDS}
+    assert _rest_rows(val, 2) == dict.fromkeys(BIRDS, 1)
+    assert not set(OTHERS) & (set(train.wnids) | set(val.wnids))
+    assert "train: 1 labels have fewer images than asked and kept all: rest (6 of 20)" in plan.notes
+    # both: only the birds left below no group, the toy dogs gone
+    plan = _plan(zoo, group_by="dog", under="domestic animal,bird", exclude="toy dog,domestic cat", rest=3)
+    assert _labels(plan) == [("dog", (BEAGLE, RETRIEVER, PUG)), ("rest", ())]
+    rest = _rest_rows(plan.splits[0], 1)
+    assert set(rest) <= set(BIRDS) and sum(rest.values()) == 3
+    assert sorted(p for p, label in zip(plan.splits[0].paths, plan.splits[0].labels, strict=True) if label == 1) == \
+        sorted(_lowest([p for w in BIRDS for p in _train_paths(w)], 3))
 
 
 def test_group_by_overlap_is_an_error_naming_the_class_and_both_groups(zoo, tmp_path, capsys):
@@ -360,15 +437,57 @@ def test_under_and_exclude_narrow_group_by(zoo):
     plan = _plan(zoo, group_by="dog,cat", under="domestic animal", exclude="toy dog")
     assert _labels(plan) == [("dog", (BEAGLE, RETRIEVER, PUG)), ("cat", tuple(CATS))]
     assert plan.subset.source == "--group_by dog,cat --exclude toy dog"
+    # each name with the synset it resolved to
     assert plan.input["hierarchy"] == {"source": BUILTIN_NAME, "sha256": load_hierarchy().sha256,
-                                       "under": ["domestic animal"], "exclude": ["toy dog"], "group_by": "dog,cat",
-                                       "overlap": "error"}
+                                       "under": [{"name": "domestic animal", "wnid": "n01317541"}],
+                                       "exclude": [{"name": "toy dog", "wnid": TOY_DOG}],
+                                       "groups": [{"name": "dog", "wnid": DOG}, {"name": "cat", "wnid": CAT}],
+                                       "group_by": "dog,cat", "overlap": "error"}
     # feline holds tiger too; --under cat leaves only the true cats
     assert _labels(_plan(zoo, group_by="feline")) == [("feline", (TABBY, SIAMESE, TIGER))]
     assert _labels(_plan(zoo, group_by="feline", under="cat")) == [("feline", tuple(CATS))]
-    hint = "imagenet-subset classes --tree --data_dir DIR shows what the tree holds"
+
+
+def test_a_group_emptied_by_under_or_exclude_says_which_narrowed_it(zoo):
+    """A named group that has classes of the tree, but none once --under / --exclude are applied."""
     assert _error(_plan, tree=zoo, group_by="dog,bird", under="hunting dog") == (
-        f"--group_by: no class of {zoo.train_dir} is below bird ({BIRD}); {hint}")
+        f"--group_by: no class of {zoo.train_dir} is below bird ({BIRD}) once --under is applied; {TREE_HINT}")
+    assert _error(_plan, tree=zoo, group_by="dog,bird", exclude="bird") == (
+        f"--group_by: no class of {zoo.train_dir} is below bird ({BIRD}) once --exclude is applied; {TREE_HINT}")
+    assert _error(_plan, tree=zoo, group_by="dog,cat", under="domestic animal", exclude="domestic cat") == (
+        f"--group_by: no class of {zoo.train_dir} is below cat ({CAT}) once --under and --exclude are applied; "
+        f"{TREE_HINT}")
+    assert _error(_plan, tree=zoo, group_by="toy dog,bird,cat", under="dog,bird", exclude="Chihuahua,"
+                  "Japanese spaniel") == (
+        f"--group_by: no class of {zoo.train_dir} is below toy dog ({TOY_DOG}) once --under and --exclude are "
+        f"applied, cat ({CAT}) once --under and --exclude are applied; {TREE_HINT}")
+    # a group the tree never had a class below gets no such words, even with --under
+    assert _error(_plan, tree=zoo, group_by="dog,zebra", under="dog") == (
+        f"--group_by: no class of {zoo.train_dir} is below zebra ({ZEBRA}); {TREE_HINT}")
+    # without --under or --exclude, no such words
+    assert _error(_plan, tree=zoo, group_by="bird,zebra") == (
+        f"--group_by: no class of {zoo.train_dir} is below zebra ({ZEBRA}); {TREE_HINT}")
+
+
+def test_exclude_names_resolve_among_the_classes_left_by_under(zoo):
+    """crane is the bird and the machine; below bird it can only be the bird, below instrumentality the
+    machine: --exclude picks among the classes --under left, with --under alone and with --group_by."""
+    assert _error(_plan, tree=zoo, under="bird,instrumentality", exclude="crane").startswith(
+        "--exclude: 'crane' is ambiguous: ")
+    bird = _plan(zoo, under="bird", exclude="crane")
+    assert _labels(bird) == _singles([HEN, GOOSE])
+    assert bird.input["hierarchy"]["exclude"] == [{"name": "crane", "wnid": CRANE_BIRD}]
+    machine = _plan(zoo, under="instrumentality", exclude="crane")
+    assert _labels(machine) == _singles([MINIVAN])
+    assert machine.input["hierarchy"]["exclude"] == [{"name": "crane", "wnid": CRANE_MACHINE}]
+    grouped = _plan(zoo, group_by="bird", under="bird", exclude="crane")
+    assert _labels(grouped) == [("bird", (HEN, GOOSE))]
+    assert grouped.input["hierarchy"]["exclude"] == [{"name": "crane", "wnid": CRANE_BIRD}]
+    assert _error(_plan, tree=zoo, group_by="motor vehicle,device", under="instrumentality", exclude="crane") == (
+        f"--group_by: no class of {zoo.train_dir} is below device (n03183080) once --under and --exclude are "
+        f"applied; {TREE_HINT}")
+    # without --under, the whole tree: still ambiguous
+    assert _error(_plan, tree=zoo, group_by="bird", exclude="crane").startswith("--exclude: 'crane' is ambiguous: ")
 
 
 # a tree-shaped PARENT CHILD list, BREEDS-like: internal nodes need not be WNIDs
@@ -403,13 +522,33 @@ def test_group_by_level_on_an_own_hierarchy(zoo, tmp_path):
                              ("crane", (CRANE_MACHINE,))]
     assert plan.name == "grouped_level_2"
     assert set(plan.splits[0].wnids) == {CHIHUAHUA, BEAGLE, PUG, TABBY, HEN, GOOSE, CRANE_MACHINE}
+    # the 7 classes of the zoo the file does not hold are in no group, and a note says so
+    not_in_file = "(they are nearer the root, or not in the hierarchy hierarchy.txt) and are in no group"
+    assert [n for n in plan.notes if n.startswith("--group_by")] == [
+        f"--group_by level:2: 7 classes have no synset at that level above them {not_in_file}: "
+        f"{TENCH}, {CRANE_BIRD}, {JAPANESE_SPANIEL} and 4 more"]
+    assert plan.input["hierarchy"]["groups"] == [{"name": "dummy1", "wnid": "dummy1"}, {"name": "bird", "wnid": BIRD},
+                                                 {"name": "crane", "wnid": CRANE_MACHINE}]
     # depth 3: the classes at depth 3 are their own groups; the crane (depth 2) has no ancestor there
-    assert _labels(_plan(zoo, group_by="level:3", hierarchy=str(edges))) == [
+    deeper = _plan(zoo, group_by="level:3", hierarchy=str(edges))
+    assert _labels(deeper) == [
         ("hen", (HEN,)), ("goose", (GOOSE,)), ("dog", (CHIHUAHUA, BEAGLE, PUG)), ("cat", (TABBY,))]
+    assert [n for n in deeper.notes if n.startswith("--group_by")] == [
+        f"--group_by level:3: 8 classes have no synset at that level above them {not_in_file}: "
+        f"{TENCH}, {CRANE_BIRD}, {JAPANESE_SPANIEL} and 5 more"]
+    assert CRANE_MACHINE not in deeper.splits[0].wnids
     assert _labels(_plan(zoo, group_by="level:1", hierarchy=str(edges))) == [
         ("animal", (HEN, GOOSE, CHIHUAHUA, BEAGLE, PUG, TABBY)), ("instrumentality", (CRANE_MACHINE,))]
+    # every class placed: no note
+    assert not [n for n in _plan(zoo, group_by="level:3", under="dummy1", hierarchy=str(edges)).notes
+                if n.startswith("--group_by")]
+    # a level below every class: the Chihuahua, beagle and pug are deepest, 4 edges down
     assert _error(_plan, tree=zoo, group_by="level:5", hierarchy=str(edges)) == (
-        f"--group_by level:5: no class of {zoo.train_dir} is below any of its synsets")
+        f"--group_by level:5: no class of {zoo.train_dir} has a synset 5 edges below the root above it; the deepest "
+        "of them is at level 4")
+    assert _error(_plan, tree=zoo, group_by="level:4", under="bird", hierarchy=str(edges)) == (
+        f"--group_by level:4: no class of {zoo.train_dir} has a synset 4 edges below the root "
+        "above it; the deepest of them is at level 3")
     # names work on it too: an internal node by its id; --under follows the file's edges, not WordNet's
     assert _labels(_plan(zoo, group_by="dummy1,bird", hierarchy=str(edges))) == [
         ("dummy1", (CHIHUAHUA, BEAGLE, PUG, TABBY)), ("bird", (HEN, GOOSE))]
@@ -425,6 +564,7 @@ def test_group_by_level_on_wordnet(zoo, tmp_path, capsys):
     assert _labels(plan) == [("organism", tuple(sorted(set(ZOO_TRAIN) - {CRANE_MACHINE, MINIVAN}))),
                              ("instrumentality", (CRANE_MACHINE, MINIVAN))]
     assert plan.name == "grouped_level_5" and plan.subset.source == "--group_by level:5"
+    assert not [n for n in plan.notes if n.startswith("--group_by")]  # every class is 5 edges down or more
     code, out, err = run_main(["--group_by", "level:6", "--data_dir", zoo.data_dir, "--out_dir", tmp_path / "o"],
                               capsys)
     assert (code, out) == (1, "") and not (tmp_path / "o").exists()
@@ -461,19 +601,78 @@ def test_class_quotas_spread_evenly():
         assert sum(quota.values()) == min(n, 16) and all(quota[w] <= available[w] for w in available)
 
 
+def test_class_quotas_give_the_leftover_to_the_classes_first_in_order():
+    available = {CHIHUAHUA: 6, JAPANESE_SPANIEL: 1, BEAGLE: 4, RETRIEVER: 3, PUG: 2}
+    order = [PUG, RETRIEVER, BEAGLE, JAPANESE_SPANIEL, CHIHUAHUA]
+    assert class_quotas(available, 2, order) == {CHIHUAHUA: 0, JAPANESE_SPANIEL: 0, BEAGLE: 0, RETRIEVER: 1, PUG: 1}
+    assert class_quotas(available, 4, order) == {CHIHUAHUA: 0, JAPANESE_SPANIEL: 1, BEAGLE: 1, RETRIEVER: 1, PUG: 1}
+    # the Japanese spaniel gives its one image; 7 left over 4 classes: 1 each, 3 more to pug, retriever, beagle
+    assert class_quotas(available, 8, order) == {CHIHUAHUA: 1, JAPANESE_SPANIEL: 1, BEAGLE: 2, RETRIEVER: 2, PUG: 2}
+    assert class_quotas(available, 14, order) == {CHIHUAHUA: 4, JAPANESE_SPANIEL: 1, BEAGLE: 4, RETRIEVER: 3, PUG: 2}
+    # order=None is WNID order
+    assert class_quotas(available, 4, None) == class_quotas(available, 4, sorted(available)) == {
+        CHIHUAHUA: 1, JAPANESE_SPANIEL: 1, BEAGLE: 1, RETRIEVER: 1, PUG: 0}
+    for n in range(0, 20):
+        quota = class_quotas(available, n, order)
+        assert sum(quota.values()) == min(n, 16) and all(quota[w] <= available[w] for w in available)
+
+
+def test_class_order_is_seeded_and_stable():
+    assert class_order(DOGS, 3, "train") == class_rank_order(DOGS, 3, "train") == [
+        RETRIEVER, JAPANESE_SPANIEL, PUG, BEAGLE, CHIHUAHUA]
+    assert class_order(list(reversed(DOGS)), 3, "train") == class_order(DOGS, 3, "train")  # the input order is moot
+    assert class_order(set(DOGS), 3, "train") == class_order(DOGS, 3, "train")
+    orders = {tuple(class_order(DOGS, seed, split)) for seed in range(6) for split in ("train", "val", "holdout")}
+    assert len(orders) > 10  # it changes with the seed and the split
+    for seed in range(6):
+        for split in ("train", "val", "holdout"):
+            assert class_order(DOGS + CATS + BIRDS + OTHERS, seed, split) == class_rank_order(
+                DOGS + CATS + BIRDS + OTHERS, seed, split)
+    assert class_order([], 0, "train") == []
+
+
+def test_balance_classes_leftover_follows_the_seed(zoo):
+    """4 train images over the 5 dog classes: which class goes without changes with the seed; the
+    counts still add up, and each class gives its lowest-ranked images."""
+    available = {w: ZOO_TRAIN[w] for w in DOGS}
+    seen = set()
+    for seed in range(6):
+        plan = _plan(zoo, group_by="dog,cat,bird", train_per_class=4, val_per_class=2, balance="classes", seed=seed)
+        train, val = plan.splits
+        chosen = {w: len(_rows(train).get(w, [])) for w in DOGS}
+        assert chosen == class_quotas(available, 4, class_rank_order(DOGS, seed, "train"))
+        assert sum(chosen.values()) == 4 and np.bincount(train.labels).tolist() == [4, 4, 4]
+        assert np.bincount(val.labels).tolist() == [2, 2, 2]
+        for wnid, n in chosen.items():
+            assert sorted(_rows(train).get(wnid, [])) == sorted(_lowest(_train_paths(wnid), n, seed=seed))
+        seen.add(tuple(chosen.values()))
+    assert len(seen) > 1  # not WNID order every time
+    assert (1, 1, 1, 1, 0) in seen and seen != {(1, 1, 1, 1, 0)}
+    # holdout ranks the classes by its own split name: 2 per label held out, then 2 trained on
+    plan = _plan(zoo, group_by="dog,cat,bird", holdout_per_class=2, train_per_class=2, balance="classes", seed=1)
+    holdout = {w: len(v) for w, v in _rows(plan.splits[2]).items() if w in DOGS}
+    first = class_rank_order(DOGS, 1, "holdout")[:2]
+    assert holdout == dict.fromkeys(first, 1) and first == [RETRIEVER, PUG]
+
+
 def test_balance_classes_spreads_each_label_over_its_classes(zoo):
     plan = _plan(zoo, group_by="dog,cat,bird", train_per_class=4, val_per_class=2, balance="classes", seed=3)
     train, val = plan.splits
     chosen = _rows(train)
-    quotas = {CHIHUAHUA: 1, JAPANESE_SPANIEL: 1, BEAGLE: 1, RETRIEVER: 1, PUG: 0,  # 4 over 5 classes
+    # the images left over after an even share go to the classes first in the seeded order (seed 3, train)
+    assert class_rank_order(DOGS, 3, "train") == [RETRIEVER, JAPANESE_SPANIEL, PUG, BEAGLE, CHIHUAHUA]
+    assert class_rank_order(BIRDS, 3, "train") == [CRANE_BIRD, GOOSE, HEN]
+    quotas = {CHIHUAHUA: 0, JAPANESE_SPANIEL: 1, BEAGLE: 1, RETRIEVER: 1, PUG: 1,  # 4 over 5 classes
               TABBY: 2, SIAMESE: 2,  # 4 over 3 + 2 images
-              HEN: 2, GOOSE: 1, CRANE_BIRD: 1}  # the crane gives its one image, 3 left over hen and goose
+              HEN: 1, GOOSE: 2, CRANE_BIRD: 1}  # the crane gives its one image, 3 left over goose and hen
     assert {w: len(chosen.get(w, [])) for w in quotas} == quotas
     for wnid, n in quotas.items():  # within a class, the lowest ranks
         assert sorted(chosen.get(wnid, [])) == sorted(_lowest(_train_paths(wnid), n, seed=3))
     assert np.bincount(train.labels).tolist() == [4, 4, 4]
     assert list(train.paths) == sorted(train.paths)  # rows keep the tree's order
-    val_chosen = _rows(val)
+    val_chosen = _rows(val)  # val ranks the classes by its own split name
+    assert class_rank_order(DOGS, 3, "val")[:2] == [JAPANESE_SPANIEL, CHIHUAHUA]
+    assert class_rank_order(BIRDS, 3, "val")[:2] == [HEN, GOOSE]
     assert {w: len(val_chosen.get(w, [])) for w in DOGS + CATS + BIRDS} == {
         CHIHUAHUA: 1, JAPANESE_SPANIEL: 1, BEAGLE: 0, RETRIEVER: 0, PUG: 0, TABBY: 1, SIAMESE: 1,
         HEN: 1, GOOSE: 1, CRANE_BIRD: 0}
@@ -575,8 +774,10 @@ def test_restricted_imagenet_on_a_tree_with_a_few_of_its_classes(tmp_path):
 def test_manifest_records_the_hierarchy(grouped):
     manifest = json.loads(grouped.manifest.read_text())
     assert manifest["input"]["hierarchy"] == {"source": BUILTIN_NAME, "sha256": load_hierarchy().sha256,
-                                              "under": [], "exclude": [], "group_by": "dog,cat,bird",
-                                              "overlap": "error"}
+                                              "under": [], "exclude": [],
+                                              "groups": [{"name": "dog", "wnid": DOG}, {"name": "cat", "wnid": CAT},
+                                                         {"name": "bird", "wnid": BIRD}],
+                                              "group_by": "dog,cat,bird", "overlap": "error"}
     assert manifest["options"]["sampling"]["balance"] == "labels"
 
 
@@ -621,9 +822,20 @@ def test_the_record_names_the_files_read(zoo, tmp_path):
     own = _plan(zoo, under="dog", hierarchy=str(edges)).input["hierarchy"]
     wordnet = _wordnet_dir(tmp_path / "wordnet")
     full = _plan(zoo, under="dog", wordnet=str(wordnet)).input["hierarchy"]
-    assert builtin == {"source": BUILTIN_NAME, "sha256": load_hierarchy().sha256, "under": ["dog"], "exclude": [],
-                       "group_by": None, "overlap": "error"}
-    assert own["source"] == f"hierarchy {edges}" and full["source"] == f"WordNet hierarchy in {wordnet}"
+    # --under alone: no groups
+    assert builtin == {"source": BUILTIN_NAME, "sha256": load_hierarchy().sha256,
+                       "under": [{"name": "dog", "wnid": DOG}], "exclude": [], "group_by": None, "overlap": "error"}
+    # file names only, never where they are on this machine
+    assert own["source"] == "hierarchy hierarchy.txt" and full["source"] == "WordNet hierarchy in wordnet/"
+    assert str(tmp_path) not in json.dumps([own, full])
+    assert _plan(zoo, under="dog", wordnet=f"{wordnet}/").input["hierarchy"]["source"] == \
+        "WordNet hierarchy in wordnet/"
+    assert own["under"] == full["under"] == [{"name": "dog", "wnid": DOG}]
+    # the names as given, each with the synset it resolved to (a WNID resolves to itself)
+    several = _plan(zoo, under=f"Canis familiaris,{BIRD}", exclude="toy,n02110958").input["hierarchy"]
+    assert several["under"] == [{"name": "Canis familiaris", "wnid": DOG}, {"name": BIRD, "wnid": BIRD}]
+    assert several["exclude"] == [{"name": "toy", "wnid": TOY_DOG}, {"name": PUG, "wnid": PUG}]
+    assert "groups" not in several
     assert len({builtin["sha256"], own["sha256"], full["sha256"]}) == 3
     assert all(len(r["sha256"]) == 64 for r in (builtin, own, full))
     # the same files give the same sha256; a changed edge list another
@@ -649,7 +861,11 @@ def test_a_recipe_rebuilds_the_labels_without_the_hierarchy(zoo, tmp_path, capsy
         {"label": 1, "name": "bird", "wnids": [HEN, GOOSE], "human_label": "bird"},
         {"label": 2, "name": "crane", "wnids": [CRANE_MACHINE], "human_label": "crane"}]
     assert again["input"]["hierarchy"] == first["input"]["hierarchy"]
-    assert first["input"]["hierarchy"]["source"] == f"hierarchy {edges}"
+    assert first["input"]["hierarchy"]["source"] == "hierarchy hierarchy.txt"
+    assert first["input"]["hierarchy"]["groups"] == [{"name": "dummy1", "wnid": "dummy1"},
+                                                     {"name": "bird", "wnid": BIRD},
+                                                     {"name": "crane", "wnid": CRANE_MACHINE}]
+    assert str(tmp_path) not in json.dumps(first["input"]["hierarchy"])
     assert first["options"]["sampling"]["balance"] == "classes" and first["options"]["sampling"]["train_per_class"] == 3
     assert first["splits"]["train"]["per_class"] == again["splits"]["train"]["per_class"]
     # from the command line: no hierarchy option needed, and none taken (the recipe fixes the labels)
@@ -803,7 +1019,7 @@ def test_own_wordnet_files(outside, tmp_path, capsys):
         "      dog (n02084071): 2 classes, 5 train, 2 val",
         "        Chihuahua (n02085620): 2 train, 1 val",
         "        pooch (n02084732): 3 train, 1 val",
-        f"not in the WordNet hierarchy in {wordnet}: {TENCH}"]
+        f"not in the WordNet hierarchy in wordnet/: {TENCH}"]
     assert _classes(capsys, "--data_dir", outside.data_dir, "--tree") == [
         "entity (n00001740): 2 classes, 3 train, 2 val",
         "  physical entity (n00001930): 2 classes, 3 train, 2 val",
@@ -857,6 +1073,10 @@ def _fails(capsys, tmp_path, argv, message: str) -> None:
     assert not (tmp_path / "o").exists()
 
 
+BALANCE_NEEDS_A_COUNT = ("--balance classes spreads --train_per_class, --val_per_class, --holdout_per_class or --rest "
+                         "images over a label's classes; give one of them")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--exclude", "toy dog"], "--exclude removes classes from --under or --group_by; give one of them"),
     (["--exclude", "toy dog", "--classes", "pug"], "--exclude removes classes from --under or --group_by; give one "
@@ -875,6 +1095,9 @@ def _fails(capsys, tmp_path, argv, message: str) -> None:
                                             "(--under may narrow --group_by)"),
     (["--group_by", "dog", "--classes", "pug"], "--classes and --group_by each choose the classes; use one of them "
                                                 "(--under may narrow --group_by)"),
+    (["--balance", "classes"], BALANCE_NEEDS_A_COUNT),
+    (["--balance", "classes", "--group_by", "dog,cat"], BALANCE_NEEDS_A_COUNT),
+    (["--balance", "classes", "--under", "dog", "--holdout_per_class", "0"], BALANCE_NEEDS_A_COUNT),
     (["--balance", "evenly"], "argument --balance: invalid choice: 'evenly' (choose from 'labels', 'classes') (see "
                               "imagenet-subset --help)"),
     (["--overlap", "last", "--group_by", "dog"], "argument --overlap: invalid choice: 'last' (choose from 'error', "
@@ -933,6 +1156,10 @@ def test_option_errors_in_python(zoo):
         "--exclude removes classes from --under or --group_by; give one of them")
     assert _error(BuildOptions, group_by="dog", search="dog") == (
         "--search and --group_by each choose the classes; use one of them (--under may narrow --group_by)")
+    assert _error(BuildOptions, group_by="dog,cat", balance="classes") == BALANCE_NEEDS_A_COUNT
+    assert _error(BuildOptions, group_by="dog,cat", balance="classes", holdout_per_class=0) == BALANCE_NEEDS_A_COUNT
+    for count in ({"train_per_class": 2}, {"val_per_class": 1}, {"holdout_per_class": 1}, {"rest": 3}):
+        assert BuildOptions(group_by="dog,cat", balance="classes", **count).balance == "classes"
     options = BuildOptions(under="dog, toy dog", exclude=["pug"], group_by="cat")
     assert options.under == ("dog", "toy dog") and options.exclude == ("pug",)
     assert BuildOptions(under="dog").sampling["balance"] == "labels"
@@ -968,6 +1195,146 @@ def test_depth_without_tree_is_refused(zoo, capsys):
     code, out, err = run_main(["classes", "--data_dir", zoo.data_dir, "--depth", "2"], capsys)
     assert (code, out) == (1, "")
     assert assert_one_error_line(err) == "imagenet-subset: error: --depth applies to --tree; add --tree or drop --depth"
+
+
+@pytest.mark.parametrize("option", ["--wordnet", "--hierarchy"])
+def test_classes_with_a_hierarchy_but_nothing_to_use_it_is_refused(zoo, tmp_path, capsys, option):
+    given = _wordnet_dir(tmp_path / "wordnet") if option == "--wordnet" else _edge_list(tmp_path / "edges")
+    code, out, err = run_main(["classes", "--data_dir", zoo.data_dir, option, given], capsys)
+    assert (code, out) == (1, "")
+    assert assert_one_error_line(err) == ("imagenet-subset: error: --wordnet and --hierarchy apply to --tree, --search "
+                                          "and --under; add one or drop them")
+    # with any of the three it is used
+    assert _classes(capsys, "--data_dir", zoo.data_dir, option, given, "--under", "dog")[-1] == (
+        "3 classes, 12 train and 4 val images" if option == "--hierarchy" else "1 classes, 6 train and 2 val images")
+    assert _classes(capsys, "--data_dir", zoo.data_dir, option, given, "--search", "chihuahua")[1].startswith(
+        f"{CHIHUAHUA}       6     2  Chihuahua  [entity > ")
+    assert _classes(capsys, "--data_dir", zoo.data_dir, option, given, "--tree")[0].startswith("entity (n00001740): ")
+
+
+def test_node_names_is_read_as_its_own_file(zoo, tmp_path, capsys):
+    """node_names.txt is parsed by itself: its errors name it and its own line; its names win over the
+    words file's (the packaged one, or --wordnet's)."""
+    edges = _edge_list(tmp_path / "breeds")
+    node_names = tmp_path / "breeds" / "node_names.txt"
+    node_names.write_text(f"dummy1\tpets\n{DOG} hound\n")  # a space, not a tab
+    message = f"{node_names}:2: expected 'WNID<TAB>names'; fix or replace the file"
+    assert _error(_plan, tree=zoo, group_by="level:2", hierarchy=str(edges)) == message
+    wordnet = _wordnet_dir(tmp_path / "wordnet")  # 6 lines of words before it: still line 2 of node_names.txt
+    assert _error(_plan, tree=zoo, group_by="level:2", hierarchy=str(edges), wordnet=str(wordnet)) == message
+    _fails(capsys, tmp_path, ["--group_by", "level:2", "--hierarchy", edges, "--data_dir", zoo.data_dir], message)
+    code, out, err = run_main(["classes", "--tree", "--hierarchy", edges, "--data_dir", zoo.data_dir], capsys)
+    assert (code, out) == (1, "") and assert_one_error_line(err) == f"imagenet-subset: error: {message}"
+    # a bad words.txt beside a good node_names.txt: the words file's own line
+    node_names.write_text(f"{DOG}\tcanis, pooches\n")
+    broken = _wordnet_dir(tmp_path / "broken")
+    (broken / "words.txt").write_text(f"{ENTITY}\tentity\n{DOG}\tdog\n{PUG} pug\n")
+    assert _error(_plan, tree=zoo, group_by="level:2", hierarchy=str(edges), wordnet=str(broken)) == (
+        f"{broken / 'words.txt'}:3: expected 'WNID<TAB>names'; fix or replace the file")
+    # its names win: over the packaged words ...
+    plan = _plan(zoo, group_by="level:3", hierarchy=str(edges))
+    assert _labels(plan) == [("hen", (HEN,)), ("goose", (GOOSE,)), ("canis", (CHIHUAHUA, BEAGLE, PUG)),
+                             ("cat", (TABBY,))]
+    assert plan.input["hierarchy"]["groups"][2] == {"name": "canis", "wnid": DOG}
+    # ... and over --wordnet's (which names no hen, goose nor cat: those go by their ids)
+    assert _labels(_plan(zoo, group_by="level:3", hierarchy=str(edges), wordnet=str(wordnet))) == [
+        (HEN, (HEN,)), (GOOSE, (GOOSE,)), ("canis", (CHIHUAHUA, BEAGLE, PUG)), (CAT, (TABBY,))]
+    assert _labels(_plan(zoo, group_by="pooches", hierarchy=str(edges), wordnet=str(wordnet))) == [
+        ("pooches", (CHIHUAHUA, BEAGLE, PUG))]
+    assert _error(_plan, tree=zoo, group_by="domestic dog", hierarchy=str(edges), wordnet=str(wordnet)) == (
+        "--group_by: no synset named 'domestic dog' in the hierarchy hierarchy.txt; close names: domestic animal")
+
+
+def test_hierarchy_from_reads_each_words_file_by_itself():
+    """The Python API: words files as (text, where), a later one's names winning; errors name the file and line."""
+    hierarchy = hierarchy_from([("r\troot\na\tfirst, one\n", "words.txt"), ("a\tsecond\n", "names.txt")],
+                               "r a\na b\n", "my hierarchy", "edges.txt")
+    assert (hierarchy.name("r"), hierarchy.name("a"), hierarchy.name("b")) == ("root", "second", "b")
+    assert hierarchy.source == "my hierarchy" and hierarchy.roots == ["r"]
+    with pytest.raises(UserError) as info:
+        hierarchy.resolve("one", "--under")
+    assert str(info.value) == "--under: no synset named 'one' in the my hierarchy"  # the later names replace
+    for words, where in (([("r\troot\n", "words.txt"), ("a second\n", "names.txt")], "names.txt:1"),
+                         ([("r\troot\n\nb b\n", "words.txt"), ("a\tsecond\n", "names.txt")], "words.txt:3")):
+        with pytest.raises(UserError) as info:
+            hierarchy_from(words, "r a\n", "my hierarchy", "edges.txt")
+        assert str(info.value) == f"{where}: expected 'WNID<TAB>names'; fix or replace the file"
+    with pytest.raises(UserError) as info:
+        hierarchy_from([], "r a\nr\n", "my hierarchy", "edges.txt")
+    assert str(info.value) == "edges.txt:2: expected 'PARENT CHILD' (two different ids); fix or replace the file"
+    # the sha256 counts every file: the same names split otherwise, or another edge list, give another
+    same = hierarchy_from([("r\troot\na\tfirst, one\n", "w"), ("a\tsecond\n", "n")], "r a\na b\n", "x", "e")
+    assert same.sha256 == hierarchy.sha256
+    assert hierarchy_from([("r\troot\na\tfirst, one\n", "w")], "r a\na b\n", "x", "e").sha256 != hierarchy.sha256
+    assert hierarchy_from([("r\troot\na\tfirst, one\n", "w"), ("a\tsecond\n", "n")], "r a\n", "x",
+                          "e").sha256 != hierarchy.sha256
+
+
+CHAIN = 3000  # nested edges: far deeper than Python's recursion limit
+
+
+def test_outline_of_a_deep_chain_does_not_recurse():
+    edges = "".join(f"c{i} c{i + 1}\n" for i in range(CHAIN))
+    hierarchy = hierarchy_from([("c0\tthe top\n", "words")], edges, "chain", "chain.txt")
+    leaf = f"c{CHAIN}"
+    counts = {leaf: (2, 1)}
+    lines = outline(hierarchy, counts)
+    assert len(lines) == CHAIN + 1
+    assert lines[0] == "the top (c0): 1 class, 2 train, 1 val"
+    assert lines[1] == "  c1 (c1): 1 class, 2 train, 1 val"
+    assert lines[1500] == " " * 3000 + "c1500 (c1500): 1 class, 2 train, 1 val"
+    assert lines[-1] == " " * (2 * CHAIN) + f"{leaf} ({leaf}): 2 train, 1 val"
+    assert outline(hierarchy, counts, depth=2) == lines[:3]
+    assert outline(hierarchy, counts, [f"c{CHAIN - 1}"]) == [
+        f"c{CHAIN - 1} (c{CHAIN - 1}): 1 class, 2 train, 1 val", f"  {leaf} ({leaf}): 2 train, 1 val"]
+    assert outline(hierarchy, counts | {"elsewhere": (1, 1)})[-1] == "not in the chain: elsewhere"
+    # the rest of the walk is flat too
+    assert hierarchy.depth(leaf) == CHAIN and len(hierarchy.ancestors(leaf)) == len(hierarchy.descendants("c0")) == \
+        CHAIN + 1
+    assert hierarchy.path_to_root(leaf) == [f"c{i}" for i in range(CHAIN + 1)]
+    # a chain that loops back is found without recursion too
+    with pytest.raises(UserError) as info:
+        hierarchy_from([], edges + f"{leaf} c0\n", "chain", "chain.txt")
+    assert str(info.value).startswith("chain.txt: the edges make a cycle through c")
+
+
+def test_a_deep_hierarchy_file_on_the_command_line(zoo, tmp_path, capsys):
+    """classes --tree and a build on a --hierarchy chain of 3,000 edges down to the pug."""
+    edges = _edge_list(tmp_path / "chain", "".join(f"c{i} c{i + 1}\n" for i in range(CHAIN - 1))
+                       + f"c{CHAIN - 1} {PUG}\n")
+    lines = _classes(capsys, "--data_dir", zoo.data_dir, "--tree", "--hierarchy", edges)
+    assert len(lines) == CHAIN + 2
+    assert lines[0] == "c0 (c0): 1 class, 2 train, 1 val"
+    assert lines[-2] == " " * (2 * CHAIN) + f"pug ({PUG}): 2 train, 1 val"
+    assert lines[-1] == f"not in the hierarchy hierarchy.txt: {', '.join(sorted(set(ZOO_TRAIN) - {PUG}))}"
+    assert _labels(_plan(zoo, group_by=f"level:{CHAIN - 1}", hierarchy=str(edges))) == [(f"c{CHAIN - 1}", (PUG,))]
+    assert _labels(_plan(zoo, under="c0", hierarchy=str(edges))) == _singles([PUG])
+
+
+def test_depths_is_a_plain_field_of_shortest_paths():
+    assert [f.name for f in dataclasses.fields(Hierarchy)] == ["names", "parents", "children", "source", "sha256",
+                                                               "depths"]
+    hierarchy = load_hierarchy()
+    assert len(hierarchy.depths) == 1860 and hierarchy.depths[ENTITY] == 0
+    # dog: 8 via domestic animal, not 13 via canine (12 edges down itself)
+    assert hierarchy.depths[DOG] == 8 and hierarchy.depths[PUG] == 9 and hierarchy.depths["n02083346"] == 12
+    assert all(hierarchy.depth(node) == depth for node, depth in hierarchy.depths.items())
+    assert all(min(hierarchy.depths[p] for p in parents) + 1 == hierarchy.depths[child]
+               for child, parents in hierarchy.parents.items())
+    # nothing else is kept on it, however it is used: equal to a fresh one, and frozen
+    used = [(hierarchy.shown_path(n), hierarchy.ancestors(n), hierarchy.depth(n)) for n in (PUG, TANK, MINIVAN)]
+    assert [depth for _, _, depth in used] == [9, 9, 11]  # tank: ... > vehicle > military vehicle > tank
+    data = resources.files("packer.data")
+    fresh = hierarchy_from([(data.joinpath("wordnet_words.txt").read_text(encoding="utf-8"), "words")],
+                           data.joinpath("wordnet_is_a.txt").read_text(encoding="utf-8"), BUILTIN_SOURCE, "is_a")
+    assert set(vars(hierarchy)) == {f.name for f in dataclasses.fields(Hierarchy)}
+    assert fresh == hierarchy and fresh.sha256 == hierarchy.sha256
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        hierarchy.depths = {}
+    # a DAG with a long and a short way down, and two roots
+    diamond = hierarchy_from([], "r a\na b\nb c\nr c\nc d\nq d\n", "diamond", "diamond.txt")
+    assert diamond.depths == {"r": 0, "q": 0, "a": 1, "c": 1, "b": 2, "d": 1}
+    assert diamond.roots == ["q", "r"] and diamond.depth("nowhere") is None
 
 
 def test_node_names_beside_the_hierarchy_file_name_its_nodes(zoo, tmp_path):

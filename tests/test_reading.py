@@ -341,3 +341,20 @@ def test_a_damaged_compressed_member_is_a_user_error(built, tmp_path, capsys):
     assert code == 1 and out == ""
     assert assert_one_error_line(err) == f"imagenet-subset: error: {message}"
     assert not (tmp_path / "sheet.png").exists()
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "preview"])
+@pytest.mark.parametrize("given", ["manifest", "metadata"])
+def test_a_manifest_or_csv_given_for_the_archive_is_named_as_such(built, tmp_path, capsys, command, given):
+    stored = built["stored"]
+    path = Path(stored.manifest if given == "manifest" else stored.metadata)
+    what = "manifest" if given == "manifest" else "metadata CSV"
+    expected = (f"imagenet-subset: error: {path} is the {what} of a build, not an archive; pass {stored.archive} "
+                "(or its shard index mine_cls.index.json)")
+    argv = [command, path] + (["-o", tmp_path / "grid.png"] if command == "preview" else [])
+    code, out, err = run_main(argv, capsys)
+    assert (code, out) == (1, "")
+    assert assert_one_error_line(err) == expected
+    with pytest.raises(UserError) as caught:
+        load(path)
+    assert f"imagenet-subset: error: {caught.value}" == expected
