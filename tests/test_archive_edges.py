@@ -9,14 +9,15 @@ module fixtures ``data`` and ``reference``, which the tests then name as argumen
 # ruff: noqa: F811
 import io
 import os
+import re
 import tarfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from archive_helpers import DEVKIT, TRAIN_TAR, VAL_TAR, patch_tar_header, write_devkit, write_val_tar
-from helpers import read_npz, run_main, sha256
+from archive_helpers import DEVKIT, TRAIN_TAR, VAL_TAR, patch_tar_header, write_devkit, write_train_tar, write_val_tar
+from helpers import photo, read_npz, run_main, sha256
 from test_archives import (  # noqa: F401  (data and reference are fixtures)
     VAL,
     VAL_IDS,
@@ -27,7 +28,8 @@ from test_archives import (  # noqa: F401  (data and reference are fixtures)
     reference,
 )
 
-from packer import BuildOptions
+from packer import BuildOptions, UserError
+from packer import build as packer_build
 from packer.archives import scan_tar, scan_zip
 from packer.execute import new_out_dir_removed_on_failure
 
@@ -180,3 +182,42 @@ def test_shards_and_compression_from_the_archives_equal_those_from_the_zip(data,
         assert len(from_tars.archives) == (5 if "shard_size" in options else 1)  # 18 train rows in shards of 4
         z = read_npz(from_tars.archives[-1] if "compress" in options else from_tars.archives[0])
         assert z["X_train"].dtype == np.uint8
+
+
+def _jpeg(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    photo(40, 30, seed).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_resume_continues_a_build_from_the_archives(tmp_path, caplog):
+    """A build from the tars that stops at a damaged image keeps its finished chunks with --resume;
+    once the archive is repaired (so its member lists are made again), --resume finishes it, and
+    the archive is the one a clean build gives."""
+    tench = "n01440764"
+    good = [(f"{tench}_{k}.JPEG", _jpeg(k)) for k in range(1, 71)]  # 70 rows: three chunks of 32
+    broken = [(name, b"not a jpeg" if k == 69 else content) for k, (name, content) in enumerate(good)]
+    folder, clean = tmp_path / "tars", tmp_path / "clean"
+    write_val_tar(folder / VAL_TAR, {"ILSVRC2012_val_00000293.JPEG": _jpeg(0)})  # image 293 is a tench
+    write_val_tar(clean / VAL_TAR, {"ILSVRC2012_val_00000293.JPEG": _jpeg(0)})
+    write_train_tar(folder / TRAIN_TAR, {tench: broken})
+    write_train_tar(clean / TRAIN_TAR, {tench: good})
+    class_list = tmp_path / "tench.txt"
+    class_list.write_text(tench + "\n")
+    out = tmp_path / "out"
+    options = {"resize_size": 32, "crop_size": 24, "workers": 1, "progress": False}
+    with pytest.raises(UserError, match="cannot read image"):
+        packer_build(BuildOptions(subset_name=str(class_list), data_dir=str(folder), out_dir=str(out), resume=True,
+                                  **options))
+    work = out / ".tench_cls.work"
+    assert work.is_dir() and not (out / "tench_cls.npz").exists()
+    write_train_tar(folder / TRAIN_TAR, {tench: good})  # repaired: new size and mtime
+    caplog.set_level("INFO", logger="packer")
+    resumed = packer_build(BuildOptions(subset_name=str(class_list), data_dir=str(folder), out_dir=str(out),
+                                        resume=True, **options))
+    reference = packer_build(BuildOptions(subset_name=str(class_list), data_dir=str(clean),
+                                          out_dir=str(tmp_path / "reference"), **options))
+    assert resumed.sha256 == reference.sha256
+    assert not work.exists()
+    assert any(re.fullmatch(r"resuming: [12] of 4 chunks already done", r.getMessage()) for r in caplog.records), \
+        [r.getMessage() for r in caplog.records]
