@@ -240,18 +240,19 @@ def _classes(argv: list[str]) -> int:
     tree = find_tree(where.data_dir, where.devkit_dir, index)
     names = class_table(tree)
     wnids = train_classes(tree)
-    hierarchy = None
+    hierarchy, start = None, []
     if args.tree or args.search or where.under:
         from .hierarchy import load_hierarchy, outline
 
         hierarchy = load_hierarchy(where.wordnet, where.hierarchy)
     if where.under and hierarchy is not None:
-        wnids = [label.name for label in labels_under(hierarchy, where.under, (), wnids, str(tree.train)).labels]
+        chosen = labels_under(hierarchy, where.under, (), wnids, str(tree.train))
+        wnids = [label.name for label in chosen.labels]
+        start = [pair["wnid"] for pair in chosen.resolved["under"]]  # where --tree starts
     if args.search:
         wnids = classes_by_search(args.search, names_to_match(names), wnids, str(tree.train))
     counts = image_counts(tree, wnids)
     if args.tree and hierarchy is not None:
-        start = [hierarchy.resolve(name, "--under", set(wnids)) for name in where.under or ()]
         print("\n".join(outline(hierarchy, counts, start, args.depth)))
         return 0
     print(f"{'WNID':<10} {'train':>6} {'val':>5}  human_label")

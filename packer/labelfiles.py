@@ -205,8 +205,14 @@ BUILTIN_VAL_LABELS = "built-in ILSVRC2012 validation labels"
 
 
 @functools.cache
+def builtin_wnid_of_id() -> dict[int, str]:
+    """CLS-LOC id (1-1000) -> WNID, from the built-in class table."""
+    return {info.clsloc_id: wnid for wnid, info in builtin_classes().items()}
+
+
+@functools.cache
 def builtin_val_labels() -> dict[int, str]:
-    """Val image number (1-50,000) -> WNID, from ``ilsvrc2012_val_labels.txt`` and the class table."""
-    wnid_of_id = {info.clsloc_id: wnid for wnid, info in builtin_classes().items()}
-    text = resources.files("packer.data").joinpath("ilsvrc2012_val_labels.txt").read_text(encoding="utf-8")
-    return {number: wnid_of_id[int(line)] for number, line in enumerate(text.split(), start=1)}
+    """Val image number (1-50,000) -> WNID: ``ilsvrc2012_val_labels.txt``, a ground-truth file read
+    with the built-in class table."""
+    return val_labels_from_ground_truth(resources.files("packer.data").joinpath("ilsvrc2012_val_labels.txt"),
+                                        builtin_wnid_of_id())

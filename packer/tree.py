@@ -59,7 +59,14 @@ import numpy as np
 
 from . import labelfiles
 from .errors import UserError
-from .labelfiles import BUILTIN_VAL_LABELS, LabelSource, builtin_classes, builtin_val_labels, val_image_number
+from .labelfiles import (
+    BUILTIN_VAL_LABELS,
+    LabelSource,
+    builtin_classes,
+    builtin_val_labels,
+    builtin_wnid_of_id,
+    val_image_number,
+)
 from .options import shown
 from .sources import (
     DEVKIT_ARCHIVES,
@@ -364,8 +371,7 @@ def _flat_val_labels(tree: Tree, numbers: list[int]) -> tuple[dict[int, str], st
             classes = labelfiles.classes_from_map_clsloc(tree.map_clsloc)
             wnid_of_id, table = {cls_id: wnid for wnid, (cls_id, _) in classes.items()}, tree.map_clsloc.name
         else:
-            wnid_of_id = {info.clsloc_id: wnid for wnid, info in builtin_classes().items()}
-            table = "the built-in class table"
+            wnid_of_id, table = builtin_wnid_of_id(), "the built-in class table"
         return (labelfiles.val_labels_from_ground_truth(tree.val_ground_truth, wnid_of_id),
                 f"{tree.val_ground_truth.name} with {table}")
     if tree.val_annotations:
