@@ -43,6 +43,7 @@ import warnings
 import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from typing import BinaryIO, Protocol
@@ -309,23 +310,13 @@ def _local_results(chunks: Iterator[Chunk], spec: TransformSpec, workers: int) -
     from concurrent.futures import Future, ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    context = _pool_context()
     pool, pending = None, deque[Future]()
     try:
-        # The workers start at the first submit and inherit an ignored SIGINT, so a Ctrl-C
-        # cannot print their tracebacks; the parent stops them. SIGINT, SIGTERM and SIGHUP
-        # are also blocked meanwhile: a blocked signal stays pending, so the parent still
-        # gets one sent now, when it is unblocked (and the pool is shut down below), and a
-        # worker never runs the parent's handler before its own initializer ignores them.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_WHILE_STARTING)
-        try:
+        with _stop_signals_held():
+            context = _pool_context()
             pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker)
             for chunk in islice(chunks, IN_FLIGHT * workers):
                 pending.append(pool.submit(pack_chunk, chunk, spec))
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_WHILE_STARTING)
         while pending:
             result = pending.popleft().result()
             for chunk in islice(chunks, 1):
@@ -339,6 +330,32 @@ def _local_results(chunks: Iterator[Chunk], spec: TransformSpec, workers: int) -
             future.cancel()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """While the workers start: SIGINT, SIGTERM and SIGHUP wait, then act as they would have.
+
+    They are blocked in this thread, and so in every process started from it (a fork server
+    too, and the workers it forks): in a worker one stays pending until its initializer ignores
+    it, so a Ctrl-C cannot print a worker's traceback (the build stops the workers). In the
+    build, one that another thread takes meanwhile is only recorded: stopping halfway through
+    starting a worker would leave a process the pool does not know of, which fails with a
+    traceback once the build is gone. On leaving, the signals taken are raised again."""
+    held = BLOCKED_WHILE_STARTING
+    taken: list[int] = []
+    in_main_thread = threading.current_thread() is threading.main_thread()  # handlers are set there only
+    previous = {number: signal.signal(number, lambda number, _frame: taken.append(number))
+                for number in held} if in_main_thread else {}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)  # one pending here is recorded now
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(taken):
+            signal.raise_signal(number)
 
 
 def _start_worker() -> None:

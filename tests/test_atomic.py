@@ -322,3 +322,35 @@ def _running(process: psutil.Process) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_stop_signal_taken_while_workers_start_waits_then_acts_once():
+    """While the workers start, SIGINT and SIGHUP taken by the build (by any of its threads) are
+    held: nothing is raised halfway through starting a process, and on leaving each one acts
+    once, through the handler the build had."""
+    from packer.work import _stop_signals_held
+
+    seen: list[int] = []
+
+    def build_handler(number, _frame):
+        seen.append(number)
+
+    previous = {number: signal.signal(number, build_handler) for number in (signal.SIGINT, signal.SIGHUP)}
+    try:
+        with _stop_signals_held():
+            # another thread, which has them unblocked, takes them (as tqdm's or a user's thread would)
+            taker = threading.Thread(target=lambda: [os.kill(os.getpid(), signal.SIGHUP),
+                                                     os.kill(os.getpid(), signal.SIGINT),
+                                                     os.kill(os.getpid(), signal.SIGINT)])
+            taker.start()
+            taker.join()
+            time.sleep(0.05)
+            assert seen == []
+            assert signal.getsignal(signal.SIGINT) is not build_handler
+        assert seen == [signal.SIGHUP, signal.SIGINT]
+        assert signal.getsignal(signal.SIGINT) is build_handler
+        assert signal.getsignal(signal.SIGHUP) is build_handler
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGHUP} == set()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
