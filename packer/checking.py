@@ -89,8 +89,13 @@ def info(path: str | Path) -> str:
         splits = ", ".join(f"{s['images']} {name}" for name, s in manifest["splits"].items())
         lines.append(f"built by {manifest['tool']} {manifest['tool_version']} at {build['finished_utc']}: "
                      f"{splits} images, {len(manifest['classes'])} classes, {build['images_per_second']} images/s")
-        lines.append(f"options: resize {options['resize_size']}, crop {options['crop_size']}, "
-                     f"{'fast' if options['fast'] else 'exact'}, {'compressed' if options['compress'] else 'stored'}")
+        size = (f"squash to {options['crop_size']}" if options.get("resize") == "squash"
+                else f"resize {options['resize_size']}, crop {options['crop_size']}")
+        lines.append(f"options: {size}, {'fast' if options['fast'] else 'exact'}, "
+                     f"{'compressed' if options['compress'] else 'stored'}")
+        if manifest.get("sizes"):
+            lines.append(f"sizes: the same pass wrote {len(manifest['sizes'])} sizes of these images: "
+                         + ", ".join(f"{_called_by(entry['files'])} ({entry['size']})" for entry in manifest["sizes"]))
         for record in manifest["files"].get("shards", [manifest["files"].get("archive")]):
             lines.append(f"sha256: {record['sha256']}  {record['file']} (from the manifest; run verify to check)")
         stats = manifest.get("X_train_stats")
@@ -109,6 +114,11 @@ def info(path: str | Path) -> str:
         lines.append("classes:")
         lines += ["  " + line for line in table.astype(object).fillna("").to_string(index=False).splitlines()]
     return "\n".join(lines)
+
+
+def _called_by(files: dict) -> str:
+    """The file a build is opened by, from its manifest's ``files``: the archive or the shard index."""
+    return files["index"] if "index" in files else files["archive"]["file"]
 
 
 def _damaged_rows(path: Path, manifest: dict, first_rows: dict[str, int]) -> tuple[list[str], list[str]]:

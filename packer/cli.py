@@ -115,7 +115,7 @@ def _build(argv: list[str]) -> int:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     print(result.summary())
     print(result.labels_line())
-    print(f"metadata: {result.metadata}")
+    print(f"metadata: {', '.join(str(r.metadata) for r in (result, *result.other_sizes))}")
     return 0
 
 

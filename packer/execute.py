@@ -14,11 +14,14 @@ listing them, the metadata CSV and the manifest. Until ``commit`` everything
 lives in the work folder (``workdir.py``), so a failed or interrupted run leaves
 nothing at the final paths and never touches an earlier output.
 
-A plan's rows are cut into ``ArchivePart``s (one archive, or shards); each part
-has its writer (``npz.ArchiveWriter``), and the chunks of work name the part
-their rows belong to. A build that writes several output sets from one plan
-(several sizes in one pass) adds parts of the other sets here, not a second
-plan.
+A build writes one ``OutputSet`` per size (``--sizes``; one set without it),
+each a complete output as a build of that size alone writes it. All sets share
+the plan: the same rows, ids and labels. A plan's rows are cut into
+``ArchivePart``s (one archive, or shards), the same cut in every set; each part of
+each set has its writer (``npz.ArchiveWriter``), and a chunk of work names the
+part its rows belong to and their destination in every set. An image that
+cannot be read is left out of every set. The sets share one work folder (the
+first set's) and are put in place together.
 """
 import contextlib
 import dataclasses
@@ -40,7 +43,17 @@ from . import describe
 from .crc32 import crc32_of_parts
 from .errors import Interrupted, UserError
 from .npz import ArchiveWriter, ArraySpec, DeflatedNpzWriter, StoredNpzWriter
-from .options import CHUNK_SIZE, BuildOptions, BuildPlan, BuildResult, OutputNames, TransformSpec, shown
+from .options import (
+    CHUNK_SIZE,
+    BuildOptions,
+    BuildPlan,
+    BuildResult,
+    OutputNames,
+    Size,
+    TransformSpec,
+    shown,
+    size_name,
+)
 from .progress import Progress
 from .work import (
     Chunk,
@@ -133,6 +146,43 @@ class _Totals:
             self.warned[split][first - result.start + row] = warning
 
 
+@dataclass
+class OutputSet:
+    """The outputs of one size: their names, the options of a build of that size alone, the
+    archive parts and their writers, and the totals of the chunk results of that size."""
+
+    names: OutputNames
+    options: BuildOptions
+    parts: list[ArchivePart]
+    writers: list[ArchiveWriter]
+    totals: _Totals
+
+    @property
+    def spec(self) -> TransformSpec:
+        return self.options.transform
+
+    @property
+    def size(self) -> str:
+        """The size as ``--sizes`` writes it."""
+        return Size(self.options.resize_size, self.options.crop_size, self.options.resize).text
+
+    @property
+    def archive_bytes(self) -> int:
+        """Bytes of the (uncompressed) arrays of every part."""
+        return sum(s.nbytes for part in self.parts for s in _array_specs(part, self.spec))
+
+
+def output_sets(plan: BuildPlan, options: BuildOptions) -> list[OutputSet]:
+    """One ``OutputSet`` per size of ``options`` (no writers yet), in the order of ``--sizes``."""
+    sets = []
+    for i, size_options in enumerate(options.each_size()):
+        size = Size(size_options.resize_size, size_options.crop_size, size_options.resize)
+        names = OutputNames(size_name(plan.name, size, i == 0))
+        sets.append(OutputSet(names, size_options, plan_parts(names, plan.splits, options.shard_size), [],
+                              _Totals.of(plan.splits)))
+    return sets
+
+
 def execute(plan: BuildPlan, options: BuildOptions, started: float | None = None) -> BuildResult:
     """Pack the images of ``plan`` with ``options``; see the module docstring for the guarantees."""
     started = time.perf_counter() if started is None else started
@@ -192,8 +242,8 @@ def _make_folder(out_dir: Path) -> None:
 
 
 class Packing:
-    """One build's packing: its parts and their writers, the totals of the chunk results, and the
-    work folder, from the first chunk to the outputs in place (see the module docstring).
+    """One build's packing: its output sets (a set's parts, writers and totals), and the work
+    folder, from the first chunk to the outputs in place (see the module docstring).
 
     As a context manager it owns what it opens: leaving the block aborts the writers and removes
     the work folder, or keeps it (with every finished chunk journaled) when ``--resume`` asked for
@@ -203,29 +253,31 @@ class Packing:
 
     def __init__(self, plan: BuildPlan, options: BuildOptions, out_dir: Path, started: float):
         self.plan, self.out_dir, self.started = plan, out_dir, started
-        self.names = OutputNames(plan.name)
-        self.spec = options.transform
+        self.sets = output_sets(plan, options)
+        self.names = self.sets[0].names  # the build's name: its work folder, what it is called by
+        self.specs = tuple(output.spec for output in self.sets)
         self.splits = list(plan.splits)
-        self.parts = plan_parts(self.names, self.splits, options.shard_size)
         self.chunk_count = sum(math.ceil((end - start) / CHUNK_SIZE)
-                               for part in self.parts for start, end in part.rows.values())
-        self._check_space(sum(s.nbytes for part in self.parts for s in _array_specs(part, self.spec)), options,
-                          "the archive")
-        self.workers = _worker_count(options, self.spec, self.chunk_count)
+                               for part in self.sets[0].parts for start, end in part.rows.values())
+        self._check_space(sum(output.archive_bytes for output in self.sets), options,
+                          "the archive" if len(self.sets) == 1 else f"the archives of {len(self.sets)} sizes")
+        self.workers = _worker_count(options, self.specs, self.chunk_count)
         self.options = dataclasses.replace(options, workers=self.workers)
         if options.backend == "dask":
             check_dask_scheduler(str(options.scheduler))
-        self.writers: list[ArchiveWriter] = []
-        self.totals = _Totals.of(self.splits)
         self.skipped: list[dict] = []
         self.outputs: list[str] = []  # the file names that commit puts in place
         self.committed = False
         self._stack = contextlib.ExitStack()
 
     @property
-    def archive_path(self) -> Path:
-        """What the build is called by: the archive, or the index of the shards."""
-        return self.out_dir / (self.names.index if self.options.shard_size else self.parts[0].file_name)
+    def writers(self) -> list[ArchiveWriter]:
+        """The writers of every set."""
+        return [writer for output in self.sets for writer in output.writers]
+
+    def archive_path(self, output: OutputSet) -> Path:
+        """What a set is called by: its archive, or the index of its shards."""
+        return self.out_dir / (output.names.index if self.options.shard_size else output.parts[0].file_name)
 
     def __enter__(self) -> "Packing":
         output_options = self.options.output_options()
@@ -237,11 +289,12 @@ class Packing:
         writer_class = DeflatedNpzWriter if self.options.compress else StoredNpzWriter
         try:
             with self._writing():
-                for part in self.parts:
-                    self.writers.append(writer_class(
-                        self.work.partial(part.file_name), _array_specs(part, self.spec),
-                        _small_arrays(part, self.splits), resume=self.work.resumed,
-                        hash_after_close=self.options.backend == "dask"))
+                for output in self.sets:
+                    for part in output.parts:
+                        output.writers.append(writer_class(
+                            self.work.partial(part.file_name), _array_specs(part, output.spec),
+                            _small_arrays(part, self.splits), resume=self.work.resumed,
+                            hash_after_close=self.options.backend == "dask"))
         except BaseException as exc:  # no __exit__ follows a failed __enter__
             self._stack.__exit__(type(exc), exc, exc.__traceback__)
             raise
@@ -261,7 +314,7 @@ class Packing:
             if exc.errno not in _WHAT_TO_DO:
                 raise
             named = [str(f) for f in (exc.filename2, exc.filename) if f and self.names.work_folder not in str(f)]
-            raise UserError(f"writing {named[0] if named else self.archive_path} failed: {exc.strerror}; "
+            raise UserError(f"writing {named[0] if named else self.archive_path(self.sets[0])} failed: {exc.strerror}; "
                             f"{_WHAT_TO_DO[exc.errno]} and run again (earlier outputs are untouched)") from None
 
     def run(self) -> None:
@@ -269,127 +322,155 @@ class Packing:
         done = {}
         if self.work.resumed:
             if all(writer.kept_rows for writer in self.writers):
-                done = self.work.finished_chunks()
+                done = self.work.finished_chunks(len(self.sets))
                 log.warning(f"resuming: {len(done)} of {self.chunk_count} chunks already done")
             else:
                 log.warning("nothing to resume (the partial archive is gone) — starting afresh")
         options, workers = self.options, self.workers
         with self._writing(), Progress({s.split: len(s) for s in self.splits}, options.progress) as progress:
-            for result in run_chunks(self._chunks(), self.spec, workers, options.backend, options.scheduler, done):
-                self.writers[result.part].add_chunk(result.key, result.crc32, result.nbytes, result.payload)
+            for result in run_chunks(self._chunks(), self.specs, workers, options.backend, options.scheduler, done):
+                output = self.sets[result.size]
+                output.writers[result.part].add_chunk(result.key, result.crc32, result.nbytes, result.payload)
                 if (result.part, result.key, result.start) not in done:
                     self.work.record(result, self.writers)
                 split = result.key.removeprefix("X_")
-                self.totals.add(result, split, self.parts[result.part].rows[split][0] + result.start)
-                progress.update(split, result.count)
+                output.totals.add(result, split, output.parts[result.part].rows[split][0] + result.start)
+                if result.size == 0:
+                    progress.update(split, result.count)
             self.work.flush(self.writers)
             for writer in self.writers:
                 writer.close()
+        failed = self.sets[0].totals.failed  # the same images in every set
         self.skipped = [{"split": s.split, "path": s.paths[row], "reason": reason}
-                        for s in self.splits for row, reason in sorted(self.totals.failed[s.split].items())]
+                        for s in self.splits for row, reason in sorted(failed[s.split].items())]
 
     def _chunks(self):
         skip_errors = self.options.on_error == "skip"
-        for p, (part, writer) in enumerate(zip(self.parts, self.writers, strict=True)):
+        for p, part in enumerate(self.sets[0].parts):
             for images in self.splits:
                 first, end = part.rows[images.split]
                 key = f"X_{images.split}"
                 for start in range(0, end - first, CHUNK_SIZE):
                     files = tuple(images.source.image(path)
                                   for path in images.paths[first + start:min(first + start + CHUNK_SIZE, end)])
-                    offset = writer.rows_at(key, start)
-                    destination = SendDeflated() if offset is None else WriteInPlace(writer.path, offset)
-                    yield Chunk(key, start, files, destination, part=p, skip_errors=skip_errors)
+                    yield Chunk(key, start, files, tuple(_destination(output.writers[p], key, start)
+                                                         for output in self.sets), part=p, skip_errors=skip_errors)
+
 
     def drop_failed(self) -> None:
-        """Rewrite the archives without the rows of unreadable images, in one sequential copy (no
-        blank image ever reaches an output); the splits, parts, writers and row CRCs follow."""
-        failed = self.totals.failed
+        """Rewrite the archives of every set without the rows of unreadable images, in one
+        sequential copy each (no blank image ever reaches an output); the splits, parts, writers
+        and row CRCs follow."""
+        failed = self.sets[0].totals.failed  # the same images in every set
         if not any(failed.values()):
             return
         keep = {s.split: np.array([r for r in range(len(s)) if r not in failed[s.split]], dtype=np.int64)
                 for s in self.splits}
         splits = [s.take(keep[s.split]) for s in self.splits]
-        parts = plan_parts(self.names, splits, self.options.shard_size)
+        compacted = output_sets(dataclasses.replace(self.plan, splits=tuple(splits)), self.options)
         if not self.options.compress:
-            self._check_space(sum(s.nbytes for part in parts for s in _array_specs(part, self.spec)), self.options,
+            self._check_space(sum(output.archive_bytes for output in compacted), self.options,
                               f"a copy of the archive without the {sum(map(len, failed.values()))} unreadable images")
-        row_bytes = int(np.prod(self.spec.stored_shape(1)))
+        for output, compact in zip(self.sets, compacted, strict=True):
+            self._copy_kept_rows(output, compact.parts, keep, splits)
+        self.splits = splits
+
+    def _copy_kept_rows(self, output: OutputSet, parts: list[ArchivePart], keep: dict[str, np.ndarray],
+                        splits) -> None:
+        """Copy the rows ``keep`` names of ``output``'s archives into new archives cut into ``parts``,
+        which then replace them; ``output`` takes the new parts, writers and row CRCs."""
+        spec, failed = output.spec, output.totals.failed
+        row_bytes = int(np.prod(spec.stored_shape(1)))
         writer_class = DeflatedNpzWriter if self.options.compress else StoredNpzWriter
         with self._writing():
             writers: list[ArchiveWriter] = [writer_class(self.work.partial(p.file_name) + ".compact",
-                                                         _array_specs(p, self.spec), _small_arrays(p, splits))
+                                                         _array_specs(p, spec), _small_arrays(p, splits))
                                             for p in parts]
             for writer in writers:
                 self._stack.callback(writer.abort)
             for images in self.splits:
                 split, key = images.split, f"X_{images.split}"
-                rows = ((row, data) for row, data in _stored_rows([w.path for w in self.writers], self.parts, split,
-                                                                  row_bytes) if row not in failed[split])
+                rows = ((row, data) for row, data in _stored_rows([w.path for w in output.writers], output.parts,
+                                                                  split, row_bytes) if row not in failed[split])
                 for part, writer in zip(parts, writers, strict=True):
                     start, end = part.rows[split]
                     for first in range(start, end, CHUNK_SIZE):
                         data = b"".join(next(rows)[1] for _ in range(min(CHUNK_SIZE, end - first)))
                         kept = keep[split][first:first + len(data) // row_bytes]
-                        writer.add_rows(key, data, crc32_of_parts(self.totals.row_crcs[split][kept], row_bytes))
-            for writer in self.writers:
+                        writer.add_rows(key, data, crc32_of_parts(output.totals.row_crcs[split][kept], row_bytes))
+            for writer in output.writers:
                 os.remove(writer.path)
             for part, writer in zip(parts, writers, strict=True):
                 writer.close()
                 os.replace(writer.path, self.work.partial(part.file_name))
                 writer.path = self.work.partial(part.file_name)
-        self.totals.row_crcs = {split: self.totals.row_crcs[split][rows] for split, rows in keep.items()}
-        self.splits, self.parts, self.writers = splits, parts, writers
+        output.totals.row_crcs = {split: output.totals.row_crcs[split][rows] for split, rows in keep.items()}
+        output.parts, output.writers = parts, writers
 
     def describe(self) -> None:
-        """Write the metadata CSV, the manifest and (for shards) the index into the work folder."""
+        """Write each set's metadata CSV, manifest and (for shards) index into the work folder."""
+        with self._writing():
+            files = [self._describe_files(output) for output in self.sets]
+            sizes = [{"size": output.size, "name": output.names.name, "fast": output.options.fast, "files": set_files}
+                     for output, set_files in zip(self.sets, files, strict=True)] if len(self.sets) > 1 else None
+            for output, set_files in zip(self.sets, files, strict=True):
+                describe.write_json(self._manifest(output, set_files, sizes), self.work.partial(output.names.manifest))
+        self.outputs = [name for output in self.sets
+                        for name in ([p.file_name for p in output.parts] + [output.names.metadata,
+                                                                            output.names.manifest]
+                                     + ([output.names.index] if self.options.shard_size else []))]
+
+    def _describe_files(self, output: OutputSet) -> dict:
+        """Write a set's metadata CSV (and shard index); the manifest's ``files`` of the set."""
+        plan, names, work = self.plan, output.names, self.work
+        describe.write_metadata_csv(describe.metadata_table(plan.subset, plan.classes, self.splits),
+                                    work.partial(names.metadata))
+        archives = [describe.file_record(Path(w.path), p.file_name, w.sha256)
+                    | {"rows": {k: list(v) for k, v in p.rows.items()}}
+                    for p, w in zip(output.parts, output.writers, strict=True)]
+        files: dict[str, object] = {"metadata": describe.file_record(Path(work.partial(names.metadata)),
+                                                                      names.metadata)}
+        if not self.options.shard_size:
+            files["archive"] = {k: v for k, v in archives[0].items() if k != "rows"}
+        else:
+            files["shards"] = archives
+            describe.write_json({"name": names.name, "manifest": names.manifest, "metadata": names.metadata,
+                                 "shards": archives}, work.partial(names.index))
+            files["index"] = names.index
+        return files
+
+    def _manifest(self, output: OutputSet, files: dict, sizes: list[dict] | None) -> dict:
+        """A set's manifest (its format is in ``describe.py``); ``sizes``: every set of a build of
+        several sizes, with its files."""
         from . import __version__
 
-        plan, names, work = self.plan, self.names, self.work
-        with self._writing():
-            describe.write_metadata_csv(describe.metadata_table(plan.subset, plan.classes, self.splits),
-                                        work.partial(names.metadata))
-            archives = [describe.file_record(Path(w.path), p.file_name, w.sha256)
-                        | {"rows": {k: list(v) for k, v in p.rows.items()}}
-                        for p, w in zip(self.parts, self.writers, strict=True)]
-            files: dict[str, object] = {"metadata": describe.file_record(Path(work.partial(names.metadata)),
-                                                                          names.metadata)}
-            self.outputs = [p.file_name for p in self.parts] + [names.metadata, names.manifest]
-            if not self.options.shard_size:
-                files["archive"] = {k: v for k, v in archives[0].items() if k != "rows"}
-            else:
-                files["shards"] = archives
-                describe.write_json({"name": plan.name, "manifest": names.manifest, "metadata": names.metadata,
-                                     "shards": archives}, work.partial(names.index))
-                files["index"] = names.index
-                self.outputs.append(names.index)
-            seconds = time.perf_counter() - self.started
-            images = sum(len(s) for s in self.splits)
-            train_pixels = len(self.splits[0]) * self.spec.crop_size * self.spec.crop_size
-            per_class = {s.split: {"images": len(s), "per_class": np.bincount(s.labelled, minlength=len(
-                plan.subset.labels)).tolist()} for s in self.splits}
-            manifest = {
-                "manifest_version": describe.MANIFEST_VERSION,
-                "tool": "imagenet-subset",
-                "tool_version": __version__,
-                "name": plan.name,
-                "options": self.options.output_options(),
-                "classes": describe.class_records(plan.subset, plan.classes),
-                "subset_source": _shareable(plan.subset.source),
-                "input": plan.input,
-                "splits": per_class,
-                "X_train_stats": describe.channel_statistics(self.totals.sums["train"], self.totals.squares["train"],
-                                                             train_pixels),
-                "files": files,
-                "skipped": self.skipped,
-                "build": {"seconds": round(seconds, 3),
-                          "images_per_second": round(images / seconds, 1) if seconds else None,
-                          "workers": self.options.workers, "backend": self.options.backend,
-                          "resumed": work.resumed,
-                          "finished_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")},
-                "sources": {s.split: describe.split_sources(s, self.totals.row_crcs[s.split]) for s in self.splits},
-            }
-            describe.write_json(manifest, work.partial(names.manifest))
+        plan, totals = self.plan, output.totals
+        seconds = time.perf_counter() - self.started
+        images = sum(len(s) for s in self.splits)
+        train_pixels = len(self.splits[0]) * output.spec.crop_size * output.spec.crop_size
+        per_class = {s.split: {"images": len(s), "per_class": np.bincount(s.labelled, minlength=len(
+            plan.subset.labels)).tolist()} for s in self.splits}
+        return {
+            "manifest_version": describe.MANIFEST_VERSION,
+            "tool": "imagenet-subset",
+            "tool_version": __version__,
+            "name": output.names.name,
+            "options": output.options.output_options(),
+            "classes": describe.class_records(plan.subset, plan.classes),
+            "subset_source": _shareable(plan.subset.source),
+            "input": plan.input,
+            "splits": per_class,
+            "X_train_stats": describe.channel_statistics(totals.sums["train"], totals.squares["train"], train_pixels),
+            "files": files,
+            **({"sizes": sizes} if sizes else {}),
+            "skipped": self.skipped,
+            "build": {"seconds": round(seconds, 3),
+                      "images_per_second": round(images / seconds, 1) if seconds else None,
+                      "workers": self.options.workers, "backend": self.options.backend,
+                      "resumed": self.work.resumed,
+                      "finished_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")},
+            "sources": {s.split: describe.split_sources(s, totals.row_crcs[s.split]) for s in self.splits},
+        }
 
     def commit(self) -> None:
         """Rename the finished outputs over the final paths: all of them, or none.
@@ -405,7 +486,7 @@ class Packing:
         created: list[tuple[Path, Path]] = []
         with self._writing():
             try:
-                for stale in self.names.archive_files_in(self.out_dir):
+                for stale in (path for output in self.sets for path in output.names.archive_files_in(self.out_dir)):
                     if stale.name not in self.outputs:
                         kept = Path(self.work.partial(stale.name) + ".previous")
                         replaced.append((kept, stale))
@@ -431,24 +512,30 @@ class Packing:
         self.committed = True
 
     def result(self) -> BuildResult:
-        """What the build wrote (after ``commit``), with its notes."""
+        """What the build wrote (after ``commit``), with its notes: the first size's outputs, and
+        the other sizes' in ``other_sizes``."""
         notes = tuple(note for images in self.splits for note in images.notes) + self.plan.notes
         if self.skipped:
             notes += (f"left out {len(self.skipped)} unreadable images (listed in the manifest): "
                       + shown([f"{s['path']} ({s['reason']})" for s in self.skipped]),)
+        warned_rows = self.sets[0].totals.warned  # the same images in every set
         warned = [f"{s.split}/{s.paths[row]} ({warning})"
-                  for s in self.splits for row, warning in sorted(self.totals.warned[s.split].items())]
+                  for s in self.splits for row, warning in sorted(warned_rows[s.split].items())]
         if warned:
             notes += (f"{len(warned)} images gave a warning and were packed: {shown(warned)}",)
-        archive = self.archive_path
-        return BuildResult(self.plan.name, archive, self.out_dir / self.names.metadata,
-                           self.out_dir / self.names.manifest, {s.split: len(s) for s in self.splits},
-                           len(self.plan.subset.labels),
-                           sum((self.out_dir / p.file_name).stat().st_size for p in self.parts),
-                           describe.sha256_of_file(archive) if self.options.shard_size else self.writers[0].sha256,
-                           time.perf_counter() - self.started, notes,
-                           tuple(self.out_dir / p.file_name for p in self.parts),
-                           {s.split: s.label_source for s in self.splits})
+        seconds = time.perf_counter() - self.started
+        results = [self._set_result(output, seconds) for output in self.sets]
+        return dataclasses.replace(results[0], notes=notes, other_sizes=tuple(results[1:]))
+
+    def _set_result(self, output: OutputSet, seconds: float) -> BuildResult:
+        archive, names = self.archive_path(output), output.names
+        return BuildResult(names.name, archive, self.out_dir / names.metadata, self.out_dir / names.manifest,
+                           {s.split: len(s) for s in self.splits}, len(self.plan.subset.labels),
+                           sum((self.out_dir / p.file_name).stat().st_size for p in output.parts),
+                           describe.sha256_of_file(archive) if self.options.shard_size else output.writers[0].sha256,
+                           seconds, (), tuple(self.out_dir / p.file_name for p in output.parts),
+                           {s.split: s.label_source for s in self.splits},
+                           size=output.size if len(self.sets) > 1 else None)
 
     def _check_space(self, needed: int, options: BuildOptions, what: str) -> None:
         free = shutil.disk_usage(self.out_dir).free
@@ -472,15 +559,16 @@ class Packing:
             self.work.remove()
 
 
-def _worker_count(options: BuildOptions, spec: TransformSpec, chunks: int) -> int:
+def _worker_count(options: BuildOptions, specs: tuple[TransformSpec, ...], chunks: int) -> int:
     """How many workers to run: as asked (all cores by default), but no more than there are
     chunks, ``WORKERS_PER_CORE`` per core (local processes) or fit in the memory available."""
     cores = default_workers()
     asked = cores if options.workers is None else options.workers
     local = options.backend == "local"  # Dask workers run on other machines, with their own memory
-    need = memory_per_worker(spec)
+    need = memory_per_worker(specs)
     shared, per_process = available_memory() if local else (None, None)
-    sizes = f"--resize_size {spec.resize_size} --crop_size {spec.crop_size}"
+    sizes = (f"--sizes {','.join(options.sizes)}" if options.sizes and len(options.sizes) > 1
+             else f"--resize_size {options.resize_size} --crop_size {options.crop_size}")
     if per_process is not None and need > per_process:
         raise UserError(f"{sizes} needs about {_size(need)} of memory per worker, but a process may map only "
                         f"{_size(max(per_process, 0))} more (ulimit -v); use a smaller --crop_size or raise the limit")
@@ -500,6 +588,13 @@ def _worker_count(options: BuildOptions, spec: TransformSpec, chunks: int) -> in
                     f"and {_size(shared)} is available")
         workers = fit
     return workers
+
+
+def _destination(writer: ArchiveWriter, key: str, start: int) -> WriteInPlace | SendDeflated:
+    """Where a chunk's rows from row ``start`` of ``key`` go in ``writer``'s archive: in place (a
+    stored archive), or back to the parent (a compressed one)."""
+    offset = writer.rows_at(key, start)
+    return SendDeflated() if offset is None else WriteInPlace(writer.path, offset)
 
 
 def _stored_rows(paths: list[str], parts: list[ArchivePart], split: str, row_bytes: int):

@@ -9,6 +9,7 @@ option is validated once, wherever it comes from (command line, API, recipe).
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import types
@@ -77,6 +78,11 @@ class BuildOptions:
                              unit="pixels")
     resize: Resize = _option("crop", "crop: short side to --resize_size then center crop (default); squash: whole "
                                      "image to --crop_size square with a box filter, no crop", shapes_output=True)
+    sizes: tuple[str, ...] | None = _option(
+        None, "several sizes from one decode of each image, comma-separated: R/C (short side to R, center crop C) "
+              "or squash:S, e.g. 256/224,72/64,squash:32; the first is NAME_cls.npz, each other "
+              "NAME_<C>[_squash]_cls.npz (instead of --resize_size, --crop_size, --resize)", shapes_output=True,
+        metavar="SIZES")
     layout: Layout = _option("nhwc", "store images channels last (default) or channels first", shapes_output=True)
     fast: bool = _option(False, "resize only the window kept by the crop: faster, pixels within 1 of exact",
                          shapes_output=True)
@@ -163,10 +169,12 @@ class BuildOptions:
             raise UserError("--search needs a text, such as dog")
         for name, problem in _field_problems(self):
             raise UserError(f"{name} {problem}")
-        if self.resize == "crop" and self.crop_size > self.resize_size:
+        if self.sizes is not None:
+            self._take_sizes()
+        elif self.resize == "crop" and self.crop_size > self.resize_size:
             raise UserError(f"--crop_size {self.crop_size} is larger than --resize_size {self.resize_size}; "
                             "the crop must fit inside the resized image")
-        if self.fast and self.resize != "crop":
+        if self.fast and not any(size.resize == "crop" for size in self.transforms):
             raise UserError("--fast applies to --resize crop only; drop --fast or use --resize crop")
         choosers = [flag for flag, value in (("--classes", self.classes), ("--search", self.search),
                                              ("--under", self.under), ("--group_by", self.group_by)) if value]
@@ -195,10 +203,50 @@ class BuildOptions:
             except ImportError:
                 raise UserError("--backend dask needs Dask: pip install 'imagenet-subset[dask]'") from None
 
+    def _take_sizes(self) -> None:
+        """Check ``sizes`` (text as the command line gives it, or a list) and make the first one this
+        build's ``resize_size``, ``crop_size`` and ``resize``."""
+        items = self.sizes.split(",") if isinstance(self.sizes, str) else self.sizes
+        if not isinstance(items, list | tuple) or not items:
+            raise UserError(f"--sizes {self.sizes!r} must list sizes, as 256/224,72/64,squash:32")
+        sizes = tuple(parse_size(str(item)) for item in items)
+        texts = tuple(size.text for size in sizes)
+        object.__setattr__(self, "sizes", texts)
+        first = sizes[0]
+        given = {"--resize_size": self.resize_size, "--crop_size": self.crop_size, "--resize": self.resize}
+        defaults = {"--resize_size": 256, "--crop_size": 224, "--resize": "crop"}
+        taken = {"--resize_size": first.resize_size, "--crop_size": first.crop_size, "--resize": first.resize}
+        clashing = [flag for flag, value in given.items() if value not in (defaults[flag], taken[flag])]
+        if clashing:
+            raise UserError(f"{', '.join(clashing)} and --sizes both set the size; give every size in --sizes "
+                            f"(as --sizes {texts[0]},...) and drop {', '.join(clashing)}")
+        for name, value in zip(("resize_size", "crop_size", "resize"), taken.values(), strict=True):
+            object.__setattr__(self, name, value)
+        names = [size_name("NAME", size, i == 0) for i, size in enumerate(sizes)]
+        twice = sorted({text for text, name in zip(texts, names, strict=True)
+                        if names.count(name) > 1 or texts.count(text) > 1})
+        if twice:
+            raise UserError(f"--sizes {','.join(texts)}: {' and '.join(twice)} would write archives of the "
+                            "same name; give each size once (two crops of one size need separate builds)")
+
     @property
     def transform(self) -> TransformSpec:
-        """What to do to every image."""
-        return TransformSpec(self.resize_size, self.crop_size, self.fast, self.resize, self.layout)
+        """What to do to every image (of the first size)."""
+        return TransformSpec(self.resize_size, self.crop_size, self.fast and self.resize == "crop", self.resize,
+                             self.layout)
+
+    @property
+    def transforms(self) -> tuple[TransformSpec, ...]:
+        """What to do to every image, one spec per size (``--fast`` only where a size crops)."""
+        return tuple(options.transform for options in self.each_size())
+
+    def each_size(self) -> list[BuildOptions]:
+        """These options for each size, as a build of that size alone would have them (no ``sizes``)."""
+        if self.sizes is None:
+            return [self]
+        sizes = [parse_size(text) for text in self.sizes]
+        return [dataclasses.replace(self, sizes=None, resize_size=size.resize_size, crop_size=size.crop_size,
+                                    resize=size.resize, fast=self.fast and size.resize == "crop") for size in sizes]
 
     @property
     def sampling(self) -> dict[str, int | str | None]:
@@ -207,10 +255,11 @@ class BuildOptions:
 
     def output_options(self) -> dict:
         """The options that shape the archive's bytes, as the manifest records them."""
+        several = {"sizes": list(self.sizes)} if self.sizes and len(self.sizes) > 1 else {}
         return {"resize_size": self.resize_size, "crop_size": self.crop_size, "resize": self.resize,
                 "resize_rule": RESIZE_RULES[self.resize], "layout": self.layout, "fast": self.fast,
                 "compress": self.compress, "chunk_size": CHUNK_SIZE, "shard_size": self.shard_size,
-                "on_error": self.on_error, "sampling": self.sampling}
+                "on_error": self.on_error, "sampling": self.sampling} | several
 
 
 PATH_OPTIONS = ("subset_name", "data_dir", "devkit_dir", "out_dir", "index_dir", "wordnet", "hierarchy")
@@ -269,6 +318,46 @@ class TransformSpec:
         """Shape of ``count`` transformed images as the archive stores them."""
         c = self.crop_size
         return (count, 3, c, c) if self.layout == "nchw" else (count, c, c, 3)
+
+
+@dataclass(frozen=True)
+class Size:
+    """One size of ``--sizes``: ``R/C`` (``resize`` "crop") or ``squash:S`` (``resize`` "squash",
+    ``resize_size`` unused and kept at 256, as a build with ``--resize squash`` alone has it)."""
+
+    resize_size: int
+    crop_size: int
+    resize: Resize
+
+    @property
+    def text(self) -> str:
+        """The size as ``--sizes`` writes it: ``256/224`` or ``squash:32``."""
+        return f"squash:{self.crop_size}" if self.resize == "squash" else f"{self.resize_size}/{self.crop_size}"
+
+
+def parse_size(text: str) -> Size:
+    """``R/C`` or ``squash:S`` (whole numbers of at least 1, C at most R) as a ``Size``."""
+    text = text.strip()
+    squash = text.startswith("squash:")
+    numbers = text.removeprefix("squash:").split("/", 1) if not squash else [text.removeprefix("squash:")]
+    if (len(numbers) == (1 if squash else 2)) and all(n.strip().isdigit() and int(n) >= 1 for n in numbers):
+        if squash:
+            return Size(256, int(numbers[0]), "squash")
+        resize_size, crop_size = int(numbers[0]), int(numbers[1])
+        if crop_size <= resize_size:
+            return Size(resize_size, crop_size, "crop")
+        raise UserError(f"--sizes {text}: the crop {crop_size} is larger than the resized short side {resize_size}; "
+                        "the crop must fit inside the resized image (R/C with C at most R)")
+    raise UserError(f"--sizes {text!r}: each size is R/C (short side to R, center crop C, as 256/224) or squash:S "
+                    "(whole image to S x S, as squash:32), whole numbers of pixels")
+
+
+def size_name(name: str, size: Size, first: bool) -> str:
+    """The build name of one size of a several-size build named ``name``: ``name`` itself for the
+    first size, ``<name>_<C>`` for another crop, ``<name>_<S>_squash`` for a squash."""
+    if first:
+        return name
+    return f"{name}_{size.crop_size}" + ("_squash" if size.resize == "squash" else "")
 
 
 @dataclass(frozen=True)
@@ -369,17 +458,22 @@ class BuildResult:
     notes: tuple[str, ...] = ()
     archives: tuple[Path, ...] = ()
     label_sources: dict[str, str] = field(default_factory=dict)  # split -> what gave its order and labels
+    size: str | None = None  # in a build of several sizes: this one, as --sizes writes it
+    other_sizes: tuple[BuildResult, ...] = ()  # what the same pass wrote at the other sizes, in --sizes order
 
     @property
     def images_per_second(self) -> float:
         return sum(self.counts.values()) / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
+        """One line per size: what was written, how big, how fast."""
         counts = ", ".join(f"{n} {split}" for split, n in self.counts.items())
         classes = "class" if self.num_classes == 1 else "classes"
-        return (f"{self.name}: {counts} images, {self.num_classes} {classes} -> {self.archive} "
+        size = f" at {self.size}" if self.size else ""
+        line = (f"{self.name}: {counts} images, {self.num_classes} {classes}{size} -> {self.archive} "
                 f"({self.archive_bytes / 1e6:.1f} MB) in {self.seconds:.1f} s "
                 f"({self.images_per_second:.0f} images/s)")
+        return "\n".join([line] + [other.summary() for other in self.other_sizes])
 
     def labels_line(self) -> str:
         """Where each split's order and labels came from: ``labels: train from train_cls.txt; val from ...``."""

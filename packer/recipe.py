@@ -24,12 +24,17 @@ manifest format is in ``describe.py``):
                 length (the rows); ids 1 to 2**31 - 1, labels 0 to len(classes) - 1,
                 CRC-32s 0 to 2**32 - 1
     input, subset_source, files (the SHA-256s compared with the rebuild)
+    sizes       (a build of several sizes) two or more {size, name, fast, files}:
+                each size as ``--sizes`` writes it, each name the one the build gives
+                that size, the recipe's own among them; the rebuild writes every
+                size in one pass and compares each archive's SHA-256
 
 Every path must be relative: ``/``-separated parts, none of them empty, ``.``
 or ``..``, no backslash, drive (``C:``) or control character. The paths are
 looked up under ``--data_dir`` only, in the split's own folder (``SPLIT_FOLDERS``);
 the manifest's ``root`` entries are ignored.
 """
+import dataclasses
 import re
 import typing
 from dataclasses import dataclass
@@ -42,7 +47,18 @@ from .checking import read_manifest
 from .errors import UserError
 from .execute import execute, new_out_dir_removed_on_failure
 from .labelfiles import WNID_RE
-from .options import BuildOptions, BuildPlan, BuildResult, Layout, Resize, option_fields, shown
+from .options import (
+    BuildOptions,
+    BuildPlan,
+    BuildResult,
+    Layout,
+    Resize,
+    Size,
+    option_fields,
+    parse_size,
+    shown,
+    size_name,
+)
 from .subset import Label, SubsetList
 from .tree import SplitImages, class_table, find_tree
 
@@ -66,7 +82,10 @@ class RecipeReport:
     differing_images: tuple[str, ...]
 
     def summary(self) -> str:
-        if self.archive_matches:
+        what = f"archives of all {len(self.result.other_sizes) + 1} sizes" if self.result.other_sizes else "archive"
+        if self.archive_matches and self.result.other_sizes:
+            verdict = "identical to the recipe"
+        elif self.archive_matches:
             verdict = f"identical to the recipe (sha256 {self.result.sha256})"
         else:
             shown = ", ".join(self.differing_images[:5]) + (" ..." if len(self.differing_images) > 5 else "")
@@ -74,7 +93,7 @@ class RecipeReport:
                        + (f": {shown}" if shown else " (same pixels, different options or layout)"))
         csv = "metadata CSV identical" if self.metadata_matches else \
             "metadata CSV differs (this tree's label files give other class names or ids)"
-        return f"{self.result.summary()}\narchive {verdict}; {csv}"
+        return f"{self.result.summary()}\n{what} {verdict}; {csv}"
 
 
 def is_safe_image_path(path) -> bool:
@@ -219,12 +238,54 @@ def _class_problems(recipe: dict) -> list[str]:
             + _listed("WNIDs in more than one class", repeated))
 
 
+def _size_problems(recipe: dict) -> list[str]:
+    """A several-size build's ``sizes``: two or more {size, name, fast, files}, each size as
+    ``--sizes`` writes it, each name the one the build gives that size (so a rebuild writes no
+    other file names), the recipe's own set among them at its options' size."""
+    sizes = recipe.get("sizes", _ABSENT)
+    if sizes is _ABSENT:
+        return []
+    if not isinstance(sizes, list) or len(sizes) < 2:
+        return [f"sizes {_shown(sizes)} (a list of two or more sizes)"]
+    first, shards = _entry(sizes, 0, "name"), _entry(recipe, "options", "shard_size") not in (None, _ABSENT)
+    options = recipe["options"]
+    own_size = Size(options["resize_size"], options["crop_size"], options.get("resize", "crop")).text
+    wrong = []
+    for i, entry in enumerate(sizes):
+        text = _entry(entry, "size")
+        try:
+            size = parse_size(text) if isinstance(text, str) else None
+        except UserError:
+            size = None
+        if size is None or size.text != text:
+            wrong.append(f"sizes[{i}].size {_shown(text)} (R/C or squash:S, as --sizes writes it)")
+            continue
+        name = _entry(entry, "name")
+        expected = size_name(first, size, i == 0) if _is_file_stem(first) else None
+        if expected is None or name != expected:
+            wrong.append(f"sizes[{i}].name {_shown(name)} ({'a file-name stem' if i == 0 else repr(expected)})")
+        elif name == recipe["name"] and text != own_size:
+            wrong.append(f"sizes[{i}].size {_shown(text)} ({own_size!r}, the size of the recipe's options)")
+        if not isinstance(_entry(entry, "fast"), bool):
+            wrong.append(f"sizes[{i}].fast {_shown(_entry(entry, 'fast'))} (true or false)")
+        hashes = ([_entry(shard, "sha256") for shard in _entry(entry, "files", "shards")]
+                  if shards and isinstance(_entry(entry, "files", "shards"), list)
+                  else [_entry(entry, "files", "archive", "sha256")] if not shards else [None])
+        if not all(isinstance(h, str) for h in hashes):
+            wrong.append(f"sizes[{i}].files ({'a list of {sha256}, one per shard' if shards else 'archive.sha256'})")
+    if recipe["name"] not in [_entry(entry, "name") for entry in sizes]:
+        wrong.append(f"sizes (no size named {_shown(recipe['name'])}, the recipe's own)")
+    return _listed("sizes not as a build writes them", wrong)
+
+
 def check_recipe(recipe: dict, source: str) -> None:
     """Raise one ``UserError``, naming ``source`` (the manifest file), that lists everything in
     ``recipe`` a build would not have written (see the module docstring). Reads only the recipe."""
     if not isinstance(recipe, dict):
         raise UserError(f"{source} is not an imagenet-subset manifest")
     problems = _entry_problems(recipe) + _class_problems(recipe) + _row_problems(recipe)
+    if not _entry_problems(recipe):
+        problems += _size_problems(recipe)
     if problems:
         raise UserError(f"{source}: {'; '.join(problems)}; ask the sender for the manifest written by the build")
 
@@ -256,23 +317,29 @@ def rebuild_from_recipe(recipe_path: str | Path, data_dir: str, **options) -> Re
     are the ``BuildOptions`` that do not shape the archive (``devkit_dir``, ``out_dir``,
     ``index_dir``, ``workers``, ``progress``, ``backend``, ``scheduler``, ``resume``: ``resume``
     continues an interrupted rebuild, as ``--resume`` does for any build); the others come from
-    the recipe."""
+    the recipe. The recipe of one size of a several-size build rebuilds every size of it, in one
+    pass, and compares each archive with the one the recipe records."""
     recipe = read_manifest(recipe_path)
     check_recipe(recipe, str(recipe_path))
     fixed = {field.name for field, _ in option_fields() if field.metadata["shapes_output"]}
     if fixed & set(options):
         raise UserError(f"{', '.join(sorted(fixed & set(options)))}: the recipe {recipe_path} fixes the options "
                         "that shape the archive; leave them out")
-    recorded = recipe["options"]
-    build_options = BuildOptions(subset_name=recipe["name"], data_dir=str(data_dir),
-                                 resize_size=recorded["resize_size"], crop_size=recorded["crop_size"],
-                                 resize=recorded.get("resize", "crop"), layout=recorded.get("layout", "nhwc"),
-                                 fast=recorded["fast"], compress=recorded["compress"],
-                                 shard_size=recorded.get("shard_size"), **options)
+    recorded, sizes = recipe["options"], recipe.get("sizes")
+    size_options = {"resize_size": recorded["resize_size"], "crop_size": recorded["crop_size"],
+                    "resize": recorded.get("resize", "crop"), "fast": recorded["fast"]}
+    if sizes:
+        size_options = {"sizes": tuple(entry["size"] for entry in sizes),
+                        "fast": any(entry["fast"] for entry in sizes)}
+    name = sizes[0]["name"] if sizes else recipe["name"]
+    build_options = BuildOptions(subset_name=name, data_dir=str(data_dir), layout=recorded.get("layout", "nhwc"),
+                                 compress=recorded["compress"], shard_size=recorded.get("shard_size"),
+                                 **size_options, **options)
     with new_out_dir_removed_on_failure(build_options):  # planning may start the archive index in it
         plan = plan_from_recipe(recipe, build_options.data_dir, build_options.devkit_dir, build_options.index_folder)
-        result = execute(plan, build_options)
-    rebuilt = read_manifest(result.manifest)
+        result = execute(dataclasses.replace(plan, name=name), build_options)
+    own = next(r for r in (result, *result.other_sizes) if r.name == recipe["name"])
+    rebuilt = read_manifest(own.manifest)
     differing = tuple(
         f"{SPLIT_FOLDERS[images.split]}/{path}"
         for images in plan.splits
@@ -280,10 +347,13 @@ def rebuild_from_recipe(recipe_path: str | Path, data_dir: str, **options) -> Re
                                       rebuilt["sources"][images.split]["row_crc32"], strict=True)
         if theirs != ours
     )
-    if build_options.shard_size:
-        archive_matches = ([shard["sha256"] for shard in recipe["files"]["shards"]]
-                           == [shard["sha256"] for shard in rebuilt["files"]["shards"]])
-    else:
-        archive_matches = recipe["files"]["archive"]["sha256"] == result.sha256
+    recorded_files = {entry["name"]: entry["files"] for entry in sizes} if sizes else {name: recipe["files"]}
+    archive_matches = all(_archive_hashes(recorded_files[r.name]) == _archive_hashes(read_manifest(r.manifest)["files"])
+                          for r in (result, *result.other_sizes))
     return RecipeReport(result, archive_matches,
                         rebuilt["files"]["metadata"]["sha256"] == recipe["files"]["metadata"]["sha256"], differing)
+
+
+def _archive_hashes(files: dict) -> list[str]:
+    """The SHA-256 of the archive, or of each shard, that a manifest's ``files`` records."""
+    return [shard["sha256"] for shard in files["shards"]] if "shards" in files else [files["archive"]["sha256"]]

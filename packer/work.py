@@ -2,13 +2,15 @@
 
 A ``Chunk`` is up to ``CHUNK_SIZE`` consecutive rows of one image array: the
 images (each an ``ImageFile``, which says how to get its bytes) and the
-destination of the rows. A worker transforms its images, checksums each row
+destination of the rows, one per size (``TransformSpec``) of the build. A
+worker decodes each image once, transforms it to every size, checksums each row
 (CRC-32), sums each colour channel and its square (for the mean and standard
 deviation, exact integers, no second pass), and either writes the rows straight
 to their place in the archive (``WriteInPlace``, stored archives) or returns
 them as a deflate segment (``SendDeflated``, compressed ones).
-Either way the parent receives a small ``ChunkResult`` per chunk, in row order,
-and never touches pixels when the archive is uncompressed.
+Either way the parent receives a small ``ChunkResult`` per chunk and size, in row
+order (a chunk's sizes in order), and never touches pixels when the archive is
+uncompressed.
 
 Chunk boundaries depend only on ``CHUNK_SIZE``, never on the worker count, so
 the output bytes are the same whatever ``workers`` is.
@@ -55,7 +57,7 @@ from .crc32 import crc32_of_parts
 from .errors import STOP_SIGNALS, ImageError, UserError
 from .npz import deflate_segment
 from .options import CHUNK_SIZE, TransformSpec
-from .transform import store_rows, transform_image
+from .transform import open_rgb, store_rows, transform_rgb
 
 IN_FLIGHT = 2  # chunks per worker queued or running: keeps every worker busy, memory flat
 BLOCKED_WHILE_STARTING = (signal.SIGINT, *STOP_SIGNALS)  # until a new worker has set its own handlers
@@ -107,12 +109,13 @@ class SendDeflated:
 @dataclass(frozen=True)
 class Chunk:
     """Rows ``start .. start+len(images)-1`` of image array ``key`` of archive ``part``: the
-    images to transform, and where their rows go."""
+    images to transform, and where their rows go, one destination per size (in the order of
+    the specs the chunk is packed with)."""
 
     key: str
     start: int
     images: tuple[ImageSource, ...]
-    destination: WriteInPlace | SendDeflated
+    destinations: tuple[WriteInPlace | SendDeflated, ...]
     part: int = 0
     skip_errors: bool = False
 
@@ -132,8 +135,9 @@ class ChunkResult:
     channel_squares: tuple[int, ...]
     payload: bytes | None = None
     part: int = 0
-    failed: tuple[tuple[int, str], ...] = ()  # (row, reason) of images left out
+    failed: tuple[tuple[int, str], ...] = ()  # (row, reason) of images left out (of every size)
     warned: tuple[tuple[int, str], ...] = ()  # (row, warning) of images packed despite a warning
+    size: int = 0  # which of the build's sizes these rows are
 
     @property
     def count(self) -> int:
@@ -146,44 +150,57 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[written:], offset + written
 
 
-def pack_chunk(chunk: Chunk, spec: TransformSpec) -> ChunkResult:
-    """Transform the chunk's images into rows, checksum them, and write or deflate them."""
+def pack_chunk(chunk: Chunk, specs: tuple[TransformSpec, ...]) -> tuple[ChunkResult, ...]:
+    """Decode each image of the chunk once and transform it to every size of ``specs``; checksum
+    each size's rows, and write or deflate them. One result per size, in the order of ``specs``."""
     name = chunk.images[0].name if chunk.images else ""
     try:
-        rows = np.empty((len(chunk.images), spec.crop_size, spec.crop_size, 3), dtype=np.uint8)
+        rows = [np.empty((len(chunk.images), spec.crop_size, spec.crop_size, 3), dtype=np.uint8) for spec in specs]
         failed, warned = [], []
         for i, image in enumerate(chunk.images):
             name = image.name
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    rows[i] = transform_image(image.open(), spec, name)
+                    decoded = open_rgb(image.open(), name)
+                    for spec, size_rows in zip(specs, rows, strict=True):
+                        size_rows[i] = transform_rgb(decoded, spec)
                 warned += [(chunk.start + i, _warning_text(w.message)) for w in caught]
             except ImageError as exc:
                 if not chunk.skip_errors:
                     raise
-                rows[i] = 0
+                for size_rows in rows:
+                    size_rows[i] = 0
                 failed.append((chunk.start + i, exc.reason))
-        sums, squares = channel_sums(rows) if chunk.key == "X_train" else ((0, 0, 0), (0, 0, 0))  # stats of X_train
-        rows = store_rows(rows, spec)
-        data = rows.data.cast("B")
-        row_crcs = tuple(zlib.crc32(row.data) for row in rows)
-        payload = None
-        if isinstance(chunk.destination, SendDeflated):
-            payload = deflate_segment(data)
-        else:
-            fd = os.open(chunk.destination.archive, os.O_WRONLY)
-            try:
-                _pwrite_all(fd, data, chunk.destination.offset)
-            finally:
-                os.close(fd)
+        return tuple(_finished_rows(chunk, size, spec, size_rows, tuple(failed), tuple(warned))
+                     for size, (spec, size_rows) in enumerate(zip(specs, rows, strict=True)))
     except MemoryError:
+        spec = max(specs, key=lambda spec: spec.crop_size)
         raise UserError(f"out of memory while packing {name} (a worker holds {CHUNK_SIZE} images of "
                         f"{spec.crop_size}x{spec.crop_size} at a time); use fewer --workers or a smaller "
                         "--crop_size, or free memory") from None
+
+
+def _finished_rows(chunk: Chunk, size: int, spec: TransformSpec, rows: np.ndarray, failed: tuple,
+                   warned: tuple) -> ChunkResult:
+    """One size's transformed rows of a chunk: summed (X_train only), stored in the archive's
+    layout, checksummed, and written in place or deflated."""
+    sums, squares = channel_sums(rows) if chunk.key == "X_train" else ((0, 0, 0), (0, 0, 0))  # stats of X_train
+    rows = store_rows(rows, spec)
+    data = rows.data.cast("B")
+    row_crcs = tuple(zlib.crc32(row.data) for row in rows)
+    destination, payload = chunk.destinations[size], None
+    if isinstance(destination, SendDeflated):
+        payload = deflate_segment(data)
+    else:
+        fd = os.open(destination.archive, os.O_WRONLY)
+        try:
+            _pwrite_all(fd, data, destination.offset)
+        finally:
+            os.close(fd)
     crc = crc32_of_parts(row_crcs, rows[0].nbytes) if len(rows) else 0
     return ChunkResult(chunk.key, chunk.start, row_crcs, crc, len(data), sums, squares, payload, chunk.part,
-                       tuple(failed), tuple(warned))
+                       failed, warned, size)
 
 
 def _warning_text(message: Warning | str) -> str:
@@ -199,14 +216,14 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def memory_per_worker(spec: TransformSpec) -> int:
-    """Bytes a worker needs at most, roughly: a chunk's rows four times over (the rows, their
-    squares as uint16 for the channel sums, and their copy in the stored layout or deflated),
-    the resized image before its crop (up to a 2:1 aspect ratio), and ``WORKER_BASE_BYTES``
-    for the decoded photo and the interpreter."""
-    rows = CHUNK_SIZE * spec.crop_size * spec.crop_size * 3
-    resized = 0 if spec.resize == "squash" else 2 * spec.resize_size * spec.resize_size * 3
-    return 4 * rows + resized + WORKER_BASE_BYTES
+def memory_per_worker(specs: tuple[TransformSpec, ...]) -> int:
+    """Bytes a worker needs at most, roughly: a chunk's rows of every size, and four times over
+    those of one (the rows, their squares as uint16 for the channel sums, and their copy in the
+    stored layout or deflated), the largest resized image before its crop (up to a 2:1 aspect
+    ratio), and ``WORKER_BASE_BYTES`` for the decoded photo and the interpreter."""
+    rows = [CHUNK_SIZE * spec.crop_size * spec.crop_size * 3 for spec in specs]
+    resized = max(0 if spec.resize == "squash" else 2 * spec.resize_size * spec.resize_size * 3 for spec in specs)
+    return sum(rows) + 3 * max(rows) + resized + WORKER_BASE_BYTES
 
 
 WORKER_BASE_BYTES = 96 << 20
@@ -256,12 +273,13 @@ def channel_sums(rows: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(int(v) for v in sums), tuple(int(v) for v in square_sums)
 
 
-def run_chunks(chunks: Iterable[Chunk], spec: TransformSpec, workers: int, backend: str = "local",
+def run_chunks(chunks: Iterable[Chunk], specs: tuple[TransformSpec, ...], workers: int, backend: str = "local",
                scheduler: str | None = None, done: dict | None = None) -> Iterator[ChunkResult]:
-    """``pack_chunk`` over ``chunks``; results come back in chunk order.
+    """``pack_chunk`` over ``chunks``; results come back in chunk order, each chunk's sizes in
+    the order of ``specs``.
 
-    ``done`` maps ``(part, key, start)`` to results of an earlier run: those
-    chunks are not redone, their results are yielded in their place.
+    ``done`` maps ``(part, key, start)`` to the results (one per size) of an earlier
+    run: those chunks are not redone, their results are yielded in their place.
     ``backend`` is ``"local"`` (worker processes of this machine; in-process when
     ``workers == 1``) or ``"dask"`` (the cluster whose scheduler is ``scheduler``).
     """
@@ -269,26 +287,28 @@ def run_chunks(chunks: Iterable[Chunk], spec: TransformSpec, workers: int, backe
     chunks = list(chunks) if done else chunks
     todo = (c for c in chunks if (c.part, c.key, c.start) not in done)
     if backend == "dask":
-        fresh = _dask_results(todo, spec, workers, scheduler)
+        fresh = _dask_results(todo, specs, workers, scheduler)
     elif workers == 1:
-        fresh = (pack_chunk(chunk, spec) for chunk in todo)
+        fresh = (pack_chunk(chunk, specs) for chunk in todo)
     else:
-        fresh = _local_results(todo, spec, workers)
+        fresh = _local_results(todo, specs, workers)
     if not done:
-        yield from fresh
+        for results in fresh:
+            yield from results
         return
     for chunk in chunks:
         key = (chunk.part, chunk.key, chunk.start)
-        yield done[key] if key in done else next(fresh)
+        yield from done[key] if key in done else next(fresh)
 
 
 def _pool_context():
     """How to start the workers. ``fork`` from a single-threaded process (the command line) on
     Linux: a worker starts in milliseconds with every module already imported. From a process
     running other threads (a notebook, a Dask client) a fork could copy a lock some thread
-    holds, so ``forkserver``: a clean process, started here (so that a Ctrl-C meanwhile is an
-    ordinary one), forks the workers, which then import the packer. ``spawn`` on macOS, where
-    fork is unsafe. (The packer runs on POSIX systems only: the work folder's lock is ``flock``.)"""
+    holds, so ``forkserver``: a clean process, started here (while ``_stop_signals_held``, so
+    that it and the workers it forks start with the stop signals blocked), forks the workers,
+    which then import the packer. ``spawn`` on macOS, where fork is unsafe. (The packer runs on
+    POSIX systems only: the work folder's lock is ``flock``.)"""
     import multiprocessing
 
     if sys.platform == "darwin":
@@ -305,7 +325,8 @@ def _pool_context():
     return multiprocessing.get_context("forkserver")
 
 
-def _local_results(chunks: Iterator[Chunk], spec: TransformSpec, workers: int) -> Iterator[ChunkResult]:
+def _local_results(chunks: Iterator[Chunk], specs: tuple[TransformSpec, ...],
+                   workers: int) -> Iterator[tuple[ChunkResult, ...]]:
     """``pack_chunk`` on ``workers`` processes, at most ``IN_FLIGHT`` chunks per worker queued."""
     from concurrent.futures import Future, ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -316,11 +337,11 @@ def _local_results(chunks: Iterator[Chunk], spec: TransformSpec, workers: int) -
             context = _pool_context()
             pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker)
             for chunk in islice(chunks, IN_FLIGHT * workers):
-                pending.append(pool.submit(pack_chunk, chunk, spec))
+                pending.append(pool.submit(pack_chunk, chunk, specs))
         while pending:
             result = pending.popleft().result()
             for chunk in islice(chunks, 1):
-                pending.append(pool.submit(pack_chunk, chunk, spec))
+                pending.append(pool.submit(pack_chunk, chunk, specs))
             yield result
     except BrokenProcessPool:
         raise UserError("a worker process died (killed by the system, e.g. out of memory) or could not start; "
@@ -388,7 +409,7 @@ def check_dask_scheduler(address: str) -> None:
         raise UserError(f"cannot reach the Dask scheduler at {address} ({exc}); start it or fix --scheduler") from None
 
 
-def _dask_results(chunks, spec: TransformSpec, workers: int, scheduler: str | None):
+def _dask_results(chunks, specs: tuple[TransformSpec, ...], workers: int, scheduler: str | None):
     """``pack_chunk`` on the Dask cluster at ``scheduler``, through joblib's Dask backend."""
     from joblib import Parallel, delayed, parallel_config
 
@@ -398,7 +419,7 @@ def _dask_results(chunks, spec: TransformSpec, workers: int, scheduler: str | No
         warnings.filterwarnings("ignore", message=".*adjusting the input task iterator", category=UserWarning)
         parallel = Parallel(n_jobs=workers, return_as="generator", pre_dispatch=f"{IN_FLIGHT}*n_jobs", batch_size=1)
         try:
-            results = parallel(delayed(pack_chunk)(chunk, spec) for chunk in chunks)
+            results = parallel(delayed(pack_chunk)(chunk, specs) for chunk in chunks)
             yield from results
         finally:
             if results is not None:

@@ -5,7 +5,7 @@ Every build keeps its unfinished outputs in ``<out_dir>/.<name>_cls.work/``::
     lock                 held (flock) by the running build; a second one is refused
     plan.json            {"fingerprint": SHA-256 of what is being built (options and every
                          row), "options": the options that shape the bytes}
-    journal.jsonl        one JSON line per finished chunk, appended in row order
+    journal.jsonl        one JSON line per finished chunk and size, appended in row order
     segments/            deflate segments of finished chunks (--compress only)
     <file>.partial       the archives, CSV and manifest being written
 
@@ -84,12 +84,13 @@ class WorkFolder:
         """Where the unfinished version of output ``file_name`` lives."""
         return str(self.path / f"{file_name}.partial")
 
-    def finished_chunks(self) -> dict:
-        """Results of the chunks an earlier run finished: ``(part, key, start) -> ChunkResult``."""
-        done: dict[tuple[int, str, int], ChunkResult] = {}
+    def finished_chunks(self, sizes: int) -> dict:
+        """Results of the chunks an earlier run finished for all ``sizes`` sizes: ``(part, key, start) ->
+        (ChunkResult of size 0, of size 1, ...)``. A chunk with a size missing is left to be redone."""
+        done: dict[tuple[int, str, int], dict[int, ChunkResult]] = {}
         journal = self.path / "journal.jsonl"
         if not self.resumed or not journal.is_file():
-            return done
+            return {}
         with open(journal, encoding="utf-8") as f:
             for line in f:
                 try:
@@ -103,9 +104,10 @@ class WorkFolder:
                                      record["nbytes"], tuple(record["sums"]), tuple(record["squares"]),
                                      segment.read_bytes() if segment else None, record["part"],
                                      tuple(tuple(f) for f in record["failed"]),
-                                     tuple(tuple(w) for w in record.get("warned", ())))
-                done[(result.part, result.key, result.start)] = result
-        return done
+                                     tuple(tuple(w) for w in record.get("warned", ())), record.get("size", 0))
+                done.setdefault((result.part, result.key, result.start), {})[result.size] = result
+        return {chunk: tuple(results[size] for size in range(sizes))
+                for chunk, results in done.items() if len(results) == sizes}
 
     def record(self, result: ChunkResult, writers) -> None:
         """Note a finished chunk; every second flush the archives, then the journal (in the background)."""
@@ -135,7 +137,7 @@ class WorkFolder:
         for r in results:
             segment = None
             if r.payload is not None:
-                segment = f"{r.part}-{r.key}-{r.start}.deflate"
+                segment = f"{r.part}-{r.key}-{r.start}" + (f"-{r.size}" if r.size else "") + ".deflate"
                 with open(self.path / "segments" / segment, "wb") as f:
                     f.write(r.payload)
                     os.fsync(f.fileno())
@@ -143,7 +145,7 @@ class WorkFolder:
                                      "crc32": r.crc32, "nbytes": r.nbytes, "sums": list(r.channel_sums),
                                      "squares": list(r.channel_squares), "segment": segment,
                                      "failed": [list(f) for f in r.failed],
-                                     "warned": [list(w) for w in r.warned]}) + "\n")
+                                     "warned": [list(w) for w in r.warned], "size": r.size}) + "\n")
         with open(self.path / "journal.jsonl", "a", encoding="utf-8") as journal:
             journal.write("".join(lines))
             journal.flush()

@@ -307,12 +307,12 @@ def test_an_error_while_the_first_chunks_are_queued_stops_the_workers():
     from packer.work import Chunk, SendDeflated, run_chunks
 
     def chunks():
-        yield Chunk("X_train", 0, (), SendDeflated())
+        yield Chunk("X_train", 0, (), (SendDeflated(),))
         raise RuntimeError("the chunk source failed")
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     with pytest.raises(RuntimeError, match="the chunk source failed"):
-        list(run_chunks(chunks(), TransformSpec(), workers=2))
+        list(run_chunks(chunks(), (TransformSpec(),), workers=2))
     # already stopped when the error arrives, not some time later
     assert not [p for p in psutil.Process().children(recursive=True) if p.pid not in before and _running(p)]
 

@@ -113,15 +113,15 @@ def test_a_crop_too_big_for_ulimit_v_is_refused(tree, tmp_path):
 
 
 def _out_of_memory_on(monkeypatch, name: str) -> None:
-    """``transform_image`` raises MemoryError on the image called ``name`` (forked workers inherit this)."""
-    original = packer.work.transform_image
+    """Decoding the image called ``name`` raises MemoryError (forked workers inherit this)."""
+    original = packer.work.open_rgb
 
-    def transform(image, spec, image_name):
+    def decode(image, image_name):
         if os.path.basename(image_name) == name:
             raise MemoryError
-        return original(image, spec, image_name)
+        return original(image, image_name)
 
-    monkeypatch.setattr(packer.work, "transform_image", transform)
+    monkeypatch.setattr(packer.work, "open_rgb", decode)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -140,7 +140,7 @@ def test_memory_error_in_a_worker_is_one_line_naming_the_image(tree, tmp_path, m
 
 
 def test_default_workers_are_reduced_to_what_memory_holds(tree, tmp_path, monkeypatch, caplog):
-    need = packer.work.memory_per_worker(TransformSpec(32, 24))
+    need = packer.work.memory_per_worker((TransformSpec(32, 24),))
     monkeypatch.setattr(packer.execute, "available_memory", lambda: (int(need * 1.5), None))
     monkeypatch.setattr(packer.execute, "default_workers", lambda: 2)
     with caplog.at_level(logging.INFO, logger="packer"):

@@ -138,8 +138,9 @@ def test_journal_keeps_finished_chunks_for_resume(tmp_path):
                                                                                  "options": options}
     again = WorkFolder(tmp_path, OutputNames("x"), "fingerprint", options, resume=True)
     assert again.resumed and again.resume_state is None
-    assert again.finished_chunks() == {(0, "X_train", 0): _result(0),
-                                       (0, "X_train", 32): _result(32, ((33, "truncated"),), ((40, "1,728 pixels"),))}
+    assert again.finished_chunks(1) == {(0, "X_train", 0): (_result(0),),
+                                        (0, "X_train", 32): (_result(32, ((33, "truncated"),),
+                                                                     ((40, "1,728 pixels"),)),)}
     again.remove()
     assert not (tmp_path / ".x_cls.work").exists()
 
@@ -152,7 +153,7 @@ def test_journal_line_cut_short_is_redone(tmp_path):
     with open(tmp_path / ".x_cls.work" / "journal.jsonl", "a") as journal:
         journal.write('{"part": 0, "key": "X_tr')  # the machine went down mid-line
     again = WorkFolder(tmp_path, OutputNames("x"), "f", {}, resume=True)
-    assert list(again.finished_chunks()) == [(0, "X_train", 0)]
+    assert list(again.finished_chunks(1)) == [(0, "X_train", 0)]
     again.remove()
 
 
