@@ -37,7 +37,6 @@ import os
 import shutil
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
@@ -465,28 +464,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    made_here = args.work_dir is None
-    work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="imagenet-subset-bench-archives-", dir="/tmp")).resolve()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    bench.use_packer(args, work_dir)
-    log(f"archives, work dir {work_dir}, packer: {bench.PACKER['description']}")
     started = time.perf_counter()
-    try:
+    with bench.bench_work_dir(args, "archives") as work_dir:
         pack = run_pack(args, work_dir)
         listing = run_listing(args, work_dir)
-    finally:
-        if made_here and not args.keep:
-            shutil.rmtree(work_dir, ignore_errors=True)
     text, data = report(args, pack, listing)
-    text += (f"\nBenchmark wall time: {time.perf_counter() - started:.0f} s, "
-             f"finished {time.strftime('%Y-%m-%d %H:%M:%S')}.\n")
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    for name in ("latest.md", "archives.md"):
-        (results / name).write_text(text)
-    (results / "archives.json").write_text(json.dumps(data, indent=1, default=str))
-    print(text)
-    log(f"wrote {results / 'archives.md'} and {results / 'archives.json'}")
+    bench.write_results(args.results_dir, "archives", text, data, started)
     return 0
 
 

@@ -23,6 +23,7 @@ Peak memory is of the whole process tree (parent + worker processes), sampled ev
 ``<mode>.md`` / ``<mode>.json``); ``bench/results/`` is git-ignored.
 """
 import argparse
+import contextlib
 import filecmp
 import json
 import os
@@ -642,6 +643,36 @@ def run_listing(args, work_dir: Path) -> tuple[str, dict]:
 
 # --------------------------------------------------------------------------- main
 
+@contextlib.contextmanager
+def bench_work_dir(args, name: str):
+    """The work dir of benchmark ``name``: ``--work_dir``, or a new folder in /tmp removed at the end
+    (unless ``--keep``), with the packer to measure set up in it (``use_packer``)."""
+    made_here = args.work_dir is None
+    work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix=f"imagenet-subset-bench-{name}-", dir="/tmp")).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    use_packer(args, work_dir)
+    log(f"{name}, work dir {work_dir}, packer: {PACKER['description']}")
+    try:
+        yield work_dir
+    finally:
+        if made_here and not args.keep:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def write_results(results_dir: str, name: str, text: str, data: dict, started: float) -> None:
+    """``text`` (a benchmark's tables) with the wall time since ``started``, printed and written to
+    ``<results_dir>/<name>.md`` and ``latest.md``; ``data`` to ``<name>.json``."""
+    text += (f"\nBenchmark wall time: {time.perf_counter() - started:.0f} s, "
+             f"finished {time.strftime('%Y-%m-%d %H:%M:%S')}.\n")
+    results = Path(results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    for file_name in ("latest.md", f"{name}.md"):
+        (results / file_name).write_text(text)
+    (results / f"{name}.json").write_text(json.dumps(data, indent=1, default=str))
+    print(text)
+    log(f"wrote {results / (name + '.md')} and {results / (name + '.json')}")
+
+
 def add_shared_options(p: argparse.ArgumentParser) -> None:
     """The options every benchmark script takes: retries and waiting on a shared machine, and
     which packer to measure."""
@@ -699,14 +730,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     runner = {"default": run_default, "big": run_big, "listing": run_listing}[mode]
     report, data = runner(args, work_dir)
-    report += f"\nBenchmark wall time: {time.perf_counter() - started:.0f} s, finished {time.strftime('%Y-%m-%d %H:%M:%S')}.\n"
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    for name in ("latest.md", f"{mode}.md"):
-        (results / name).write_text(report)
-    (results / f"{mode}.json").write_text(json.dumps(data, indent=1, default=str))
-    print(report)
-    log(f"wrote {results / 'latest.md'} and {results / (mode + '.md')}")
+    write_results(args.results_dir, mode, report, data, started)
     return 0
 
 

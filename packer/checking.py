@@ -89,9 +89,9 @@ def info(path: str | Path) -> str:
         splits = ", ".join(f"{s['images']} {name}" for name, s in manifest["splits"].items())
         lines.append(f"built by {manifest['tool']} {manifest['tool_version']} at {build['finished_utc']}: "
                      f"{splits} images, {len(manifest['classes'])} classes, {build['images_per_second']} images/s")
-        size = (f"squash to {options['crop_size']}" if options.get("resize") == "squash"
-                else f"resize {options['resize_size']}, crop {options['crop_size']}")
-        lines.append(f"options: {size}, {'fast' if options['fast'] else 'exact'}, "
+        transform = (f"squash to {options['crop_size']}" if options.get("resize") == "squash"
+                     else f"resize {options['resize_size']}, crop {options['crop_size']}")
+        lines.append(f"options: {transform}, {'fast' if options['fast'] else 'exact'}, "
                      f"{'compressed' if options['compress'] else 'stored'}")
         if manifest.get("sizes"):
             lines.append(f"sizes: the same pass wrote {len(manifest['sizes'])} sizes of these images: "

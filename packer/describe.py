@@ -77,6 +77,11 @@ order::
       shards              with --shard_size: one record per shard, in order, each
                           with rows {split: [start, end)} too, its rows of each split
       index               with --shard_size: the file name of the shards' index
+    sizes               only in a build of several sizes (--sizes): every size it
+                        wrote, this one included, in --sizes order, each as {size,
+                        name, fast, files}: the size as --sizes writes it ("72/64",
+                        "squash:32"), its build name ("<name>_64"), whether --fast
+                        applied to it, and its files as above
     skipped             [{split, path, reason}] of the unreadable images that
                         --on_error skip left out (path relative to the split's folder);
                         [] when none

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -335,21 +336,23 @@ class Size:
         return f"squash:{self.crop_size}" if self.resize == "squash" else f"{self.resize_size}/{self.crop_size}"
 
 
+_SIZE_RE = re.compile(r"(?P<resize>[0-9]+)/(?P<crop>[0-9]+)|squash:(?P<squash>[0-9]+)")
+
+
 def parse_size(text: str) -> Size:
     """``R/C`` or ``squash:S`` (whole numbers of at least 1, C at most R) as a ``Size``."""
     text = text.strip()
-    squash = text.startswith("squash:")
-    numbers = text.removeprefix("squash:").split("/", 1) if not squash else [text.removeprefix("squash:")]
-    if (len(numbers) == (1 if squash else 2)) and all(n.strip().isdigit() and int(n) >= 1 for n in numbers):
-        if squash:
-            return Size(256, int(numbers[0]), "squash")
-        resize_size, crop_size = int(numbers[0]), int(numbers[1])
-        if crop_size <= resize_size:
-            return Size(resize_size, crop_size, "crop")
+    found = _SIZE_RE.fullmatch(text)
+    if found is None or min(int(n) for n in found.groups() if n is not None) < 1:
+        raise UserError(f"--sizes {text!r}: each size is R/C (short side to R, center crop C, as 256/224) or "
+                        "squash:S (whole image to S x S, as squash:32), whole numbers of pixels")
+    if found["squash"]:
+        return Size(256, int(found["squash"]), "squash")
+    resize_size, crop_size = int(found["resize"]), int(found["crop"])
+    if crop_size > resize_size:
         raise UserError(f"--sizes {text}: the crop {crop_size} is larger than the resized short side {resize_size}; "
                         "the crop must fit inside the resized image (R/C with C at most R)")
-    raise UserError(f"--sizes {text!r}: each size is R/C (short side to R, center crop C, as 256/224) or squash:S "
-                    "(whole image to S x S, as squash:32), whole numbers of pixels")
+    return Size(resize_size, crop_size, "crop")
 
 
 def size_name(name: str, size: Size, first: bool) -> str:

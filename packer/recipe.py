@@ -80,20 +80,23 @@ class RecipeReport:
     archive_matches: bool
     metadata_matches: bool
     differing_images: tuple[str, ...]
+    differing_archives: tuple[str, ...] = ()  # the archive files (or shard indexes) whose SHA-256 differs
 
     def summary(self) -> str:
-        what = f"archives of all {len(self.result.other_sizes) + 1} sizes" if self.result.other_sizes else "archive"
-        if self.archive_matches and self.result.other_sizes:
-            verdict = "identical to the recipe"
+        shown = ", ".join(self.differing_images[:5]) + (" ..." if len(self.differing_images) > 5 else "")
+        images = f"{len(self.differing_images)} images differ" + (f": {shown}" if shown else "")
+        if not self.result.other_sizes:
+            verdict = (f"archive identical to the recipe (sha256 {self.result.sha256})" if self.archive_matches
+                       else f"archive DIFFERS from the recipe: {images}"
+                       + ("" if shown else " (same pixels, different options or layout)"))
         elif self.archive_matches:
-            verdict = f"identical to the recipe (sha256 {self.result.sha256})"
+            verdict = f"archives of all {len(self.result.other_sizes) + 1} sizes identical to the recipe"
         else:
-            shown = ", ".join(self.differing_images[:5]) + (" ..." if len(self.differing_images) > 5 else "")
-            verdict = (f"DIFFERS from the recipe: {len(self.differing_images)} images differ"
-                       + (f": {shown}" if shown else " (same pixels, different options or layout)"))
+            verdict = (f"archives DIFFER from the recipe: {', '.join(self.differing_archives)}"
+                       + (f"; at the recipe's own size {images}" if shown else ""))
         csv = "metadata CSV identical" if self.metadata_matches else \
             "metadata CSV differs (this tree's label files give other class names or ids)"
-        return f"{self.result.summary()}\n{what} {verdict}; {csv}"
+        return f"{self.result.summary()}\n{verdict}; {csv}"
 
 
 def is_safe_image_path(path) -> bool:
@@ -261,9 +264,10 @@ def _size_problems(recipe: dict) -> list[str]:
             wrong.append(f"sizes[{i}].size {_shown(text)} (R/C or squash:S, as --sizes writes it)")
             continue
         name = _entry(entry, "name")
-        expected = size_name(first, size, i == 0) if _is_file_stem(first) else None
-        if expected is None or name != expected:
-            wrong.append(f"sizes[{i}].name {_shown(name)} ({'a file-name stem' if i == 0 else repr(expected)})")
+        if i == 0 and not _is_file_stem(name):
+            wrong.append(f"sizes[0].name {_shown(name)} (a file-name stem)")
+        elif _is_file_stem(first) and name != size_name(first, size, i == 0):
+            wrong.append(f"sizes[{i}].name {_shown(name)} ({size_name(first, size, i == 0)!r})")
         elif name == recipe["name"] and text != own_size:
             wrong.append(f"sizes[{i}].size {_shown(text)} ({own_size!r}, the size of the recipe's options)")
         if not isinstance(_entry(entry, "fast"), bool):
@@ -348,10 +352,12 @@ def rebuild_from_recipe(recipe_path: str | Path, data_dir: str, **options) -> Re
         if theirs != ours
     )
     recorded_files = {entry["name"]: entry["files"] for entry in sizes} if sizes else {name: recipe["files"]}
-    archive_matches = all(_archive_hashes(recorded_files[r.name]) == _archive_hashes(read_manifest(r.manifest)["files"])
-                          for r in (result, *result.other_sizes))
-    return RecipeReport(result, archive_matches,
-                        rebuilt["files"]["metadata"]["sha256"] == recipe["files"]["metadata"]["sha256"], differing)
+    differing_archives = tuple(r.archive.name for r in (result, *result.other_sizes)
+                               if _archive_hashes(recorded_files[r.name])
+                               != _archive_hashes(read_manifest(r.manifest)["files"]))
+    return RecipeReport(result, not differing_archives,
+                        rebuilt["files"]["metadata"]["sha256"] == recipe["files"]["metadata"]["sha256"], differing,
+                        differing_archives)
 
 
 def _archive_hashes(files: dict) -> list[str]:

@@ -370,3 +370,30 @@ def read_npz(path) -> dict:
     with np.load(path) as z:
         assert z.files == KEYS
         return {k: z[k] for k in z.files}
+
+
+def stop_after_journal_records(monkeypatch, records: int):
+    """Journal every chunk result at once, and stop the build (as Ctrl-C would) after ``records``
+    results (one per chunk and size) are journaled. Returns a function that undoes it."""
+    import packer.workdir
+
+    monkeypatch.setattr(packer.workdir, "FLUSH_SECONDS", 0)
+    original, done = packer.workdir.WorkFolder.record, []
+
+    def record(self, result, writers):
+        original(self, result, writers)
+        done.append(result)
+        if len(done) == records:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(packer.workdir.WorkFolder, "record", record)
+    return lambda: monkeypatch.setattr(packer.workdir.WorkFolder, "record", original)
+
+
+def count_packed_chunks(monkeypatch) -> list:
+    """The chunks the build packs in this process from now on (workers=1), appended as they are packed."""
+    import packer.work
+
+    original, packed = packer.work.pack_chunk, []
+    monkeypatch.setattr(packer.work, "pack_chunk", lambda chunk, specs: packed.append(chunk) or original(chunk, specs))
+    return packed

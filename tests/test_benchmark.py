@@ -112,3 +112,42 @@ def test_memory_sampler_sees_child_processes(tmp_path):
     result = bench_measure.run_timed([sys.executable, "-c", parent])
     assert result.processes >= 2
     assert result.peak_rss_mib >= 150
+
+
+def test_sizes_bench_tiny(tmp_path):
+    """bench/bench_sizes.py on a few small photos: its tables, and the same bytes as the separate builds."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(160, 120), (120, 160), (100, 100)]):
+        pixels = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).resize(size, Image.BICUBIC).save(photos / f"p{i}.jpg", quality=90)
+    results = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_sizes.py"), "--images", str(photos), "--classes", "2",
+                           "--train_per_class", "4", "--val_per_class", "1", "--repeats", "1", "--retry_busy", "0",
+                           "--workers", "2", "--work_dir", str(tmp_path / "work"), "--results_dir", str(results)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (results / "sizes.md").read_text()
+    assert report == (results / "latest.md").read_text()
+    assert report.strip() in proc.stdout
+    tables = [_table_rows(block) for block in report.split("\n\n") if block.startswith("| ")]
+    assert len(tables) == 2
+    (header, *timing), (byte_header, *pairs) = tables
+    assert header[:6] == ["case", "archives", "images", "seconds (median)", "images/s", "peak MiB (RSS sum)"]
+    assert [row[0] for row in timing] == [
+        "(A) `--sizes 256/224,72/64,squash:32`", "(B) `--resize_size 256 --crop_size 224`",
+        "(B) `--resize_size 72 --crop_size 64`", "(B) `--resize squash --crop_size 32`",
+        "(B) the three separate builds, summed per round", "(C) `--sizes 256/224,squash:32`"]
+    assert all(row[2] == "10" for row in timing)  # 2 classes x (4 train + 1 val)
+    assert timing[0][1] == "`bench_subset_cls.npz`, `bench_subset_64_cls.npz`, `bench_subset_32_squash_cls.npz`"
+    assert byte_header[:3] == ["build", "size", "archive"] and byte_header[-1] == "bytes identical"
+    assert [(row[0], row[1]) for row in pairs] == [("(A)", "256/224"), ("(A)", "72/64"), ("(A)", "squash:32"),
+                                                   ("(C)", "256/224"), ("(C)", "squash:32")]
+    assert all(row[-1] == "yes" for row in pairs)
+    for key in ("(1) three separate builds", "(2) adding squash:32", "peak memory", "## Machine"):
+        assert key in report
+    data = json.loads((results / "sizes.json").read_text())
+    assert data["images"] == 10 and data["key"]["bytes_identical"] is True
+    assert all(run["rss"] > 10 for runs in data["runs"].values() for run in runs)  # memory was sampled
+    assert not (tmp_path / "work" / "out").exists()  # archives removed without --keep

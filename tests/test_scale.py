@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import packer
-from helpers import (COARSE, PYTHON, REPO, Images, assert_one_error_line, files_in, photo, reference_transform,
-                     run_main, save_image, sha256, subprocess_env, write_list, write_tree)
+from helpers import (COARSE, PYTHON, REPO, Images, assert_one_error_line, count_packed_chunks, files_in, photo,
+                     reference_transform, run_main, save_image, sha256, stop_after_journal_records, subprocess_env,
+                     write_list, write_tree)
 from packer import BuildOptions, UserError
 from packer.loading import ShardedArray
 from packer.transform import TransformSpec, transform_image
@@ -340,32 +341,6 @@ def test_resume_after_sigkill_gives_the_uninterrupted_bytes(big, tmp_path, compr
     assert verify(out / "list_cls.npz") == []
 
 
-def _interrupt_after(monkeypatch, chunks: int):
-    """Journal every chunk at once, and stop the build (as Ctrl-C would) after ``chunks`` are journaled."""
-    import packer.workdir
-
-    monkeypatch.setattr(packer.workdir, "FLUSH_SECONDS", 0)
-    original = packer.workdir.WorkFolder.record
-    done = []
-
-    def record(self, result, writers):
-        original(self, result, writers)
-        done.append(result)
-        if len(done) == chunks:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(packer.workdir.WorkFolder, "record", record)
-    return lambda: monkeypatch.setattr(packer.workdir.WorkFolder, "record", original)
-
-
-def _count_packed(monkeypatch) -> list:
-    import packer.work
-
-    original, packed = packer.work.pack_chunk, []
-    monkeypatch.setattr(packer.work, "pack_chunk", lambda chunk, spec: packed.append(chunk) or original(chunk, spec))
-    return packed
-
-
 @pytest.mark.parametrize("options, chunks", [({}, 4), ({"compress": True}, 4), ({"shard_size": 20}, 6),
                                              ({"shard_size": 20, "compress": True}, 6)])
 def test_resume_redoes_only_unfinished_chunks(small, tmp_path, monkeypatch, options, chunks):
@@ -378,13 +353,13 @@ def test_resume_redoes_only_unfinished_chunks(small, tmp_path, monkeypatch, opti
     options = {**options, "on_error": "skip"}
     reference = _build(root / "list.txt", tree, tmp_path / "reference", **options)
     out = tmp_path / "out"
-    restore = _interrupt_after(monkeypatch, 2)
+    restore = stop_after_journal_records(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         _build(root / "list.txt", tree, out, resume=True, **options)
     restore()
     assert files_in(out) == [".list_cls.work"]
     assert (out / ".list_cls.work" / "journal.jsonl").read_text().count("\n") == 2
-    packed = _count_packed(monkeypatch)
+    packed = count_packed_chunks(monkeypatch)
     result = _build(root / "list.txt", tree, out, resume=True, **options)
     assert len(packed) == chunks - 2
     assert [p.name for p in result.archives] == [p.name for p in reference.archives]
@@ -400,11 +375,11 @@ def test_resume_redoes_only_unfinished_chunks(small, tmp_path, monkeypatch, opti
 def test_resume_of_a_different_build_starts_afresh(small, tmp_path, monkeypatch):
     root, data_dir = small
     out = tmp_path / "out"
-    restore = _interrupt_after(monkeypatch, 2)
+    restore = stop_after_journal_records(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         _build(root / "list.txt", data_dir, out, resume=True)
     restore()
-    packed = _count_packed(monkeypatch)
+    packed = count_packed_chunks(monkeypatch)
     result = _build(root / "list.txt", data_dir, out, resume=True, crop_size=20)  # other options: other bytes
     assert len(packed) == 4
     assert json.loads(result.manifest.read_text())["build"]["resumed"] is False
@@ -423,7 +398,7 @@ def test_resume_says_what_it_does(small, tmp_path, monkeypatch, caplog):
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="packer"):
             if interrupt:
-                restore = _interrupt_after(monkeypatch, 2)
+                restore = stop_after_journal_records(monkeypatch, 2)
                 with pytest.raises(KeyboardInterrupt):
                     _build(class_list, data_dir, out, resume=True, **options)
                 restore()
