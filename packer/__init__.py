@@ -3,6 +3,7 @@
     import packer
     result = packer.build_subset("imagenet30", data_dir="ILSVRC/Data/CLS-LOC")
     data = packer.load(result.archive)          # data.X_train, data.y_train, ..., data.classes
+    for X, y in packer.batches(result.archive, batch_size=256, epoch=0): ...   # training batches
 
 The names below are imported when first used, so ``import packer`` is quick and
 imports neither numpy nor Pillow until a function needs them.
@@ -19,6 +20,7 @@ _MODULE_OF = {
     "contact_sheet": "preview", "write_preview": "preview",
     "rebuild_from_recipe": "recipe",
     "info": "checking", "verify": "checking",
+    "batches": "batching",
 }
 
 __all__ = sorted(_MODULE_OF) + ["__version__"]

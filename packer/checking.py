@@ -95,7 +95,8 @@ def info(path: str | Path) -> str:
                      f"{'compressed' if options['compress'] else 'stored'}")
         if manifest.get("sizes"):
             lines.append(f"sizes: the same pass wrote {len(manifest['sizes'])} sizes of these images: "
-                         + ", ".join(f"{_called_by(entry['files'])} ({entry['size']})" for entry in manifest["sizes"]))
+                         + ", ".join(f"{_called_by(entry['files'])} ({entry['size']}){_since(path, entry)}"
+                                     for entry in manifest["sizes"]))
         for record in manifest["files"].get("shards", [manifest["files"].get("archive")]):
             lines.append(f"sha256: {record['sha256']}  {record['file']} (from the manifest; run verify to check)")
         stats = manifest.get("X_train_stats")
@@ -114,6 +115,19 @@ def info(path: str | Path) -> str:
         lines.append("classes:")
         lines += ["  " + line for line in table.astype(object).fillna("").to_string(index=False).splitlines()]
     return "\n".join(lines)
+
+
+def _since(path: Path, entry: dict) -> str:
+    """``""`` when the build of a ``sizes`` entry beside ``path`` is still the one the pass wrote
+    (its manifest records the same archive SHA-256s), else what became of it."""
+    manifest = path.with_name(OutputNames(entry["name"]).manifest)
+    try:
+        files = read_manifest(manifest)["files"]
+    except (UserError, KeyError, TypeError, AttributeError):  # (UnreadableManifest is a UserError)
+        return " [missing]"
+    recorded = [record.get("sha256") for record in entry["files"].get("shards", [entry["files"].get("archive", {})])]
+    now = [record.get("sha256") for record in files.get("shards", [files.get("archive", {})])]
+    return "" if recorded == now else " [since replaced by another build]"
 
 
 def _called_by(files: dict) -> str:

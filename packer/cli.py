@@ -5,6 +5,7 @@
     imagenet-subset info FILE.npz
     imagenet-subset verify FILE.npz
     imagenet-subset preview FILE.npz -o grid.png [--split S] [--per_class N] [--classes A,B]
+    imagenet-subset bench-load FILE.npz [--split S] [--batch_size N] [--workers N]
     imagenet-subset demo [--dir DIR] [--out_dir DIR]
 """
 import argparse
@@ -29,6 +30,7 @@ COMMANDS = """commands:
   verify FILE.npz   recompute checksums and check the structure; exit 0 only if all holds
   preview FILE.npz  draw a contact sheet: imagenet-subset preview FILE.npz -o grid.png
   classes           list the classes of a tree (WNID, counts, name): imagenet-subset classes --data_dir ... --search dog
+  bench-load FILE.npz  time a shuffled epoch of training batches read from the archive
   demo              write a small synthetic ILSVRC tree and pack it (no ImageNet needed)
 run "imagenet-subset COMMAND --help" for a command's options"""
 
@@ -108,6 +110,11 @@ def _build(argv: list[str]) -> int:
               "and one file is always written", file=sys.stderr)
     if args.recipe:
         return _rebuild(args, argv)
+    if args.sizes:  # (the API can only refuse values other than the default or the first size)
+        clashing = [f"--{name}" for name in ("resize_size", "crop_size", "resize") if name in _given(argv)]
+        if clashing:
+            raise UserError(f"{', '.join(clashing)} and --sizes both set the size; give every size in --sizes (as "
+                            f"--sizes {args.sizes.split(',')[0].strip()},...) and drop {', '.join(clashing)}")
     from .api import build
 
     result = build(BuildOptions(**{option.name: getattr(args, option.name) for option, _ in option_fields()}))
@@ -180,6 +187,34 @@ def _info(argv: list[str]) -> int:
     from .checking import info
 
     print(info(parser.parse_args(argv).archive))
+    return 0
+
+
+def _bench_load(argv: list[str]) -> int:
+    parser = _Parser(prog=f"{PROG} bench-load",
+                     description="Time one full shuffled epoch of batches read from an archive (and of a PyTorch "
+                                 "DataLoader when torch is installed).")
+    parser.add_argument("archive", help="a *_cls.npz file or a shard index (*_cls.index.json)")
+    parser.add_argument("--split", default="train", help="train (default), val or holdout")
+    parser.add_argument("--batch_size", type=_whole_number(1), default=256, help="rows per batch (default: 256)")
+    parser.add_argument("--workers", type=_whole_number(0), default=None,
+                        help="DataLoader worker processes (default: up to 4, one per core)")
+    args = parser.parse_args(argv)
+    from .batching import batches, timed_epoch
+
+    def epoch(**options):
+        return batches(args.archive, args.split, args.batch_size, **options)
+
+    print(timed_epoch("batches, uint8 nhwc", epoch()).line())
+    print(timed_epoch("batches, float32 normalized nchw", epoch(normalize="imagenet", layout="nchw")).line())
+    try:
+        from .torch import loader
+    except ImportError:
+        print("torch DataLoader: not timed, torch is not installed (pip install 'imagenet-subset[torch]')")
+        return 0
+    data = loader(args.archive, args.split, args.batch_size, shuffle=True, num_workers=args.workers,
+                  normalize="imagenet")
+    print(timed_epoch(f"torch DataLoader, {data.num_workers} workers, float32 normalized nchw", data).line())
     return 0
 
 
@@ -267,7 +302,8 @@ def _classes(argv: list[str]) -> int:
     return 0
 
 
-COMMAND_HANDLERS = {"demo": _demo, "info": _info, "verify": _verify, "preview": _preview, "classes": _classes}
+COMMAND_HANDLERS = {"demo": _demo, "info": _info, "verify": _verify, "preview": _preview, "classes": _classes,
+                    "bench-load": _bench_load}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     except MemoryError:
-        print(f"{PROG}: error: out of memory; use fewer --workers or a smaller --crop_size, or free memory",
-              file=sys.stderr)
+        print(f"{PROG}: error: out of memory; use fewer --workers or a smaller --crop_size (or --sizes), or free "
+              "memory", file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into e.g. head, which stopped reading
         sys.stdout = open(os.devnull, "w")

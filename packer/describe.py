@@ -29,7 +29,8 @@ order::
                         higher version; one without this entry is version 1
     tool                "imagenet-subset"
     tool_version        the version that wrote it, e.g. "0.1.0"
-    name                the subset name, the stem of every output (<name>_cls.npz)
+    name                the subset name, the stem of every output (<name>_cls.npz); for
+                        a size after the first of --sizes, that size's (<name>_64)
     options             what shapes the archive's bytes; a recipe rebuilds with them:
       resize_size         short side after resizing, in pixels
       crop_size           side of the square crop, in pixels
@@ -37,7 +38,7 @@ order::
       resize_rule         that rule in words, e.g. "torchvision Resize(resize_size) +
                           CenterCrop(crop_size), bilinear (Pillow)"
       layout              "nhwc" (images (N, S, S, 3)) or "nchw" ((N, 3, S, S))
-      fast                true with --fast
+      fast                true with --fast (false for a squash size of --sizes)
       compress            true with --compress
       chunk_size          rows per chunk of work (32); a compressed archive's bytes
                           depend on it

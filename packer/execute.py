@@ -49,7 +49,6 @@ from .options import (
     BuildPlan,
     BuildResult,
     OutputNames,
-    Size,
     TransformSpec,
     shown,
     size_name,
@@ -66,7 +65,7 @@ from .work import (
     memory_per_worker,
     run_chunks,
 )
-from .workdir import WorkFolder
+from .workdir import WorkFolder, name_held
 
 log = logging.getLogger("packer")
 WORKERS_PER_CORE = 4  # more local workers than this only add processes competing for the same cores
@@ -164,7 +163,7 @@ class OutputSet:
     @property
     def size(self) -> str:
         """The size as ``--sizes`` writes it."""
-        return Size(self.options.resize_size, self.options.crop_size, self.options.resize).text
+        return self.options.size.text
 
     @property
     def archive_bytes(self) -> int:
@@ -176,8 +175,7 @@ def output_sets(plan: BuildPlan, options: BuildOptions) -> list[OutputSet]:
     """One ``OutputSet`` per size of ``options`` (no writers yet), in the order of ``--sizes``."""
     sets = []
     for i, size_options in enumerate(options.each_size()):
-        size = Size(size_options.resize_size, size_options.crop_size, size_options.resize)
-        names = OutputNames(size_name(plan.name, size, i == 0))
+        names = OutputNames(size_name(plan.name, size_options.size, i == 0))
         sets.append(OutputSet(names, size_options, plan_parts(names, plan.splits, options.shard_size), [],
                               _Totals.of(plan.splits)))
     return sets
@@ -259,8 +257,8 @@ class Packing:
         self.splits = list(plan.splits)
         self.chunk_count = sum(math.ceil((end - start) / CHUNK_SIZE)
                                for part in self.sets[0].parts for start, end in part.rows.values())
-        self._check_space(sum(output.archive_bytes for output in self.sets), options,
-                          "the archive" if len(self.sets) == 1 else f"the archives of {len(self.sets)} sizes")
+        what = "the archive" if len(self.sets) == 1 else f"writing the archives of the {len(self.sets)} sizes"
+        self._check_space(sum(output.archive_bytes for output in self.sets), options, what)
         self.workers = _worker_count(options, self.specs, self.chunk_count)
         self.options = dataclasses.replace(options, workers=self.workers)
         if options.backend == "dask":
@@ -281,6 +279,8 @@ class Packing:
 
     def __enter__(self) -> "Packing":
         output_options = self.options.output_options()
+        for output in self.sets[1:]:
+            self._stack.enter_context(name_held(self.out_dir, output.names))
         self.work = WorkFolder(self.out_dir, self.names, describe.plan_fingerprint(self.plan, output_options),
                                output_options, self.options.resume)
         self._stack.push(self._leave_work_folder)
@@ -368,8 +368,8 @@ class Packing:
                 for s in self.splits}
         splits = [s.take(keep[s.split]) for s in self.splits]
         compacted = output_sets(dataclasses.replace(self.plan, splits=tuple(splits)), self.options)
-        if not self.options.compress:
-            self._check_space(sum(output.archive_bytes for output in compacted), self.options,
+        if not self.options.compress:  # one size at a time: each copy replaces its archives before the next
+            self._check_space(max(output.archive_bytes for output in compacted), self.options,
                               f"a copy of the archive without the {sum(map(len, failed.values()))} unreadable images")
         for output, compact in zip(self.sets, compacted, strict=True):
             self._copy_kept_rows(output, compact.parts, keep, splits)
@@ -567,14 +567,16 @@ def _worker_count(options: BuildOptions, specs: tuple[TransformSpec, ...], chunk
     local = options.backend == "local"  # Dask workers run on other machines, with their own memory
     need = memory_per_worker(specs)
     shared, per_process = available_memory() if local else (None, None)
-    sizes = (f"--sizes {','.join(options.sizes)}" if options.sizes and len(options.sizes) > 1
+    several = bool(options.sizes and len(options.sizes) > 1)
+    sizes = (f"--sizes {','.join(options.sizes or ())}" if several
              else f"--resize_size {options.resize_size} --crop_size {options.crop_size}")
+    smaller = "smaller or fewer --sizes" if several else "a smaller --crop_size"
     if per_process is not None and need > per_process:
         raise UserError(f"{sizes} needs about {_size(need)} of memory per worker, but a process may map only "
-                        f"{_size(max(per_process, 0))} more (ulimit -v); use a smaller --crop_size or raise the limit")
+                        f"{_size(max(per_process, 0))} more (ulimit -v); use {smaller} or raise the limit")
     if shared is not None and need > shared:
         raise UserError(f"{sizes} needs about {_size(need)} of memory per worker, but only {_size(shared)} is "
-                        "available; use a smaller --crop_size or free memory")
+                        f"available; use {smaller} or free memory")
     workers = max(1, min(asked, chunks, WORKERS_PER_CORE * cores if local else asked))  # more would only wait
     if local and asked > WORKERS_PER_CORE * cores:
         log.warning(f"note: --workers {asked} capped at {workers}: at most {WORKERS_PER_CORE} per core ({cores} cores) "

@@ -176,7 +176,8 @@ class BuildOptions:
             raise UserError(f"--crop_size {self.crop_size} is larger than --resize_size {self.resize_size}; "
                             "the crop must fit inside the resized image")
         if self.fast and not any(size.resize == "crop" for size in self.transforms):
-            raise UserError("--fast applies to --resize crop only; drop --fast or use --resize crop")
+            raise UserError("--fast applies to crop sizes only; drop --fast, or add an R/C size to --sizes"
+                            if self.sizes else "--fast applies to --resize crop only; drop --fast or use --resize crop")
         choosers = [flag for flag, value in (("--classes", self.classes), ("--search", self.search),
                                              ("--under", self.under), ("--group_by", self.group_by)) if value]
         if len(choosers) > 1 and choosers != ["--under", "--group_by"]:
@@ -210,6 +211,9 @@ class BuildOptions:
         items = self.sizes.split(",") if isinstance(self.sizes, str) else self.sizes
         if not isinstance(items, list | tuple) or not items:
             raise UserError(f"--sizes {self.sizes!r} must list sizes, as 256/224,72/64,squash:32")
+        if any(not str(item).strip() for item in items):
+            raise UserError(f"--sizes {self.sizes!r} has an empty size (a comma too many?); list sizes as "
+                            "256/224,72/64,squash:32")
         sizes = tuple(parse_size(str(item)) for item in items)
         texts = tuple(size.text for size in sizes)
         object.__setattr__(self, "sizes", texts)
@@ -228,7 +232,13 @@ class BuildOptions:
                         if names.count(name) > 1 or texts.count(text) > 1})
         if twice:
             raise UserError(f"--sizes {','.join(texts)}: {' and '.join(twice)} would write archives of the "
-                            "same name; give each size once (two crops of one size need separate builds)")
+                            "same name (each size after the first is named by its crop); give each size once, and "
+                            "two crops of one size after the first in separate builds")
+
+    @property
+    def size(self) -> Size:
+        """The size of the images (of the first size, with ``sizes``)."""
+        return Size(self.resize_size, self.crop_size, self.resize)
 
     @property
     def transform(self) -> TransformSpec:

@@ -244,7 +244,8 @@ def _class_problems(recipe: dict) -> list[str]:
 def _size_problems(recipe: dict) -> list[str]:
     """A several-size build's ``sizes``: two or more {size, name, fast, files}, each size as
     ``--sizes`` writes it, each name the one the build gives that size (so a rebuild writes no
-    other file names), the recipe's own set among them at its options' size."""
+    other file names), ``fast`` as one build gives it (false for a squash, one value for the
+    crops), the recipe's own set among them with its options' size and fast and its files."""
     sizes = recipe.get("sizes", _ABSENT)
     if sizes is _ABSENT:
         return []
@@ -253,7 +254,9 @@ def _size_problems(recipe: dict) -> list[str]:
     first, shards = _entry(sizes, 0, "name"), _entry(recipe, "options", "shard_size") not in (None, _ABSENT)
     options = recipe["options"]
     own_size = Size(options["resize_size"], options["crop_size"], options.get("resize", "crop")).text
-    wrong = []
+    crops_fast = {entry["fast"] for entry in sizes if isinstance(entry, dict) and isinstance(entry.get("fast"), bool)
+                  and not str(entry.get("size")).startswith("squash:")}
+    wrong = [] if len(crops_fast) <= 1 else ["sizes (fast differs between the crop sizes; one build gives them one)"]
     for i, entry in enumerate(sizes):
         text = _entry(entry, "size")
         try:
@@ -270,8 +273,14 @@ def _size_problems(recipe: dict) -> list[str]:
             wrong.append(f"sizes[{i}].name {_shown(name)} ({size_name(first, size, i == 0)!r})")
         elif name == recipe["name"] and text != own_size:
             wrong.append(f"sizes[{i}].size {_shown(text)} ({own_size!r}, the size of the recipe's options)")
-        if not isinstance(_entry(entry, "fast"), bool):
-            wrong.append(f"sizes[{i}].fast {_shown(_entry(entry, 'fast'))} (true or false)")
+        elif name == recipe["name"] and _entry(entry, "files") != recipe["files"]:
+            wrong.append(f"sizes[{i}].files (the recipe's own files)")
+        fast = _entry(entry, "fast")
+        if not isinstance(fast, bool) or (fast and size.resize == "squash") or (
+                name == recipe["name"] and fast != options["fast"]):
+            expected = "false for a squash" if size.resize == "squash" else (
+                "the recipe's options.fast" if name == recipe["name"] else "true or false")
+            wrong.append(f"sizes[{i}].fast {_shown(fast)} ({expected})")
         hashes = ([_entry(shard, "sha256") for shard in _entry(entry, "files", "shards")]
                   if shards and isinstance(_entry(entry, "files", "shards"), list)
                   else [_entry(entry, "files", "archive", "sha256")] if not shards else [None])
@@ -352,14 +361,16 @@ def rebuild_from_recipe(recipe_path: str | Path, data_dir: str, **options) -> Re
         if theirs != ours
     )
     recorded_files = {entry["name"]: entry["files"] for entry in sizes} if sizes else {name: recipe["files"]}
+    sharded = bool(build_options.shard_size)
     differing_archives = tuple(r.archive.name for r in (result, *result.other_sizes)
-                               if _archive_hashes(recorded_files[r.name])
-                               != _archive_hashes(read_manifest(r.manifest)["files"]))
+                               if _archive_hashes(recorded_files[r.name], sharded)
+                               != _archive_hashes(read_manifest(r.manifest)["files"], sharded))
     return RecipeReport(result, not differing_archives,
                         rebuilt["files"]["metadata"]["sha256"] == recipe["files"]["metadata"]["sha256"], differing,
                         differing_archives)
 
 
-def _archive_hashes(files: dict) -> list[str]:
-    """The SHA-256 of the archive, or of each shard, that a manifest's ``files`` records."""
-    return [shard["sha256"] for shard in files["shards"]] if "shards" in files else [files["archive"]["sha256"]]
+def _archive_hashes(files: dict, sharded: bool) -> list[str]:
+    """The SHA-256 of the archive, or of each shard (``sharded``), that a manifest's ``files``
+    records (entries ``check_recipe`` has checked)."""
+    return [shard["sha256"] for shard in files["shards"]] if sharded else [files["archive"]["sha256"]]

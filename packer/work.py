@@ -176,9 +176,10 @@ def pack_chunk(chunk: Chunk, specs: tuple[TransformSpec, ...]) -> tuple[ChunkRes
                      for size, (spec, size_rows) in enumerate(zip(specs, rows, strict=True)))
     except MemoryError:
         spec = max(specs, key=lambda spec: spec.crop_size)
+        sizes = " in each size" if len(specs) > 1 else ""
         raise UserError(f"out of memory while packing {name} (a worker holds {CHUNK_SIZE} images of "
-                        f"{spec.crop_size}x{spec.crop_size} at a time); use fewer --workers or a smaller "
-                        "--crop_size, or free memory") from None
+                        f"{spec.crop_size}x{spec.crop_size}{sizes} at a time); use fewer --workers or a smaller "
+                        f"{'--crop_size' if len(specs) == 1 else 'or fewer --sizes'}, or free memory") from None
 
 
 def _finished_rows(chunk: Chunk, size: int, spec: TransformSpec, rows: np.ndarray, failed: tuple,

@@ -12,15 +12,19 @@ Every build keeps its unfinished outputs in ``<out_dir>/.<name>_cls.work/``::
 A chunk is written to the journal only after its rows are flushed to disk, so
 after any interruption (Ctrl-C, SIGTERM, SIGKILL, a lost machine) ``--resume``
 redoes only the chunks that are not in the journal. A run whose plan differs
-from the folder's starts afresh, and ``resume_state`` says why. Flushing runs in a background
+from the folder's starts afresh, and ``resume_state`` says why. A build of several
+sizes keeps every size's files in the first size's folder, and holds the lock of
+each other size's folder (``name_held``) while it runs. Flushing runs in a background
 thread (``os.fsync`` releases the GIL), so the parent keeps feeding the workers. The folder is removed when the
 outputs are in place, and when a run without ``--resume`` is stopped cleanly.
 """
+import contextlib
 import fcntl
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,15 +48,7 @@ class WorkFolder:
         """
         self.path = out_dir / names.work_folder
         self.resumed = False
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._lock = open(self.path / "lock", "w")
-        except OSError as exc:
-            raise UserError(f"cannot write to --out_dir {out_dir}: {exc.strerror}; choose a writable folder") from None
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UserError(f"another build is writing {self.path} right now; wait for it or stop it") from None
+        self._lock = _locked(self.path, out_dir)
         previous = self._read_plan()
         resumable = previous is not None and previous.get("fingerprint") == fingerprint
         interrupted = resumable and (self.path / "journal.jsonl").is_file()
@@ -171,6 +167,36 @@ class WorkFolder:
         self._lock.close()
 
 
+def _locked(folder: Path, out_dir: Path):
+    """The lock file of work folder ``folder`` (made as needed), held; refused while another build holds it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / "lock", "w")
+    except OSError as exc:
+        raise UserError(f"cannot write to --out_dir {out_dir}: {exc.strerror}; choose a writable folder") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise UserError(f"another build is writing {folder} right now; wait for it or stop it") from None
+    return lock
+
+
+@contextlib.contextmanager
+def name_held(out_dir: Path, names: OutputNames) -> Iterator[None]:
+    """Hold the lock of build ``names``'s work folder without using the folder, so that no build of
+    that name runs meanwhile (the other sizes of a build, whose files its own work folder holds);
+    the folder goes again unless an interrupted build of that name left its work there."""
+    folder = out_dir / names.work_folder
+    lock = _locked(folder, out_dir)
+    try:
+        yield
+    finally:
+        lock.close()
+        if [entry.name for entry in folder.iterdir()] == ["lock"]:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _flat(options: dict) -> dict:
     """Nested option groups (``sampling``) flattened into one level."""
     flat = {}
@@ -184,6 +210,7 @@ def _why_not_resumable(previous: dict | None, options: dict, folder: Path) -> st
     if previous is None:
         return f"nothing to resume (no interrupted run of this build in {folder}) — starting afresh"
     before, now = _flat(previous.get("options", {})), _flat(json.loads(json.dumps(options, default=str)))
-    changed = [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in now if before.get(key) != now.get(key)]
+    changed = [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in dict.fromkeys([*now, *before])
+               if before.get(key) != now.get(key)]
     reason = "options changed: " + ", ".join(changed) if changed else "the classes or images changed"
     return f"nothing to resume ({reason}) — starting afresh"

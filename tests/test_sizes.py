@@ -409,7 +409,7 @@ TAMPERED = {  # how the recipe's sizes are changed -> what the error says of the
                  "sizes[1].size '24x24' (R/C or squash:S, as --sizes writes it)"),
     "size-not-its-name": (lambda sizes: sizes[2].update(size="40/30"), "sizes[2].name 'x_32' ('x_30')"),
     "no-fast": (lambda sizes: sizes[0].pop("fast"), "sizes[0].fast missing (true or false)"),
-    "fast-not-a-flag": (lambda sizes: sizes[1].update(fast="no"), "sizes[1].fast 'no' (true or false)"),
+    "fast-not-a-flag": (lambda sizes: sizes[1].update(fast="no"), "sizes[1].fast 'no' (false for a squash)"),
     "no-archive-hash": (lambda sizes: sizes[2]["files"].pop("archive"), "sizes[2].files (archive.sha256)"),
     "own-size-left-out": (lambda sizes: sizes.pop(1), "sizes (no size named 'x_24_squash', the recipe's own)"),
 }
@@ -462,8 +462,9 @@ def test_more_tampered_recipes_are_refused(world, recipe_build, tmp_path, capsys
     # a size listed twice (each entry well formed): refused as --sizes would be
     line = _refused(_tampered(recipe_build, tmp_path, lambda sizes: sizes.__setitem__(2, dict(sizes[1]))), world,
                     tmp_path / "out", capsys)
-    assert line == (f"{PREFIX} --sizes 64/56,squash:24,squash:24: squash:24 would write archives of the same name; "
-                    "give each size once (two crops of one size need separate builds)")
+    assert line == (f"{PREFIX} --sizes 64/56,squash:24,squash:24: squash:24 would write archives of the same name "
+                    "(each size after the first is named by its crop); give each size once, and two crops of one "
+                    "size after the first in separate builds")
     # --sizes beside --recipe: the recipe fixes them
     code, _, err = run_main(["build", "--recipe", recipe_build.other_sizes[0].manifest, "--data_dir",
                              world.data_dir, "--out_dir", tmp_path / "out", "--sizes", "72/64,squash:32"], capsys)
@@ -570,19 +571,24 @@ SIZE_ERRORS = {  # extra arguments -> the error line after "imagenet-subset: err
                     "--sizes 64/72: the crop 72 is larger than the resized short side 64; the crop must fit inside "
                     "the resized image (R/C with C at most R)"),
     "twice": (["--sizes", "72/64,72/64"],
-              "--sizes 72/64,72/64: 72/64 would write archives of the same name; give each size once (two crops "
-              "of one size need separate builds)"),
+              "--sizes 72/64,72/64: 72/64 would write archives of the same name (each size after the first is "
+              "named by its crop); give each size once, and two crops of one size after the first in separate "
+              "builds"),
     "same-name": (["--sizes", "256/224,72/64,80/64"],
-                  "--sizes 256/224,72/64,80/64: 72/64 and 80/64 would write archives of the same name; give each "
-                  "size once (two crops of one size need separate builds)"),
+                  "--sizes 256/224,72/64,80/64: 72/64 and 80/64 would write archives of the same name (each size "
+                  "after the first is named by its crop); give each size once, and two crops of one size after "
+                  "the first in separate builds"),
     "crop-size-clash": (["--crop_size", "100", "--sizes", "72/64"],
                         "--crop_size and --sizes both set the size; give every size in --sizes (as --sizes "
                         "72/64,...) and drop --crop_size"),
     "two-clashes": (["--resize_size", "80", "--resize", "squash", "--sizes", "72/64,squash:32"],
                     "--resize_size, --resize and --sizes both set the size; give every size in --sizes (as --sizes "
                     "72/64,...) and drop --resize_size, --resize"),
+    "explicit-default": (["--crop_size", "224", "--resize", "crop", "--sizes", "72/64,squash:32"],
+                         "--crop_size, --resize and --sizes both set the size; give every size in --sizes (as --sizes "
+                         "72/64,...) and drop --crop_size, --resize"),
     "fast-squash-only": (["--fast", "--sizes", "squash:32,squash:16"],
-                         "--fast applies to --resize crop only; drop --fast or use --resize crop"),
+                         "--fast applies to crop sizes only; drop --fast, or add an R/C size to --sizes"),
 }
 
 
@@ -609,7 +615,8 @@ API_SIZE_ERRORS = {
                      "drop --resize"),
     "fast-squash-only": ({"fast": True, "sizes": "squash:32"}, SIZE_ERRORS["fast-squash-only"][1]),
     "empty-list": ({"sizes": []}, "--sizes [] must list sizes, as 256/224,72/64,squash:32"),
-    "empty-item": ({"sizes": "72/64,"}, "--sizes '': each size is R/C"),
+    "empty-item": ({"sizes": "72/64,"}, "--sizes '72/64,' has an empty size (a comma too many?); list sizes as "
+                                        "256/224,72/64,squash:32"),
     "space-inside": ({"sizes": "72/64,squash: 32"}, "--sizes 'squash: 32': each size is R/C"),
     "other-digits": ({"sizes": "72/64,٣٢/٣٢"}, "--sizes '٣٢/٣٢': each size is R/C"),
 }
@@ -711,3 +718,49 @@ def test_a_rebuild_leaves_no_stale_shard_of_any_size(world, tmp_path):
         assert files_in(out) == sorted(all_files(shards) + ["x_32_cls-00009-of-00010.npz.txt"]), shard_size
         for r in (result, *result.other_sizes):
             assert verify(r.archive) == []
+
+
+# --------------------------------------------------------------------------- the other sizes' names
+
+def test_a_build_of_another_sizes_name_running_meanwhile_is_refused(world, tmp_path):
+    """While a several-size build runs it holds the work-folder lock of every size's name, so a build
+    of one of those names (x_32 here) cannot interleave its outputs with it, and the other way."""
+    import fcntl
+
+    out = tmp_path / "out"
+    (out / ".x_32_cls.work").mkdir(parents=True)
+    with open(out / ".x_32_cls.work" / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running build of x_32 holds it
+        with pytest.raises(UserError, match=re.escape(f"another build is writing {out / '.x_32_cls.work'} right "
+                                                      "now; wait for it or stop it")):
+            several(world, out)
+    assert sorted(p.name for p in out.iterdir()) == [".x_32_cls.work"]  # nothing of the refused build
+    several(world, out)
+    assert files_in(out) == all_files()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no lock folder left
+
+
+def test_info_says_when_another_size_was_replaced_or_removed(world, tmp_path):
+    out = tmp_path / "out"
+    result = several(world, out)
+    packer.build(BuildOptions(subset_name=str(world.lists / "x_32.txt"), data_dir=str(world.data_dir),
+                              out_dir=str(out), workers=1, progress=False, resize_size=40, crop_size=24))
+    # (a build of its own named x_32, over the pass's x_32)
+    result.other_sizes[0].manifest.unlink()
+    line = next(line for line in info(result.archive).splitlines() if line.startswith("sizes:"))
+    assert line == ("sizes: the same pass wrote 3 sizes of these images: x_cls.npz (64/56), x_24_squash_cls.npz "
+                    "(squash:24) [missing], x_32_cls.npz (40/32) [since replaced by another build]")
+
+
+def test_resume_without_sizes_says_that_sizes_changed(world, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "out"
+    restore = stop_after_journal_records(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        several(world, out, resume=True)
+    restore()
+    with caplog.at_level(logging.WARNING, logger="packer"):  # the first size alone, --sizes dropped
+        packer.build(BuildOptions(subset_name=str(world.lists / "x.txt"), data_dir=str(world.data_dir),
+                                  out_dir=str(out), workers=1, progress=False, resume=True, resize_size=64,
+                                  crop_size=56))
+    assert ("nothing to resume (options changed: sizes ['64/56', 'squash:24', '40/32'] -> None) — starting afresh"
+            in caplog.messages)

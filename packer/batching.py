@@ -1,0 +1,351 @@
+"""Batches for training, straight from an archive: shuffled, read in row order, read ahead.
+
+    for epoch in range(10):
+        for X, y in packer.batches("out_files/imagenet30_cls.npz", batch_size=256, epoch=epoch):
+            ...  # X: (256, 224, 224, 3) uint8, y: (256,) int32
+
+``batches`` takes an archive, the ``*_cls.index.json`` of a sharded set, or a
+``Subset`` from ``packer.load``, and one split (``train``, ``val`` or ``holdout``).
+
+The order of an epoch. Row numbers ``0 .. N-1`` of the split (across its
+shards, in order) are permuted by ``numpy.random.default_rng([seed, epoch])``
+(with ``shuffle``; otherwise kept in order). With ``world_size`` processes,
+process ``rank`` takes the ``rank``-th of ``world_size`` equal consecutive
+blocks of that order, ``N // world_size`` rows each, so the shares are
+disjoint and equal; the last ``N % world_size`` rows of the order sit out that
+epoch (other rows each epoch when shuffled). A share is cut into batches of
+``batch_size`` rows, the last one shorter unless ``drop_last``.
+
+Reading. The rows of a batch are read in ascending row order (sequential
+reads), each straight into its place in the batch, which holds them in the
+shuffled order. A stored member is read with ``pread`` from the archive (no
+memory map: the reader's memory stays at the batches it holds, whatever the
+archive's size); a deflated member is decompressed into memory once, with a
+warning saying how much memory that takes. A background thread reads up to
+``prefetch`` batches ahead, so at most ``prefetch + 2`` batches are in memory.
+
+What a batch holds. ``X``: ``dtype="uint8"``, the stored values;
+``"float32"``, the values divided by 255 (0 to 1, as torchvision's
+``ToTensor``), and with ``normalize`` then ``(x - mean) / std`` per channel,
+``mean`` and ``std`` on that 0-1 scale: ImageNet's usual ones for
+``"imagenet"``, the manifest's ``X_train_stats`` for ``"manifest"``
+(``normalize`` alone implies float32). ``layout`` ``"nhwc"`` (N, S, S, 3) or
+``"nchw"`` (N, 3, S, S), whatever the archive stores. ``y``: int32 labels.
+
+``ImageRows`` is the row reader underneath, shared with ``packer.torch``: it
+opens its files lazily in each process, so it may be pickled into
+``DataLoader`` workers (fork or spawn).
+"""
+import math
+import os
+import queue
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .errors import UserError
+from .loading import Subset, array_headers, read_arrays, shard_paths
+from .options import OutputNames
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's, on the 0-1 scale
+IMAGENET_STD = (0.229, 0.224, 0.225)
+Normalize = Literal["imagenet", "manifest"] | None
+Dtype = Literal["uint8", "float32"]
+Layout = Literal["nhwc", "nchw"]
+
+
+@dataclass(frozen=True)
+class _StoredPart:
+    """``count`` rows of ``row_bytes`` each, from byte ``offset`` of the file ``path``."""
+
+    path: str
+    offset: int
+    count: int
+
+
+class ImageRows:
+    """The image rows of one split, across its archives: ``read(rows)`` returns them as one array.
+
+    Each part is a stored member (read with ``pread``, the file opened on first use in each
+    process) or an array in memory (a decompressed member)."""
+
+    def __init__(self, parts: list["_StoredPart | np.ndarray"], row_shape: tuple[int, ...], layout: Layout):
+        self.parts = parts
+        self.row_shape, self.layout = row_shape, layout
+        self.row_bytes = math.prod(row_shape)
+        self.starts = np.cumsum([0] + [p.count if isinstance(p, _StoredPart) else len(p) for p in parts])
+        self._files: dict[str, int] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_files": {}}  # a worker process opens its own files
+
+    def _fd(self, path: str) -> int:
+        if self._pid != os.getpid():  # forked: the descriptors are shared with the parent's offsets
+            self._files, self._pid = {}, os.getpid()
+        if path not in self._files:
+            self._files[path] = os.open(path, os.O_RDONLY)
+        return self._files[path]
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for fd in self._files.values():
+                os.close(fd)
+        self._files = {}
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (in that order) as a new uint8 array; the files are read in row order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows),) + self.row_shape, dtype=np.uint8)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows {rows.min()}..{rows.max()} out of range for {len(self)} rows")
+        ascending = np.argsort(rows, kind="stable")
+        in_part = np.searchsorted(self.starts, rows[ascending], side="right") - 1
+        for number, part in enumerate(self.parts):
+            places = ascending[in_part == number]
+            if not places.size:
+                continue
+            local = rows[places] - self.starts[number]
+            if isinstance(part, np.ndarray):
+                out[places] = part[local]
+                continue
+            fd, flat = self._fd(part.path), out.reshape(len(out), -1)
+            for place, row in zip(places.tolist(), local.tolist(), strict=True):
+                if os.preadv(fd, [flat[place]], part.offset + row * self.row_bytes) != self.row_bytes:
+                    raise UserError(f"{part.path} ends before row {row}; the file is damaged, rebuild it")
+        return out
+
+
+def open_split(source: "str | Path | Subset", split: str) -> tuple[ImageRows, np.ndarray, Path]:
+    """The image rows and the labels of ``split`` of an archive, a shard index or a ``Subset``, and
+    the path the build is called by (to find its manifest)."""
+    path = Path(source.path if isinstance(source, Subset) else source)
+    archives = shard_paths(path) if OutputNames.is_index(path) else [path]
+    parts: list[_StoredPart | np.ndarray] = []
+    labels = []
+    shape = None
+    for archive in archives:
+        headers = array_headers(archive)
+        key = f"X_{split}"
+        if key not in headers:
+            splits = [k[2:] for k in headers if k.startswith("X_")]
+            raise UserError(f"{archive} has no {split} split; it has: {', '.join(splits)}")
+        header = headers[key]
+        shape = header.shape[1:]
+        if header.compressed:
+            gigabytes = header.shape[0] * header.row_bytes / 1e9
+            warnings.warn(f"{archive}: {key} is compressed, so it is decompressed into memory ({gigabytes:.1f} GB); "
+                          "build without --compress to read it from disk instead", stacklevel=3)
+            parts.append(read_arrays(archive, [key])[key])
+        else:
+            parts.append(_StoredPart(str(archive), int(header.data_offset or 0), header.shape[0]))
+        labels.append(read_arrays(archive, [f"y_{split}"])[f"y_{split}"])
+    assert shape is not None
+    rows = ImageRows(parts, tuple(shape), _stored_layout(path, tuple(shape)))
+    return rows, np.concatenate(labels).astype(np.int32, copy=False), path
+
+
+def _stored_layout(path: Path, row_shape: tuple[int, ...]) -> Layout:
+    """How the build stored its images: its manifest's ``layout``, else (no manifest) guessed from
+    the shape of a row (channels first when only the first axis is 3)."""
+    from .checking import read_manifest
+
+    manifest_path = OutputNames.sibling(path, "manifest")
+    if manifest_path.is_file():
+        layout = read_manifest(manifest_path).get("options", {}).get("layout")
+        if layout in ("nhwc", "nchw"):
+            return layout
+    return "nchw" if row_shape[0] == 3 and row_shape[-1] != 3 else "nhwc"
+
+
+@dataclass(frozen=True)
+class BatchFormat:
+    """What a batch's images become: ``dtype``, ``normalize`` (``mean`` and ``std`` per channel on
+    the 0-1 scale, or None) and ``layout``; see the module docstring."""
+
+    dtype: Dtype = "uint8"
+    layout: Layout = "nhwc"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def apply(self, images: np.ndarray, stored: Layout) -> np.ndarray:
+        """``images`` (uint8, in the ``stored`` layout) in this format, as a new C-ordered array."""
+        if self.layout != stored:  # moved while they are one byte each
+            axes = (0, 3, 1, 2) if self.layout == "nchw" else (0, 2, 3, 1)
+            images = np.ascontiguousarray(images.transpose(axes))
+        if self.dtype == "uint8":
+            return images
+        shape = (1, 3, 1, 1) if self.layout == "nchw" else (1, 1, 1, 3)
+        mean = np.asarray(self.mean or (0.0, 0.0, 0.0), np.float64)
+        std = np.asarray(self.std or (1.0, 1.0, 1.0), np.float64)
+        # (x / 255 - mean) / std as one multiply and one add over the batch
+        out = np.multiply(images, (1 / (255 * std)).astype(np.float32).reshape(shape), dtype=np.float32)
+        if self.mean is not None:
+            out += (-mean / std).astype(np.float32).reshape(shape)
+        return out
+
+
+def batch_format(path: Path, dtype: Dtype | None, normalize: Normalize, layout: Layout) -> BatchFormat:
+    """Check the format options; ``"manifest"`` reads the mean and std beside ``path``."""
+    if dtype not in (None, "uint8", "float32"):
+        raise UserError(f"dtype {dtype!r} must be 'uint8' or 'float32'")
+    if normalize not in (None, "imagenet", "manifest"):
+        raise UserError(f"normalize {normalize!r} must be None, 'imagenet' or 'manifest'")
+    if layout not in ("nhwc", "nchw"):
+        raise UserError(f"layout {layout!r} must be 'nhwc' or 'nchw'")
+    if normalize and dtype == "uint8":
+        raise UserError(f"normalize={normalize!r} gives float32 values; drop dtype='uint8' or normalize")
+    mean: tuple[float, ...] | None = IMAGENET_MEAN if normalize == "imagenet" else None
+    std: tuple[float, ...] | None = IMAGENET_STD if normalize == "imagenet" else None
+    if normalize == "manifest":
+        mean, std = manifest_statistics(path)
+    return BatchFormat("float32" if normalize else dtype or "uint8", layout, mean, std)
+
+
+def manifest_statistics(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and standard deviation of ``X_train`` from the manifest beside ``path``,
+    on the 0-1 scale."""
+    from .checking import read_manifest
+
+    manifest_path = OutputNames.sibling(path, "manifest")
+    if not manifest_path.is_file():
+        raise UserError(f"normalize='manifest' needs {manifest_path}, which is not beside {path}; copy it there or "
+                        "use normalize='imagenet'")
+    stats = read_manifest(manifest_path).get("X_train_stats") or {}
+    mean, std = stats.get("mean"), stats.get("std")
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3
+            and all(isinstance(v, int | float) for v in mean + std) and min(std) > 0):
+        raise UserError(f"{manifest_path} has no X_train mean and std (a build without train images?); "
+                        "use normalize='imagenet'")
+    return tuple(v / 255 for v in mean), tuple(v / 255 for v in std)
+
+
+def epoch_rows(count: int, shuffle: bool, seed: int, epoch: int, rank: int, world_size: int) -> np.ndarray:
+    """This process's rows of an epoch, in the order they are served (see the module docstring)."""
+    order = np.random.default_rng([seed, epoch]).permutation(count) if shuffle else np.arange(count)
+    share = count // world_size
+    return order[rank * share:(rank + 1) * share] if world_size > 1 else order
+
+
+@dataclass
+class Batches:
+    """One epoch of ``(X, y)`` batches of a split; iterate it (again for the same epoch), ``len``
+    is the number of batches. Made by ``batches``."""
+
+    rows: ImageRows
+    labels: np.ndarray
+    order: np.ndarray
+    batch_size: int
+    drop_last: bool
+    format: BatchFormat
+    prefetch: int
+
+    def __len__(self) -> int:
+        whole, rest = divmod(len(self.order), self.batch_size)
+        return whole + (1 if rest and not self.drop_last else 0)
+
+    def _batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for number in range(len(self)):
+            rows = self.order[number * self.batch_size:(number + 1) * self.batch_size]
+            yield self.format.apply(self.rows.read(rows), self.rows.layout), self.labels[rows]
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return _read_ahead(self._batches(), self.prefetch)
+
+
+def batches(source: "str | Path | Subset", split: str = "train", batch_size: int = 256, shuffle: bool = True,
+            seed: int = 0, epoch: int = 0, drop_last: bool = False, dtype: Dtype | None = None,
+            normalize: Normalize = None, layout: Layout = "nhwc", rank: int = 0, world_size: int = 1,
+            prefetch: int = 2) -> Batches:
+    """One epoch of ``(X, y)`` numpy batches of ``split``; see the module docstring."""
+    for name, value, least in (("batch_size", batch_size, 1), ("world_size", world_size, 1), ("prefetch", prefetch, 0),
+                               ("seed", seed, 0), ("epoch", epoch, 0), ("rank", rank, 0)):
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < least:
+            raise UserError(f"{name} {value!r} must be a whole number of at least {least}")
+    if rank >= world_size:
+        raise UserError(f"rank {rank} must be below world_size {world_size} (ranks count from 0)")
+    rows, labels, path = open_split(source, split)
+    format_ = batch_format(path, dtype, normalize, layout)
+    order = epoch_rows(len(rows), shuffle, int(seed), int(epoch), int(rank), int(world_size))
+    return Batches(rows, labels, order, int(batch_size), drop_last, format_, int(prefetch))
+
+
+@dataclass(frozen=True)
+class EpochSpeed:
+    """How fast one epoch of batches went: what was read, how many images, how long."""
+
+    what: str
+    images: int
+    nbytes: int
+    seconds: float
+
+    def line(self) -> str:
+        rate = self.images / self.seconds if self.seconds else 0.0
+        return (f"{self.what}: {self.images} images in {self.seconds:.2f} s: {rate:,.0f} images/s "
+                f"({self.nbytes / self.seconds / 1e6 if self.seconds else 0:,.0f} MB/s)")
+
+
+def timed_epoch(what: str, epoch) -> EpochSpeed:
+    """Iterate ``epoch`` (``(X, y)`` batches of numpy arrays or tensors) to its end, timed."""
+    import time
+
+    started, images, nbytes = time.perf_counter(), 0, 0
+    for X, _ in epoch:
+        images += len(X)
+        nbytes += X.nbytes if hasattr(X, "nbytes") else X.element_size() * X.nelement()
+    return EpochSpeed(what, images, nbytes, time.perf_counter() - started)
+
+
+_END = object()
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+def _read_ahead(items: Iterator, depth: int) -> Iterator:
+    """``items``, produced by a background thread up to ``depth`` items ahead (in this thread
+    when ``depth`` is 0). Stopping early stops the thread; its error is raised here."""
+    if depth == 0:
+        yield from items
+        return
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer
+            put(_Failed(exc))
+
+    thread = threading.Thread(target=produce, name="packer-batches", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not _END:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
