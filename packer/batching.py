@@ -96,10 +96,14 @@ class ImageRows:
         return self._files[path]
 
     def close(self) -> None:
+        """Close the files this process opened (a later ``read`` opens them again)."""
         if self._pid == os.getpid():
             for fd in self._files.values():
                 os.close(fd)
         self._files = {}
+
+    def __del__(self) -> None:
+        self.close()
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` (in that order) as a new uint8 array; the files are read in row order."""
@@ -253,9 +257,12 @@ class Batches:
         return whole + (1 if rest and not self.drop_last else 0)
 
     def _batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for number in range(len(self)):
-            rows = self.order[number * self.batch_size:(number + 1) * self.batch_size]
-            yield self.format.apply(self.rows.read(rows), self.rows.layout), self.labels[rows]
+        try:
+            for number in range(len(self)):
+                rows = self.order[number * self.batch_size:(number + 1) * self.batch_size]
+                yield self.format.apply(self.rows.read(rows), self.rows.layout), self.labels[rows]
+        finally:
+            self.rows.close()
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return _read_ahead(self._batches(), self.prefetch)

@@ -6,6 +6,7 @@ from the reader's own helpers. The images are photo-like noise, so every row (an
 differs and a misplaced row or a wrong transpose shows.
 """
 import gc
+import importlib.util
 import json
 import os
 import pickle
@@ -517,7 +518,8 @@ def test_import_packer_does_not_import_torch(built):
 
 
 def test_packer_batches_is_the_function_after_importing_packer_torch(built):
-    code = (f"import packer.torch, packer; X, y = next(iter(packer.batches({str(built['stored'])!r}))); "
+    modules = "packer.batching, packer.torch" if importlib.util.find_spec("torch") else "packer.batching"
+    code = (f"import {modules}, packer; X, y = next(iter(packer.batches({str(built['stored'])!r}))); "
             "assert len(X) == 62")
     proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -752,3 +754,14 @@ def test_tensorflow_from_generator(built):
     for (X, y), (X_expected, y_expected) in zip(served, expected, strict=True):
         assert X.dtype == np.uint8 and y.dtype == np.int32
         assert np.array_equal(X, X_expected) and np.array_equal(y, y_expected)
+
+
+def test_epochs_leave_no_file_open(built):
+    """Each epoch opens the archives it reads and closes them when it ends (or is left early)."""
+    open_files = len(os.listdir("/proc/self/fd"))
+    for epoch in range(20):
+        for _ in batches(built["sharded"], batch_size=BATCH, epoch=epoch):
+            pass
+        for _ in batches(built["stored"], batch_size=BATCH, epoch=epoch):
+            break
+    assert len(os.listdir("/proc/self/fd")) == open_files
