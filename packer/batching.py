@@ -105,10 +105,10 @@ class ImageRows:
     def __del__(self) -> None:
         self.close()
 
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (in that order) as a new uint8 array; the files are read in row order."""
+    def read(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``rows`` (in that order) as a uint8 array, new or ``out``; the files are read in row order."""
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows),) + self.row_shape, dtype=np.uint8)
+        out = np.empty((len(rows),) + self.row_shape, dtype=np.uint8) if out is None else out
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows {rows.min()}..{rows.max()} out of range for {len(self)} rows")
         ascending = np.argsort(rows, kind="stable")
@@ -180,20 +180,41 @@ class BatchFormat:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
-    def apply(self, images: np.ndarray, stored: Layout) -> np.ndarray:
-        """``images`` (uint8, in the ``stored`` layout) in this format, as a new C-ordered array."""
+    def shape(self, stored_shape: tuple[int, ...], stored: Layout) -> tuple[int, ...]:
+        """The shape ``apply`` gives images of ``stored_shape`` in the ``stored`` layout."""
+        if self.layout == stored:
+            return stored_shape
+        n, a, b, c = stored_shape
+        return (n, c, a, b) if self.layout == "nchw" else (n, b, c, a)
+
+    def apply(self, images: np.ndarray, stored: Layout, out: np.ndarray | None = None) -> np.ndarray:
+        """``images`` (uint8, in the ``stored`` layout) in this format, C-ordered: into ``out`` (of
+        ``shape`` and this dtype) when given, else a new array."""
         if self.layout != stored:  # moved while they are one byte each
             axes = (0, 3, 1, 2) if self.layout == "nchw" else (0, 2, 3, 1)
             images = np.ascontiguousarray(images.transpose(axes))
         if self.dtype == "uint8":
-            return images
-        shape = (1, 3, 1, 1) if self.layout == "nchw" else (1, 1, 1, 3)
+            if out is None:
+                return images
+            out[...] = images
+            return out
+        if out is None:
+            out = np.empty(images.shape, np.float32)
         mean = np.asarray(self.mean or (0.0, 0.0, 0.0), np.float64)
         std = np.asarray(self.std or (1.0, 1.0, 1.0), np.float64)
-        # (x / 255 - mean) / std as one multiply and one add over the batch
-        out = np.multiply(images, (1 / (255 * std)).astype(np.float32).reshape(shape), dtype=np.float32)
+        scale, offset = (1 / (255 * std)).astype(np.float32), (-mean / std).astype(np.float32)
+        # (x / 255 - mean) / std as one multiply and one add, over long runs of values: an image
+        # plane per channel (nchw), or an image line of interleaved channels (nhwc)
+        values: np.ndarray
+        if self.layout == "nchw":
+            values, per_value = images.reshape(len(images), 3, -1), (scale[:, None], offset[:, None])
+        else:
+            width = images.shape[2] if images.ndim == 4 else 1
+            values, per_value = images.reshape(-1, width * 3), (np.tile(scale, width), np.tile(offset, width))
+        target = out.reshape(values.shape)
+        np.multiply(values, per_value[0], out=target)
         if self.mean is not None:
-            out += (-mean / std).astype(np.float32).reshape(shape)
+            target += per_value[1]
         return out
 
 

@@ -682,7 +682,7 @@ def epoch_rows(loader, arrays, layout="nchw"):
 def test_loader_covers_every_row_once_per_epoch(built, arrays, ptorch):
     torch, pt = ptorch
     loader = pt.loader(built["stored"], batch_size=BATCH, num_workers=0, seed=3)
-    assert isinstance(loader.sampler, torch.utils.data.RandomSampler)
+    assert loader.batch_sampler is None and isinstance(loader.sampler.sampler, torch.utils.data.RandomSampler)
     first, second = epoch_rows(loader, arrays), epoch_rows(loader, arrays)
     assert sorted(first) == sorted(second) == list(range(N_TRAIN))
     assert first != second and first != list(range(N_TRAIN))  # reshuffled each epoch
@@ -696,7 +696,7 @@ def test_loader_covers_every_row_once_per_epoch(built, arrays, ptorch):
 def test_loader_keeps_order_off_train(built, arrays, ptorch):
     torch, pt = ptorch
     val = pt.loader(built["stored"], "val", batch_size=3, num_workers=0, normalize="imagenet")
-    assert isinstance(val.sampler, torch.utils.data.SequentialSampler)
+    assert isinstance(val.sampler.sampler, torch.utils.data.SequentialSampler)
     X = torch.cat([X for X, _ in val]).numpy()
     np.testing.assert_allclose(X, reference(arrays["X_val"], IMAGENET_MEAN, IMAGENET_STD, "nchw"), rtol=1e-6,
                                atol=1e-6)
@@ -711,6 +711,8 @@ def test_loader_with_two_fork_workers(built, arrays, ptorch):
     loader.dataset[0]  # the parent has the shards open before the workers fork
     for _ in range(2):  # the same workers serve both epochs
         assert sorted(epoch_rows(loader, arrays)) == list(range(N_TRAIN))
+    X, _ = next(iter(loader))
+    assert X.is_shared()  # made by a worker in shared memory: handed over without a copy
     del loader
     gc.collect()
 
@@ -765,3 +767,19 @@ def test_epochs_leave_no_file_open(built):
         for _ in batches(built["stored"], batch_size=BATCH, epoch=epoch):
             break
     assert len(os.listdir("/proc/self/fd")) == open_files
+
+
+def test_a_batch_from_the_dataset_is_one_tensor_in_any_format(built, arrays, ptorch):
+    torch, pt = ptorch
+    rows = [5, 0, 61, 5]
+    for options, expected in (({}, arrays["X_train"][rows].transpose(0, 3, 1, 2)),
+                              ({"layout": "nhwc"}, arrays["X_train"][rows]),
+                              ({"normalize": "imagenet"}, reference(arrays["X_train"][rows], IMAGENET_MEAN,
+                                                                    IMAGENET_STD, "nchw")),
+                              ({"normalize": "imagenet", "layout": "nhwc"},
+                               reference(arrays["X_train"][rows], IMAGENET_MEAN, IMAGENET_STD, "nhwc"))):
+        X, y = pt.dataset(built["stored"], **options)[rows]
+        np.testing.assert_allclose(X.numpy(), expected, rtol=1e-6, atol=1e-6)
+        assert y.tolist() == arrays["y_train"][rows].tolist() and y.dtype == torch.int64
+    with pytest.raises(IndexError, match="out of range"):
+        pt.dataset(built["stored"])[[0, 62]]

@@ -151,3 +151,66 @@ def test_sizes_bench_tiny(tmp_path):
     assert data["images"] == 10 and data["key"]["bytes_identical"] is True
     assert all(run["rss"] > 10 for runs in data["runs"].values() for run in runs)  # memory was sampled
     assert not (tmp_path / "work" / "out").exists()  # archives removed without --keep
+
+
+def test_load_bench_tiny(tmp_path):
+    """bench/bench_load.py on a few small photos: the packer rows are measured; the ImageFolder rows say why
+    not where torchvision is missing (and the packer.torch rows where torch is)."""
+    def importable(module: str) -> bool:
+        return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(160, 120), (120, 160), (100, 100)]):
+        pixels = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).resize(size, Image.BICUBIC).save(photos / f"p{i}.jpg", quality=90)
+    results = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_load.py"), "--images", str(photos), "--classes", "2",
+                           "--train_per_class", "6", "--big_train_per_class", "15", "--batch_size", "4",
+                           "--repeats", "1", "--retry_busy", "0", "--work_dir", str(tmp_path / "work"),
+                           "--results_dir", str(results)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (results / "load.md").read_text()
+    assert report == (results / "latest.md").read_text()
+    assert report.strip() in proc.stdout
+    header, *rows = _table_rows(report.split("\n\n")[2])
+    assert header[:7] == ["case", "data", "page cache", "images", "seconds (median)", "images/s",
+                          "x ImageFolder (same cache)"]
+    by_case = {(row[0].split(")")[0] + ")", row[2], "big" in row[1]): row for row in rows}
+    has_torch, has_vision = importable("torch"), importable("torchvision")
+    expected = [("(BU)", "warm", False), ("(BF)", "warm", False), ("(BH)", "warm", False), ("(BU)", "cold", False),
+                ("(BF)", "cold", False), ("(BU)", "warm", True), ("(BF)", "warm", True)]
+    torch_rows = [("(PT)", "warm", False), ("(PT)", "cold", False), ("(PT)", "warm", True), ("(PU)", "warm", False)]
+    folder_rows = [("(IF)", "warm", False), ("(IF)", "cold", False)]
+    assert set(by_case) == set(expected + torch_rows + folder_rows)
+    for case in expected + (torch_rows if has_torch else []) + (folder_rows if has_vision else []):
+        row = by_case[case]
+        assert row[3] == ("12" if not case[2] else "30"), row  # 2 classes x 6 rows; the big archive 2 x 15
+        assert float(row[5].strip("*").replace(",", "")) > 0, row
+    if not has_vision:
+        assert all(by_case[case][3] == "not measured: torchvision not installed" for case in folder_rows)
+        assert "- warm: not measured (torchvision not installed)" in report
+    if not has_torch:
+        assert all(by_case[case][3] == "not measured: torch not installed" for case in torch_rows)
+    cold = [row for (_, cache, _), row in by_case.items() if cache == "cold" and row[4]]
+    resident = header.index("resident before")
+    assert cold and all(row[resident] == "0%" for row in cold)  # every page of the files dropped before the epoch
+    memory = [block for block in report.split("\n\n") if block.startswith("| loader |")]
+    assert len(memory) == 1
+    memory_header, *memory_rows = _table_rows(memory[0])
+    assert memory_header[:3] == ["loader", "data", "consumer"] and "below the bound" in memory_header
+    loaders = ["(BU)", "(BF)"] + (["(PT)"] if has_torch else [])
+    assert sorted((row[0].split(")")[0] + ")", row[1], row[2]) for row in memory_rows) == sorted(
+        [(name, data, consumer) for name in loaders for data in ("12 rows", "30 rows (big)")
+         for consumer in ("reads each batch", "sleeps 100 ms per batch")]
+        + ([("(PU)", "12 rows", "reads each batch")] if has_torch else []))
+    for key in ("## Key figures", "- memory, (BU)", "## Where the time goes", "## Machine"):
+        assert key in report
+    data = json.loads((results / "load.json").read_text())
+    assert data["rows"] == 12 and data["big_rows"] == 30
+    for key in ("BU_warm", "BF_warm", "BU_big", "BF_big"):
+        run = data["runs"][key][0]
+        assert run["images"] == (data["big_rows"] if key.endswith("big") else data["rows"])
+        assert run["hwm_above"] is not None and run["first_batch"] >= 0
+    assert not (tmp_path / "work" / "out").exists() and not (tmp_path / "work" / "big" / "out").exists()
