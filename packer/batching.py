@@ -22,7 +22,8 @@ shuffled order. A stored member is read with ``pread`` from the archive (no
 memory map: the reader's memory stays at the batches it holds, whatever the
 archive's size); a deflated member is decompressed into memory once, with a
 warning saying how much memory that takes. A background thread reads up to
-``prefetch`` batches ahead, so at most ``prefetch + 2`` batches are in memory.
+``prefetch`` batches ahead, starting one only when fewer than ``prefetch`` wait:
+besides the batch the consumer holds, at most ``prefetch`` are in memory.
 
 What a batch holds. ``X``: ``dtype="uint8"``, the stored values;
 ``"float32"``, the values divided by 255 (0 to 1, as torchvision's
