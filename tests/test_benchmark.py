@@ -28,6 +28,16 @@ def _bench(tmp_path, *options):
     return proc.stdout, results
 
 
+def _photos(folder: Path, sizes) -> Path:
+    """``folder`` with one photo-like JPEG ``p<i>.jpg`` of each (width, height) of ``sizes``."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate(sizes):
+        pixels = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).resize(size, Image.BICUBIC).save(folder / f"p{i}.jpg", quality=90)
+    return folder
+
+
 def _table_rows(markdown: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip().strip("|").split("|")] for line in markdown.splitlines()
             if line.startswith("| ") and not line.startswith("| ---")]
@@ -62,12 +72,7 @@ def test_default_mode_synthetic_tree(tmp_path):
 
 
 def test_default_mode_from_a_folder_of_photos(tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for i, size in enumerate([(500, 375), (375, 500), (320, 240)]):
-        pixels = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
-        Image.fromarray(pixels).resize(size, Image.BICUBIC).save(photos / f"p{i}.jpg", quality=90)
+    photos = _photos(tmp_path / "photos", [(500, 375), (375, 500), (320, 240)])
     (photos / "notes.txt").write_text("not an image")
     stdout, results = _bench(tmp_path, "--images", str(photos), "--classes", "2", "--train_per_class", "4",
                              "--val_per_class", "1", "--repeats", "1", "--workers", "2")
@@ -116,12 +121,7 @@ def test_memory_sampler_sees_child_processes(tmp_path):
 
 def test_sizes_bench_tiny(tmp_path):
     """bench/bench_sizes.py on a few small photos: its tables, and the same bytes as the separate builds."""
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for i, size in enumerate([(160, 120), (120, 160), (100, 100)]):
-        pixels = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
-        Image.fromarray(pixels).resize(size, Image.BICUBIC).save(photos / f"p{i}.jpg", quality=90)
+    photos = _photos(tmp_path / "photos", [(160, 120), (120, 160), (100, 100)])
     results = tmp_path / "results"
     proc = subprocess.run([sys.executable, str(BENCH / "bench_sizes.py"), "--images", str(photos), "--classes", "2",
                            "--train_per_class", "4", "--val_per_class", "1", "--repeats", "1", "--retry_busy", "0",
@@ -159,12 +159,7 @@ def test_load_bench_tiny(tmp_path):
     def importable(module: str) -> bool:
         return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for i, size in enumerate([(160, 120), (120, 160), (100, 100)]):
-        pixels = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
-        Image.fromarray(pixels).resize(size, Image.BICUBIC).save(photos / f"p{i}.jpg", quality=90)
+    photos = _photos(tmp_path / "photos", [(160, 120), (120, 160), (100, 100)])
     results = tmp_path / "results"
     proc = subprocess.run([sys.executable, str(BENCH / "bench_load.py"), "--images", str(photos), "--classes", "2",
                            "--train_per_class", "6", "--big_train_per_class", "15", "--batch_size", "4",
