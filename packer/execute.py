@@ -165,6 +165,11 @@ class OutputSet:
         """The size as ``--sizes`` writes it."""
         return self.options.size.text
 
+    def file_names(self, sharded: bool) -> list[str]:
+        """Every file the set puts in ``--out_dir``: its archive or shards, CSV, manifest (and shard index)."""
+        names = self.names
+        return [p.file_name for p in self.parts] + [names.metadata, names.manifest] + ([names.index] if sharded else [])
+
     @property
     def archive_bytes(self) -> int:
         """Bytes of the (uncompressed) arrays of every part."""
@@ -415,10 +420,7 @@ class Packing:
                      for output, set_files in zip(self.sets, files, strict=True)] if len(self.sets) > 1 else None
             for output, set_files in zip(self.sets, files, strict=True):
                 describe.write_json(self._manifest(output, set_files, sizes), self.work.partial(output.names.manifest))
-        self.outputs = [name for output in self.sets
-                        for name in ([p.file_name for p in output.parts] + [output.names.metadata,
-                                                                            output.names.manifest]
-                                     + ([output.names.index] if self.options.shard_size else []))]
+        self.outputs = [name for output in self.sets for name in output.file_names(bool(self.options.shard_size))]
 
     def _describe_files(self, output: OutputSet) -> dict:
         """Write a set's metadata CSV (and shard index); the manifest's ``files`` of the set."""
