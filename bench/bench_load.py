@@ -22,7 +22,8 @@ the consuming process, as a training step would have it; no computation):
   (IF) torchvision ``ImageFolder`` + ``Resize(256)``, ``CenterCrop(224)``, ``ToTensor()``,
        ``Normalize`` (ImageNet's mean and std) in a ``DataLoader(batch_size, shuffle=True,
        num_workers=--workers)``, seeded;
-  (PT) ``packer.torch.loader(archive, "train", batch_size, num_workers=--workers, normalize="imagenet")``:
+  (PT) ``packer.torch.loader(archive, "train", batch_size, num_workers=--workers, normalize="imagenet",
+       prefetch=--prefetch)``:
        float32 NCHW tensors, normalized as (IF), the like-for-like comparison;
   (PU) ``packer.torch.loader(..., dtype="uint8")``: the same DataLoader delivering uint8 NCHW tensors
        (normalizing left to the training step, e.g. on the GPU; warm only);
@@ -47,8 +48,9 @@ the baseline sum, and of its PSS sum above the process's PSS before ``iter()`` (
 batch passed from a worker, counted once), sampled every ~20 ms (``bench_measure.TreeMemorySampler``;
 not told when an epoch is too short to see every process), the largest over the rounds. Judged against
 the bound of issue #16, one batch (``--batch_size`` rows of the delivered dtype) times (``--prefetch``
-+ 2): the kernel's peak for ``packer.batches``, the sampled RSS sum for a DataLoader (whose own
-read-ahead is ``prefetch_factor`` 2 batches per worker). A consumer that reads each batch at once keeps
++ 2): the kernel's peak for ``packer.batches``, the sampled RSS sum for a DataLoader (``packer.torch.loader``
+is given the same ``prefetch``; ImageFolder's DataLoader reads ``prefetch_factor`` 2 batches ahead per
+worker). A consumer that reads each batch at once keeps
 the read-ahead nearly empty, so (PT), (BU) and (BF) are also run, for memory, with a consumer that
 sleeps ``--step_ms`` (100) per batch (a training step that leaves the cores to the loader): the
 read-ahead fills up, the worst case for the bound.
@@ -151,7 +153,7 @@ elif kind == "torch":
     import torch
     import packer.torch
     loader = packer.torch.loader(spec["path"], "train", batch_size=spec["batch_size"], num_workers=spec["workers"],
-                                 seed=spec["seed"], **spec["options"])
+                                 seed=spec["seed"], prefetch=spec["prefetch"], **spec["options"])
     loader.worker_init_fn = worker_started  # measurement only: the workers' baselines
 else:
     import packer

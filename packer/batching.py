@@ -191,32 +191,36 @@ class BatchFormat:
     def apply(self, images: np.ndarray, stored: Layout, out: np.ndarray | None = None) -> np.ndarray:
         """``images`` (uint8, in the ``stored`` layout) in this format, C-ordered: into ``out`` (of
         ``shape`` and this dtype) when given, else a new array."""
-        if self.layout != stored:  # moved while they are one byte each
-            axes = (0, 3, 1, 2) if self.layout == "nchw" else (0, 2, 3, 1)
-            images = np.ascontiguousarray(images.transpose(axes))
-        if self.dtype == "uint8":
-            if out is None:
-                return images
-            out[...] = images
-            return out
+        axes = (0, 1, 2, 3) if self.layout == stored else (0, 3, 1, 2) if self.layout == "nchw" else (0, 2, 3, 1)
+        if self.dtype == "uint8" and out is None:
+            return np.ascontiguousarray(images.transpose(axes))
         if out is None:
-            out = np.empty(images.shape, np.float32)
+            out = np.empty(self.shape(images.shape, stored), np.float32)
+        if self.dtype == "uint8":
+            np.copyto(out, images.transpose(axes))
+            return out
         mean = np.asarray(self.mean or (0.0, 0.0, 0.0), np.float64)
         std = np.asarray(self.std or (1.0, 1.0, 1.0), np.float64)
         scale, offset = (1 / (255 * std)).astype(np.float32), (-mean / std).astype(np.float32)
-        # (x / 255 - mean) / std as one multiply and one add, over long runs of values: an image
-        # plane per channel (nchw), or an image line of interleaved channels (nhwc)
-        values: np.ndarray
-        if self.layout == "nchw":
-            values, per_value = images.reshape(len(images), 3, -1), (scale[:, None], offset[:, None])
-        else:
-            width = images.shape[2] if images.ndim == 4 else 1
-            values, per_value = images.reshape(-1, width * 3), (np.tile(scale, width), np.tile(offset, width))
-        target = out.reshape(values.shape)
-        np.multiply(values, per_value[0], out=target)
-        if self.mean is not None:
-            target += per_value[1]
+        if self.layout == "nchw":  # per channel plane
+            scale, offset = scale.reshape(1, 3, 1, 1), offset.reshape(1, 3, 1, 1)
+        else:  # along an image line of interleaved channels (3x faster than a 3-value broadcast)
+            scale, offset = np.tile(scale, out.shape[2]), np.tile(offset, out.shape[2])
+        # (x / 255 - mean) / std as one multiply and one add, a few images at a time so the add
+        # finds the products still in the CPU cache (a quarter faster than whole batches)
+        step = max(1, _CACHE_BYTES * len(out) // max(1, out.nbytes))
+        for start in range(0, len(images), step):
+            target, values = out[start:start + step], images[start:start + step].transpose(axes)
+            if self.layout == "nhwc":
+                line = (len(target), -1, scale.size)
+                target, values = target.reshape(line), values.reshape(line)
+            np.multiply(values, scale, out=target)
+            if self.mean is not None:
+                target += offset
         return out
+
+
+_CACHE_BYTES = 2 << 20  # the float32 values formatted at once (a CPU cache's worth)
 
 
 def batch_format(path: Path, dtype: Dtype | None, normalize: Normalize, layout: Layout) -> BatchFormat:

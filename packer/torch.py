@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from .batching import Dtype, Layout, Normalize, batch_format, open_split
+from .batching import BatchFormat, Dtype, Layout, Normalize, batch_format, open_split
 from .loading import Subset
 
 
@@ -53,6 +53,9 @@ class ArchiveDataset(torch.utils.data.Dataset):
         """Items ``indices`` as one ``(images, labels)`` pair of tensors, read in row order. In a
         ``DataLoader`` worker the images are made in shared memory, so handing them to the main
         process copies nothing."""
+        return self._batch(indices, self.format)
+
+    def _batch(self, indices, format_: BatchFormat) -> tuple[torch.Tensor, torch.Tensor]:
         rows = np.asarray(indices, dtype=np.int64)
         if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
             raise IndexError(f"indices {rows.min()}..{rows.max()} out of range for the {len(self)} {self.split} images")
@@ -60,16 +63,28 @@ class ArchiveDataset(torch.utils.data.Dataset):
         labels = torch.from_numpy(self.labels[rows].astype(np.int64))
         if self.transform is not None:
             return torch.stack([image for image, _ in self._items(rows)]), labels
-        stored_shape = (len(rows),) + self.rows.row_shape
-        images = torch.empty(self.format.shape(stored_shape, self.rows.layout),
-                             dtype=torch.float32 if self.format.dtype == "float32" else torch.uint8)
-        if torch.utils.data.get_worker_info() is not None:
-            images.share_memory_()
-        if self.format.dtype == "uint8" and self.format.layout == self.rows.layout:
+        images = self._new_images(format_, len(rows), shared=torch.utils.data.get_worker_info() is not None)
+        if format_.dtype == "uint8" and format_.layout == self.rows.layout:
             self.rows.read(rows, out=images.numpy())
         else:
-            self.format.apply(self.rows.read(rows), self.rows.layout, out=images.numpy())
+            format_.apply(self.rows.read(rows), self.rows.layout, out=images.numpy())
         return images, labels
+
+    def _new_images(self, format_: BatchFormat, count: int, shared: bool = False, pinned: bool = False
+                    ) -> torch.Tensor:
+        shape = format_.shape((count,) + self.rows.row_shape, self.rows.layout)
+        if shared or pinned:
+            images = torch.empty(shape, dtype=torch.float32 if format_.dtype == "float32" else torch.uint8,
+                                 pin_memory=pinned)
+            return images.share_memory_() if shared else images
+        # numpy asks the kernel for huge pages for a large array: 5x fewer page faults than torch.empty's
+        return torch.from_numpy(np.empty(shape, np.float32 if format_.dtype == "float32" else np.uint8))
+
+    def formatted(self, stored: torch.Tensor, pinned: bool = False) -> torch.Tensor:
+        """Images as stored (what the dataset gives for ``AsStored`` indices) in this dataset's format."""
+        images = self._new_images(self.format, len(stored), pinned=pinned)
+        self.format.apply(stored.numpy(), self.format.layout, out=images.numpy())
+        return images
 
     def _items(self, rows: np.ndarray) -> list[tuple[torch.Tensor, int]]:
         images = torch.from_numpy(self.format.apply(self.rows.read(rows), self.rows.layout))
@@ -81,6 +96,8 @@ class ArchiveDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         """Item ``index``: ``(image, label)``; or, for a list of indices (what ``loader``'s batch
         sampler gives), the whole batch as ``batch`` makes it."""
+        if isinstance(index, AsStored):
+            return self._batch(index, BatchFormat("uint8", self.format.layout))
         if not isinstance(index, int | np.integer):
             return self.batch(index)
         if not -len(self) <= index < len(self):
@@ -98,20 +115,50 @@ def dataset(source: "str | Path | Subset", split: str = "train", transform: Call
     return ArchiveDataset(source, split, transform, dtype, normalize, layout)
 
 
+class AsStored(list):
+    """A batch's indices, for which the dataset gives the images as the archive stores them (uint8,
+    the stored layout), for ``ArchiveLoader`` to format in the main process."""
+
+
+class _StoredBatches(torch.utils.data.BatchSampler):
+    def __iter__(self):
+        return (AsStored(batch) for batch in super().__iter__())
+
+
+class ArchiveLoader(torch.utils.data.DataLoader):
+    """The ``DataLoader`` ``loader`` makes. When its batches are float32 (and there is no
+    ``transform``), the workers hand over the images as stored, a quarter of the bytes, and the
+    main process formats them: making a float32 batch in shared memory costs a worker more than
+    formatting it (shared memory gets no huge pages), and the main process formats from the
+    CPU cache, a few images at a time."""
+
+    def __iter__(self):
+        batches = super().__iter__()
+        if not isinstance(self.batch_sampler, _StoredBatches) and not isinstance(self.sampler, _StoredBatches):
+            return batches
+        return ((self.dataset.formatted(images, pinned=self.pin_memory), labels) for images, labels in batches)
+
+
 def loader(source: "str | Path | Subset", split: str = "train", batch_size: int = 256, shuffle: bool | None = None,
-           num_workers: int | None = None, seed: int = 0, drop_last: bool = False, **dataset_options
-           ) -> torch.utils.data.DataLoader:
+           num_workers: int | None = None, seed: int = 0, drop_last: bool = False, prefetch: int = 2,
+           **dataset_options
+           ) -> ArchiveLoader:
     """The usual ``DataLoader`` of ``dataset(source, split, **dataset_options)``: shuffled for
     ``train`` (unless ``shuffle`` says otherwise) with a generator seeded by ``seed``, ``num_workers``
-    worker processes (default: up to 4, one per core) kept alive between epochs, pinned memory
+    worker processes (default: up to 4, one per core) kept alive between epochs, reading ``prefetch``
+    batches ahead in all (at least one per worker: ``prefetch_factor`` is ``prefetch / num_workers``
+    rounded up), pinned memory
     when CUDA is there. Its sampler hands each worker a whole batch of indices, which the dataset
-    reads and formats at once into one tensor (no per-image tensors to collate)."""
+    reads at once into one tensor (no per-image tensors to collate); float32 batches are formatted
+    in the main process (see ``ArchiveLoader``)."""
     data = dataset(source, split, **dataset_options)
     workers = min(4, len(os.sched_getaffinity(0))) if num_workers is None else num_workers
     generator = torch.Generator().manual_seed(seed)
     order = (torch.utils.data.RandomSampler(data, generator=generator)
              if (split == "train" if shuffle is None else shuffle) else torch.utils.data.SequentialSampler(data))
-    return torch.utils.data.DataLoader(
-        data, batch_size=None, sampler=torch.utils.data.BatchSampler(order, batch_size, drop_last),
+    as_stored = workers > 0 and data.transform is None and data.format.dtype == "float32"
+    return ArchiveLoader(
+        data, batch_size=None,
+        sampler=(_StoredBatches if as_stored else torch.utils.data.BatchSampler)(order, batch_size, drop_last),
         num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-        generator=generator)
+        prefetch_factor=max(1, -(-prefetch // workers)) if workers else None, generator=generator)

@@ -783,3 +783,31 @@ def test_a_batch_from_the_dataset_is_one_tensor_in_any_format(built, arrays, pto
         assert y.tolist() == arrays["y_train"][rows].tolist() and y.dtype == torch.int64
     with pytest.raises(IndexError, match="out of range"):
         pt.dataset(built["stored"])[[0, 62]]
+
+
+def test_loader_formats_float32_in_the_main_process(built, arrays, ptorch):
+    """With workers, float32 batches cross as uint8 in the batch's layout and are formatted after."""
+    torch, pt = ptorch
+    loader = pt.loader(built["stored"], batch_size=BATCH, num_workers=2, seed=4, normalize="imagenet", prefetch=3)
+    assert isinstance(loader, torch.utils.data.DataLoader) and isinstance(loader.sampler, pt._StoredBatches)
+    assert loader.prefetch_factor == 2  # 3 batches ahead over 2 workers, rounded up
+    X, y = loader.dataset[pt.AsStored([5, 0, 61])]  # what a worker hands over
+    assert X.dtype == torch.uint8 and np.array_equal(X.numpy(), arrays["X_train"][[5, 0, 61]].transpose(0, 3, 1, 2))
+    served, labels = [], []
+    for X, y in loader:
+        assert X.dtype == torch.float32 and X.shape[1:] == (3, SIZE, SIZE) and not X.is_shared()
+        served.append(X.numpy())
+        labels += y.tolist()
+    assert sorted(labels) == sorted(arrays["y_train"].tolist())
+    expected = reference(arrays["X_train"], IMAGENET_MEAN, IMAGENET_STD, "nchw")
+    rows = epoch_rows(pt.loader(built["stored"], batch_size=BATCH, num_workers=0, seed=4, layout="nhwc"), arrays,
+                      layout="nhwc")  # the same seed's order, read without workers
+    np.testing.assert_allclose(np.concatenate(served), expected[rows], rtol=1e-6, atol=1e-6)
+    assert labels == arrays["y_train"][rows].tolist()
+    del loader
+    gc.collect()
+    for options in ({"num_workers": 0, "normalize": "imagenet"}, {"num_workers": 2},
+                    {"num_workers": 2, "normalize": "imagenet", "transform": lambda t: t}):
+        kept = pt.loader(built["stored"], batch_size=BATCH, **options)
+        assert type(kept.sampler) is torch.utils.data.BatchSampler, options  # formatted where it is read
+        assert kept.prefetch_factor == (None if not options["num_workers"] else 1)
