@@ -7,6 +7,8 @@
     imagenet-subset preview FILE.npz -o grid.png [--split S] [--per_class N] [--classes A,B]
     imagenet-subset bench-load FILE.npz [--split S] [--batch_size N] [--workers N]
     imagenet-subset demo [--dir DIR] [--out_dir DIR]
+    imagenet-subset download --urls LIST --out_dir DIR [choosing options]
+    imagenet-subset --urls LIST [--download_dir DIR] [options]
 """
 import argparse
 import logging
@@ -20,7 +22,7 @@ import typing
 from pathlib import Path
 
 from .errors import STOP_SIGNALS, Interrupted, UserError
-from .options import CHOOSING, GENERAL, HIERARCHY, SCALE, BuildOptions, option_fields
+from .options import CHOOSING, GENERAL, HIERARCHY, SCALE, URLS, BuildOptions, option_fields
 
 PROG = "imagenet-subset"
 COMMANDS = """commands:
@@ -30,6 +32,8 @@ COMMANDS = """commands:
   verify FILE.npz   recompute checksums and check the structure; exit 0 only if all holds
   preview FILE.npz  draw a contact sheet: imagenet-subset preview FILE.npz -o grid.png
   classes           list the classes of a tree (WNID, counts, name): imagenet-subset classes --data_dir ... --search dog
+  download          fetch the chosen images of a URL list: imagenet-subset download --urls fall11_urls.txt --out_dir D
+                    (or download and pack at once: imagenet-subset --urls fall11_urls.txt --subset_name ...)
   bench-load FILE.npz  time a shuffled epoch of training batches read from the archive
   demo              write a small synthetic ILSVRC tree and pack it (no ImageNet needed)
 run "imagenet-subset COMMAND --help" for a command's options"""
@@ -62,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Pack a subset of a local ImageNet (ILSVRC CLS-LOC) into a NumPy .npz archive.",
         epilog=COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter)
     groups = {GENERAL: parser, CHOOSING: parser.add_argument_group(CHOOSING),
-              HIERARCHY: parser.add_argument_group(HIERARCHY), SCALE: parser.add_argument_group(SCALE)}
+              HIERARCHY: parser.add_argument_group(HIERARCHY), URLS: parser.add_argument_group(URLS),
+              SCALE: parser.add_argument_group(SCALE)}
     for option, kind in option_fields():
         _add_option(groups[option.metadata["group"]], option, kind)
     parser.add_argument("--recipe", metavar="MANIFEST.json",
@@ -115,9 +120,14 @@ def _build(argv: list[str]) -> int:
         if clashing:
             raise UserError(f"{', '.join(clashing)} and --sizes both set the size; give every size in --sizes (as "
                             f"--sizes {args.sizes.split(',')[0].strip()},...) and drop {', '.join(clashing)}")
+    if args.urls and "data_dir" in _given(argv):
+        raise UserError(f"--urls {args.urls} and --data_dir {args.data_dir} each say where the images are; give one "
+                        "(--download_dir says where the downloaded ones go)")
     from .api import build
 
     result = build(BuildOptions(**{option.name: getattr(args, option.name) for option, _ in option_fields()}))
+    for line in result.downloaded:
+        print(line)
     for note in result.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     print(result.summary())
@@ -144,6 +154,32 @@ def _rebuild(args: argparse.Namespace, argv: list[str]) -> int:
     print(report.summary())
     print(report.result.labels_line())
     return 0 if report.archive_matches else 1
+
+
+def _download(argv: list[str]) -> int:
+    """``download``: fetch the chosen images of a URL list into a folder, as a tree to pack later."""
+    parser = _Parser(prog=f"{PROG} download", description="Download the chosen images of an image-URL list into "
+                     "--out_dir, laid out as a tree the packer reads (pack it with --data_dir OUT_DIR).")
+    parser.add_argument("--out_dir", required=True, help="the folder to download into (a second run there fetches "
+                                                          "only what is missing)")
+    groups = {CHOOSING: parser.add_argument_group(CHOOSING), HIERARCHY: parser.add_argument_group(HIERARCHY),
+              URLS: parser.add_argument_group(URLS)}
+    for option, kind in option_fields():
+        group = option.metadata["group"]
+        if option.name in ("subset_name", "progress") or (group in groups and option.name != "download_dir"):
+            _add_option(groups.get(group, parser), option, kind)
+    args = parser.parse_args(argv)
+    if not args.urls:
+        raise UserError("download needs --urls LIST (fall11_urls.txt, or a CSV/TSV with image_id and url)")
+    from .api import download_images
+
+    chosen = {option.name: getattr(args, option.name) for option, _ in option_fields() if hasattr(args, option.name)}
+    folder, result = download_images(BuildOptions(**chosen, download_dir=args.out_dir))
+    for line in result.summary_lines():
+        print(line)
+    print(f"images: {folder} ({len(result.rows)} kept; record of every attempt: {folder / 'downloads.csv'}); pack "
+          f"them with: {PROG} --data_dir {folder} ...")
+    return 0
 
 
 def _demo(argv: list[str]) -> int:
@@ -303,7 +339,7 @@ def _classes(argv: list[str]) -> int:
 
 
 COMMAND_HANDLERS = {"demo": _demo, "info": _info, "verify": _verify, "preview": _preview, "classes": _classes,
-                    "bench-load": _bench_load}
+                    "bench-load": _bench_load, "download": _download}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,7 +97,10 @@ order::
                         root is the split's name (held-out images are in train/);
                         label_source as in input; then one value per row, in row
                         order: the image's path relative to the split's folder, its
-                        id, its label, and the CRC-32 of its stored pixels
+                        id, its label, and the CRC-32 of its stored pixels; for
+                        images downloaded from a URL list also image_ids (<wnid>_<n>),
+                        urls and sha256 (of the file as downloaded), one per row (the
+                        ids are the images' line numbers in the list)
 
 Dates and timings live only here, never in the archive or the CSV. The shard
 index ``<name>_cls.index.json`` (with ``--shard_size``) is JSON in the same
@@ -180,6 +183,7 @@ def split_sources(images, row_crcs) -> dict:
         "ids": images.ids.tolist(),
         "labels": images.labels.tolist(),
         "row_crc32": [int(c) for c in row_crcs],
+        **(images.origins or {}),
     }
 
 

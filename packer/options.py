@@ -41,6 +41,7 @@ CHUNK_SIZE = 32  # rows per chunk of work: the output bytes depend on it, never 
 # The groups of command-line options, in the order ``--help`` shows them.
 GENERAL, CHOOSING, SCALE = "general", "choosing classes and images", "running at scale"
 HIERARCHY = "choosing by the WordNet hierarchy"
+URLS = "building from an image-URL list (no ImageNet copy needed)"
 
 
 ARCHIVE_INDEX_FOLDER = ".archive_index"  # in --out_dir, unless --index_dir says otherwise
@@ -128,6 +129,24 @@ class BuildOptions:
     rest_val: int | None = _option(None, "val images of 'rest' (default: proportional to --rest)", group=CHOOSING,
                                    shapes_output=True, minimum=0, unit="images")
     seed: int = _option(0, "seed of every random choice (default: 0)", group=CHOOSING, shapes_output=True)
+
+    urls: str | None = _option(
+        None, "an image-URL list (fall11_urls.txt; a CSV/TSV with image_id or wnid, and url; .gz/.tgz too): "
+              "download the chosen images, then pack them (instead of --data_dir)", group=URLS, metavar="LIST")
+    download_dir: str | None = _option(None, "where the images are downloaded, as a tree the packer reads (default: "
+                                             "OUT_DIR/NAME_images); a second run there fetches only what is missing",
+                                       group=URLS, metavar="DIR")
+    connections: int = _option(32, "downloads at once (default: 32)", group=URLS, minimum=1, unit="connections")
+    per_host: int = _option(8, "downloads at once from one host (default: 8)", group=URLS, minimum=1,
+                            unit="connections")
+    timeout: int = _option(30, "seconds to wait for a server to answer or send more (default: 30; connecting: "
+                               "at most 10)", group=URLS, minimum=1, unit="seconds")
+    max_bytes: int = _option(20_000_000, "largest image accepted, in bytes; a larger one is abandoned (default: "
+                                         "20000000)", group=URLS, minimum=1, unit="bytes")
+    min_size: int = _option(32, "smallest short side of an image kept, in pixels (default: 32)", group=URLS,
+                            minimum=1, unit="pixels")
+    reject_sha256: str | None = _option(None, "a file of SHA-256 digests (one per line) of placeholder images never "
+                                              "to keep, besides the built-in ones", group=URLS, metavar="FILE")
 
     on_error: OnError = _option("fail", "an unreadable image stops the run (fail, default) or is left out and "
                                         "listed (skip)", group=SCALE, shapes_output=True)
@@ -273,7 +292,8 @@ class BuildOptions:
                 "on_error": self.on_error, "sampling": self.sampling} | several
 
 
-PATH_OPTIONS = ("subset_name", "data_dir", "devkit_dir", "out_dir", "index_dir", "wordnet", "hierarchy")
+PATH_OPTIONS = ("subset_name", "data_dir", "devkit_dir", "out_dir", "index_dir", "wordnet", "hierarchy", "urls",
+                "download_dir", "reject_sha256")
 SAMPLING_OPTIONS = ("train_per_class", "val_per_class", "holdout_per_class", "rest", "rest_val", "seed", "balance")
 
 
@@ -312,6 +332,9 @@ _WHOLE_NUMBER_RULES = {  # (minimum, unit) -> what the value must be
     (1, "workers"): "must be a whole number of at least 1",
     (1, "rows"): "must be a whole number of rows, at least 1",
     (0, "images"): "must be a whole number of images, 0 or more",
+    (1, "connections"): "must be a whole number of connections, at least 1",
+    (1, "seconds"): "must be a whole number of seconds, at least 1",
+    (1, "bytes"): "must be a whole number of bytes, at least 1",
 }
 
 
@@ -473,6 +496,7 @@ class BuildResult:
     label_sources: dict[str, str] = field(default_factory=dict)  # split -> what gave its order and labels
     size: str | None = None  # in a build of several sizes: this one, as --sizes writes it
     other_sizes: tuple[BuildResult, ...] = ()  # what the same pass wrote at the other sizes, in --sizes order
+    downloaded: tuple[str, ...] = ()  # from a URL list: how the download went, in lines
 
     @property
     def images_per_second(self) -> float:

@@ -12,9 +12,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .download import LabelWork
+from .labelfiles import builtin_classes
 from .options import BuildOptions, BuildPlan
 from .sampling import apply_sampling
 from .subset import (
+    REST,
     Label,
     SubsetList,
     check_classes_present,
@@ -37,6 +40,7 @@ from .tree import (
     names_to_match,
     train_classes,
 )
+from .urllist import in_trying_order, scan_url_list, select_from_url_list
 
 
 def _input_description(tree: Tree, splits: list[SplitImages]) -> dict:
@@ -51,9 +55,26 @@ def _slug(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class ClassesOnOffer:
+    """What choosing looks at: the classes that have images (sorted WNIDs), the names ``--classes``
+    and ``--search`` match, where the classes are and what named them (for messages)."""
+
+    present: list[str]
+    names: dict[str, str]
+    where: str
+    named_by: str
+
+
+def classes_of_tree(tree: Tree, classes: dict[str, ClassInfo]) -> ClassesOnOffer:
+    files = " / ".join(p.name for p in (tree.synset_mapping, tree.map_clsloc) if p)
+    return ClassesOnOffer(train_classes(tree), names_to_match(classes), str(tree.train),
+                          files or "the built-in class table")
+
+
+@dataclass(frozen=True)
 class _Chosen:
-    """The labels chosen (``rest`` not yet added), the tree's classes no label or ``rest`` may take,
-    the manifest's record of the hierarchy used (None without one), and notes."""
+    """The labels chosen (``rest`` not yet added), the classes on offer no label or ``rest`` may
+    take, the manifest's record of the hierarchy used (None without one), and notes."""
 
     subset: SubsetList
     kept_out: frozenset[str] = frozenset()
@@ -61,18 +82,18 @@ class _Chosen:
     notes: tuple[str, ...] = ()
 
 
-def _choose_by_hierarchy(options: BuildOptions, tree: Tree, folders: list[str]) -> _Chosen:
+def _choose_by_hierarchy(options: BuildOptions, offer: ClassesOnOffer) -> _Chosen:
     """``--under`` / ``--group_by``, with the manifest's record of the hierarchy used."""
     from .hierarchy import load_hierarchy
 
     hierarchy = load_hierarchy(options.wordnet, options.hierarchy)
     under, exclude = options.under or (), options.exclude or ()
     if options.group_by:
-        choice = labels_grouped_by(hierarchy, options.group_by, under, exclude, options.overlap, folders,
-                                   str(tree.train))
+        choice = labels_grouped_by(hierarchy, options.group_by, under, exclude, options.overlap, offer.present,
+                                   offer.where)
         default_name, how = "grouped_" + _slug(options.group_by), f"--group_by {options.group_by}"
     else:
-        choice = labels_under(hierarchy, under, exclude, folders, str(tree.train))
+        choice = labels_under(hierarchy, under, exclude, offer.present, offer.where)
         default_name, how = "under_" + _slug("_".join(under)), f"--under {','.join(under)}"
     if exclude:
         how += f" --exclude {','.join(exclude)}"
@@ -82,20 +103,19 @@ def _choose_by_hierarchy(options: BuildOptions, tree: Tree, folders: list[str]) 
     return _Chosen(SubsetList(name, choice.labels, how), choice.taken_away, record, choice.notes)
 
 
-def _choose_subset(options: BuildOptions, tree: Tree, classes: dict[str, ClassInfo], folders: list[str]) -> _Chosen:
+def choose_subset(options: BuildOptions, offer: ClassesOnOffer) -> _Chosen:
+    """The labels the choosing options make of the classes on offer."""
     if options.under or options.group_by:
-        return _choose_by_hierarchy(options, tree, folders)
+        return _choose_by_hierarchy(options, offer)
     if options.classes or options.search:
-        names = names_to_match(classes)
-        if options.classes:  # among the tree's classes, named by its files or the built-in table
-            files = " / ".join(p.name for p in (tree.synset_mapping, tree.map_clsloc) if p)
-            source = f"the classes of {tree.train} (named by {files or 'the built-in class table'})"
-            in_tree = {wnid: names.get(wnid, "") for wnid in folders}
-            wnids = classes_by_name(list(options.classes), in_tree, source)
+        if options.classes:  # among the classes on offer, by the names they go by
+            source = f"the classes of {offer.where} (named by {offer.named_by})"
+            on_offer = {wnid: offer.names.get(wnid, "") for wnid in offer.present}
+            wnids = classes_by_name(list(options.classes), on_offer, source)
             default_name, how = "custom", f"--classes {','.join(options.classes)}"
         else:
             search = str(options.search)
-            wnids = classes_by_search(search, names, folders, str(tree.train))
+            wnids = classes_by_search(search, offer.names, offer.present, offer.where)
             default_name = "search_" + _slug(search)
             how = f"--search {search}"
         name = Path(options.subset_name).stem if options.subset_name else default_name  # inside --out_dir
@@ -107,11 +127,11 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     """Read the tree and the class list and decide every row of the archive."""
     tree = find_tree(options.data_dir, options.devkit_dir, options.index_folder)
     classes = class_table(tree)
-    folders = train_classes(tree)
-    chosen = _choose_subset(options, tree, classes, folders)
+    offer = classes_of_tree(tree, classes)
+    chosen = choose_subset(options, offer)
     subset = chosen.subset.with_rest() if options.rest is not None else chosen.subset
-    check_classes_present(subset, folders, str(tree.train))
-    listed = [w for w in folders if w not in chosen.kept_out] if options.rest is not None else list(subset.wnids)
+    check_classes_present(subset, offer.present, offer.where)
+    listed = [w for w in offer.present if w not in chosen.kept_out] if options.rest is not None else list(subset.wnids)
     train = label_images(list_train_images(tree, listed), subset)
     val = label_images(list_val_images(tree, listed), subset)
     rest_label = len(subset.labels) - 1 if options.rest is not None else None
@@ -121,3 +141,66 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     if chosen.hierarchy is not None:
         description["hierarchy"] = chosen.hierarchy
     return BuildPlan(subset.name, subset, tuple(splits), classes, description, tuple(notes))
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    """What a build from a URL list downloads: its name, each label's work (``download.py``), the
+    words naming the classes (written beside the images as ``LOC_synset_mapping.txt``), and notes."""
+
+    name: str
+    labels: list[LabelWork]
+    names: dict[str, str]
+    notes: tuple[str, ...]
+
+
+def names_for_url_lists(options: BuildOptions) -> tuple[dict[str, str], dict[str, str], str]:
+    """For a URL list: WNID -> names ``--classes`` and ``--search`` match (the built-in class
+    table's for the 1,000 classes, else the words), WNID -> words (of ``--wordnet``'s
+    ``words.txt``, or the packaged ones), and what named them."""
+    from .hierarchy import load_hierarchy
+
+    words = load_hierarchy(options.wordnet, options.hierarchy).names
+    table = {wnid: ClassInfo(known.human_label, known.clsloc_id, None) for wnid, known in builtin_classes().items()}
+    named_by = f"{Path(options.wordnet).name}/words.txt" if options.wordnet else "the packaged WordNet names"
+    return {**words, **names_to_match(table)}, words, named_by
+
+
+def _need(per_class: int | None, holdout: int, val: int | None, available: int) -> tuple[int, int]:
+    """(working images to get, how many of them go to val) for a label with ``available`` candidates."""
+    train = available if per_class is None else per_class + holdout
+    return train + (val or 0), val or 0
+
+
+def plan_download(options: BuildOptions) -> DownloadPlan:
+    """Choose the labels in the URL list ``options.urls`` as ``plan_build`` does in a tree (the
+    classes on offer are those with URLs), and each label's candidates in trying order: ``N + K +
+    M`` working images per label for ``--train_per_class N --holdout_per_class K --val_per_class
+    M`` (every URL without ``--train_per_class``), ``--rest`` + ``--rest_val`` for ``rest`` (by
+    default ``--rest`` times M / N, rounded, when both are given, else none)."""
+    assert options.urls is not None
+    scanned = scan_url_list(options.urls)
+    names, words, named_by = names_for_url_lists(options)
+    offer = ClassesOnOffer(scanned.wnids, names, f"the URL list {options.urls}", named_by)
+    chosen = choose_subset(options, offer)
+    check_classes_present(chosen.subset, offer.present, offer.where)
+    wanted = set(chosen.subset.wnids)
+    rest_from = (set(offer.present) - wanted - chosen.kept_out) if options.rest is not None else set()
+    rest_need = rest_val = 0
+    if options.rest is not None:
+        rest_val = options.rest_val if options.rest_val is not None else (
+            round(options.rest * options.val_per_class / options.train_per_class)
+            if options.val_per_class is not None and options.train_per_class else 0)
+        rest_need = options.rest + options.holdout_per_class + rest_val
+    # rest candidates: enough for most of them failing (old URL lists lose over half their images)
+    selection = select_from_url_list(scanned, wanted, options.seed, rest_from, 10 * rest_need + 100)
+    labels = []
+    for label in chosen.subset.labels:
+        candidates = [image for wnid in label.wnids for image in selection.by_wnid[wnid]]
+        if len(label.wnids) > 1:
+            candidates = in_trying_order(candidates, options.seed)
+        need, val = _need(options.train_per_class, options.holdout_per_class, options.val_per_class, len(candidates))
+        labels.append(LabelWork(label.name, candidates, need, val, wnids=label.wnids))
+    if options.rest is not None:
+        labels.append(LabelWork(REST, selection.rest, rest_need, rest_val))
+    return DownloadPlan(chosen.subset.name, labels, words, tuple(chosen.notes) + tuple(scanned.skipped_note()))

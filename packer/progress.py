@@ -25,7 +25,7 @@ class Progress:
         self.totals = totals
         self.done = {split: 0 for split in totals}
         self._stream = stream if stream is not None else sys.stderr
-        self._mode = ("bars" if _is_terminal(self._stream) else "lines") if enabled else "off"
+        self._mode = ("bars" if is_terminal(self._stream) else "lines") if enabled else "off"
         self._bars: dict = {}
         self._started: dict[str, float] = {}
         self._last_line: dict[str, float] = {}
@@ -80,7 +80,7 @@ class Progress:
         print(f"{split}: {done}/{total} images ({percent}%){rate}", file=self._stream, flush=True)
 
 
-def _is_terminal(stream) -> bool:
+def is_terminal(stream) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):

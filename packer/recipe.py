@@ -44,6 +44,7 @@ from typing import get_args
 import numpy as np
 
 from .checking import read_manifest
+from .download import DownloadOptions, LabelWork, download, read_attempts, write_class_names
 from .errors import UserError
 from .execute import execute, new_out_dir_removed_on_failure
 from .labelfiles import WNID_RE
@@ -61,6 +62,7 @@ from .options import (
 )
 from .subset import Label, SubsetList
 from .tree import SplitImages, class_table, find_tree
+from .urllist import ListedImage
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "holdout": "train"}
 """The splits a recipe may hold, in row-group order, and the folder of ``--data_dir`` holding
@@ -291,6 +293,64 @@ def _size_problems(recipe: dict) -> list[str]:
     return _listed("sizes not as a build writes them", wrong)
 
 
+def from_url_list(recipe: dict) -> bool:
+    """Whether the recipe's images were downloaded from a URL list (its rows have urls)."""
+    return any(isinstance(rows, dict) and "urls" in rows for rows in recipe["sources"].values())
+
+
+_IMAGE_ID_RE = re.compile(r"n\d{8}_\d+")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_URL_RE = re.compile(r"https?://[\x21-\x7e]+")
+
+
+def _origin_problems(recipe: dict) -> list[str]:
+    """A recipe from a URL list: every split's rows have an image_id (``<wnid>_<n>``), an http(s)
+    URL (printable ASCII) and a SHA-256, and each path is ``<wnid>/<image_id>.jpg`` or ``.png``,
+    where the download puts that image (so no other file can be read or written)."""
+    if not from_url_list(recipe):
+        return []
+    wrong = []
+    for split, rows in recipe["sources"].items():
+        columns = [rows.get(key) for key in ("paths", "image_ids", "urls", "sha256")]
+        if not all(isinstance(column, list) and len(column) == len(columns[0]) for column in columns):
+            wrong.append(f"{split}: image_ids, urls and sha256 must be lists as long as paths")
+            continue
+        for row, (path, image_id, url, digest) in enumerate(zip(*columns, strict=True)):
+            if not (isinstance(image_id, str) and _IMAGE_ID_RE.fullmatch(image_id) and isinstance(url, str)
+                    and _URL_RE.fullmatch(url) and isinstance(digest, str) and _SHA256_RE.fullmatch(digest)
+                    and path in (f"{image_id[:9]}/{image_id}.jpg", f"{image_id[:9]}/{image_id}.png")):
+                wrong.append(f"{split} row {row}: {_shown(image_id)} {_shown(url)}")
+    return _listed("downloaded images without a <wnid>_<n> image_id, an http(s) URL, a SHA-256 and the path "
+                   "the download gives them", wrong)
+
+
+def fetch_recipe_images(recipe: dict, folder: Path, fetching: DownloadOptions) -> None:
+    """Download exactly the images of a recipe from a URL list into ``folder`` (as ``download``
+    lays them out, each in its recipe split; held-out ones in train/); every one must come back
+    with the SHA-256 the recipe records, else one error names those that did not."""
+    by_wnid: dict[str, list[ListedImage]] = {}
+    split_of, expected = {}, {}
+    for split, rows in recipe["sources"].items():
+        for image_id, line, url, digest in zip(rows["image_ids"], rows["ids"], rows["urls"], rows["sha256"],
+                                               strict=True):
+            by_wnid.setdefault(image_id[:9], []).append(ListedImage(line, image_id, image_id[:9], url))
+            split_of[image_id], expected[image_id] = ("val" if split == "val" else "train"), digest
+    labels = [LabelWork(wnid, sorted(images, key=lambda image: image.line), len(images), wnids=(wnid,))
+              for wnid, images in sorted(by_wnid.items())]
+    result = download(labels, folder, fetching, split_of=split_of)
+    write_class_names(folder, {entry["wnids"][0]: entry["human_label"] for entry in recipe["classes"]
+                               if len(entry["wnids"]) == 1 and entry.get("human_label")})
+    kept = {row["image_id"]: row["sha256"] for row in result.rows}
+    attempts = read_attempts(folder)
+    failed = [f"{image_id} ({attempts[image_id].status if image_id in attempts else 'not tried'})"
+              if image_id not in kept else f"{image_id} (other bytes than the recipe's)"
+              for image_id in expected if kept.get(image_id) != expected[image_id]]
+    if failed:
+        raise UserError(f"{len(failed)} of the recipe's {len(expected)} images could not be downloaded as they were: "
+                        f"{shown(failed, 5)}; every attempt is in {folder / 'downloads.csv'}; ask the sender for "
+                        "the images, or build a new subset from the URL list")
+
+
 def check_recipe(recipe: dict, source: str) -> None:
     """Raise one ``UserError``, naming ``source`` (the manifest file), that lists everything in
     ``recipe`` a build would not have written (see the module docstring). Reads only the recipe."""
@@ -298,7 +358,7 @@ def check_recipe(recipe: dict, source: str) -> None:
         raise UserError(f"{source} is not an imagenet-subset manifest")
     problems = _entry_problems(recipe) + _class_problems(recipe) + _row_problems(recipe)
     if not _entry_problems(recipe):
-        problems += _size_problems(recipe)
+        problems += _size_problems(recipe) + _origin_problems(recipe)
     if problems:
         raise UserError(f"{source}: {'; '.join(problems)}; ask the sender for the manifest written by the build")
 
@@ -317,8 +377,11 @@ def plan_from_recipe(recipe: dict, data_dir: str, devkit_dir: str | None = None,
         sources, images = recipe["sources"][split], tree.train if folder == "train" else tree.val
         missing += [f"{folder}/{p}" for p in sources["paths"] if not images.has(p)]
         labels = np.array(sources["labels"], dtype=np.int32)
+        origins = ({key: list(sources[key]) for key in ("image_ids", "urls", "sha256")} if "urls" in sources
+                   else None)
         splits.append(SplitImages(split, images, list(sources["paths"]), [subset.labels[i].name for i in labels],
-                                  np.array(sources["ids"], dtype=np.int32), sources["label_source"], labels))
+                                  np.array(sources["ids"], dtype=np.int32), sources["label_source"], labels,
+                                  origins=origins))
     if missing:
         raise UserError(f"{len(missing)} images of the recipe are missing from {tree.data_dir}: {shown(missing, 5)}; "
                         "this copy of ImageNet lacks them")
@@ -349,6 +412,12 @@ def rebuild_from_recipe(recipe_path: str | Path, data_dir: str, **options) -> Re
                                  compress=recorded["compress"], shard_size=recorded.get("shard_size"),
                                  **size_options, **options)
     with new_out_dir_removed_on_failure(build_options):  # planning may start the archive index in it
+        if from_url_list(recipe):
+            from .api import download_folder, download_options
+
+            folder = download_folder(build_options, name)
+            fetch_recipe_images(recipe, folder, download_options(build_options))
+            build_options = dataclasses.replace(build_options, data_dir=str(folder))
         plan = plan_from_recipe(recipe, build_options.data_dir, build_options.devkit_dir, build_options.index_folder)
         result = execute(dataclasses.replace(plan, name=name), build_options)
     own = next(r for r in (result, *result.other_sizes) if r.name == recipe["name"])

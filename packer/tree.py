@@ -85,6 +85,7 @@ log = logging.getLogger("packer")
 # Where devkit files may sit below each searched folder, first match first.
 DEVKIT_FOLDERS = ("", "data/", "devkit/", "devkit/data/", "ILSVRC2012_devkit_t12/data/", "ILSVRC2015/devkit/data/")
 
+IMAGES_CSV = "images.csv"  # what a download from a URL list kept (download.py)
 LABEL_FILE_PLACES = {
     "train_cls": ("ImageSets/CLS-LOC/train_cls.txt", "train_cls.txt"),
     "synset_mapping": ("LOC_synset_mapping.txt",),
@@ -114,6 +115,7 @@ class Tree:
     val_annotations: "Path | ArchiveFolder | None" = None
     map_clsloc: LabelSource | None = None
     val_ground_truth: LabelSource | None = None
+    downloaded: Path | None = None  # the images.csv of a folder downloaded from a URL list
 
     def looked_in(self) -> str:
         """The searched folders, comma-separated, for messages."""
@@ -127,7 +129,9 @@ class SplitImages:
 
     ``label_source`` names what gave the order and classes (a file name, or a
     description such as ``val/<wnid>/ folders``); ``labels`` (int32, per image)
-    is set once a subset has been chosen.
+    is set once a subset has been chosen; ``origins`` (images downloaded from a
+    URL list) has one value per image under each of ``image_ids``, ``urls`` and
+    ``sha256``, which the manifest records.
     """
 
     split: str
@@ -138,6 +142,7 @@ class SplitImages:
     label_source: str
     labels: np.ndarray | None = None
     notes: tuple[str, ...] = field(default=())
+    origins: dict[str, list] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -152,9 +157,11 @@ class SplitImages:
     def take(self, rows: np.ndarray, split: str | None = None) -> "SplitImages":
         """The images at positions ``rows`` (in that order), optionally as another split."""
         rows = np.asarray(rows, dtype=np.int64)
+        origins = None if self.origins is None else {key: [values[i] for i in rows]
+                                                      for key, values in self.origins.items()}
         return SplitImages(split or self.split, self.source, [self.paths[i] for i in rows],
                            [self.wnids[i] for i in rows], self.ids[rows], self.label_source,
-                           None if self.labels is None else self.labels[rows], self.notes)
+                           None if self.labels is None else self.labels[rows], self.notes, origins)
 
 
 @dataclass(frozen=True)
@@ -238,7 +245,8 @@ def find_tree(data_dir: str | os.PathLike, devkit_dir: str | os.PathLike | None 
                     break
         if all(found.get(kind) for kind in LABEL_FILE_PLACES):
             break
-    return Tree(data_dir, images.train, images.val, searched, **found)
+    downloaded = data_dir / IMAGES_CSV if data_dir.is_dir() and (data_dir / IMAGES_CSV).is_file() else None
+    return Tree(data_dir, images.train, images.val, searched, **found, downloaded=downloaded)
 
 
 def train_classes(tree: Tree) -> list[str]:
@@ -253,6 +261,8 @@ def _images_by_stem(folder: ImageFolder, class_folder: str) -> dict[str, str]:
 def list_train_images(tree: Tree, wnids: list[str]) -> SplitImages:
     """The train images of ``wnids`` in ``train_cls.txt`` order (or sorted-tree order)."""
     wanted = set(wnids)
+    if tree.downloaded is not None:
+        return _downloaded_images(tree, "train", wanted)
     if tree.train_cls is not None:
         return _train_from_train_cls(tree, wanted)
     if isinstance(tree.train, ArchiveFolder) and tree.train.class_tars:
@@ -328,6 +338,28 @@ def _train_from_train_cls(tree: Tree, wanted: set[str]) -> SplitImages:
                        train_cls.name, notes=notes)
 
 
+def _downloaded_images(tree: Tree, split: str, wanted: set[str]) -> SplitImages:
+    """The ``split`` images of ``wanted`` classes a download from a URL list kept, in line order,
+    as its ``images.csv`` lists them; ids are their line numbers in the list."""
+    from .download import read_images_csv
+
+    assert tree.downloaded is not None
+    folder = tree.train if split == "train" else tree.val
+    rows = [row for row in read_images_csv(tree.downloaded) if row["split"] == split and row["wnid"] in wanted]
+    prefix = f"{split}/"
+    paths = [row["path"][len(prefix):] for row in rows]
+    missing = [row["path"] for row, path in zip(rows, paths, strict=True)
+               if not row["path"].startswith(prefix) or not folder.has(path)]
+    if missing:
+        raise UserError(f"{len(missing)} images listed in {tree.downloaded} are missing from {tree.data_dir}: "
+                        f"{shown(missing)}; run the download again to fetch them")
+    origins = {"image_ids": [row["image_id"] for row in rows], "urls": [row["url"] for row in rows],
+               "sha256": [row["sha256"] for row in rows]}
+    return SplitImages(split, folder, paths, [row["wnid"] for row in rows],
+                       np.array([row["line"] for row in rows], dtype=np.int32),
+                       f"{IMAGES_CSV} (downloaded from a URL list)", origins=origins)
+
+
 def _val_number(tree: Tree, relative: str) -> int:
     number = val_image_number(os.path.basename(relative))
     if number is None:
@@ -339,6 +371,8 @@ def _val_number(tree: Tree, relative: str) -> int:
 def list_val_images(tree: Tree, wnids: list[str]) -> SplitImages:
     """The val images of ``wnids`` in image-number order, labelled by the best source present."""
     wanted = set(wnids)
+    if tree.downloaded is not None:
+        return _downloaded_images(tree, "val", wanted)
     sorted_into = tree.val.class_folders()
     if sorted_into:
         entries = [

@@ -1,0 +1,720 @@
+"""Download the chosen images of a URL list into a folder the packer reads as a tree.
+
+``download(request, out_dir, options)`` fetches, for every label of the
+request, candidates in their trying order (``urllist.py``) until the label has
+``need`` working images or its candidates run out. At most ``need - kept``
+candidates of a label are in flight at once, so the images kept are the first
+``need`` that work, in trying order, whatever the timing (a duplicate found
+later displaces the later-ranked of the two). The folder::
+
+    DIR/train/<wnid>/<image_id>.<jpg|png>   a kept train image, bytes as received
+    DIR/val/<wnid>/<image_id>.<jpg|png>     a kept val image
+    DIR/downloads.csv      every attempt, one row each, appended as it ends
+    DIR/images.csv         the kept images of the last complete run (see below)
+    DIR/LOC_synset_mapping.txt   the words naming the classes (``write_class_names``)
+    DIR/.partial/          bodies being received (removed at the end)
+    DIR/.download.lock     held while a run is going on
+
+``downloads.csv`` columns: ``image_id, wnid, line, url, status, http_code,
+bytes, sha256, seconds, tries`` (``status`` in ``STATUSES``; ``http_code`` the
+last HTTP status seen, empty when none; ``bytes`` and ``sha256`` of the body
+received, empty when none; ``seconds`` of all tries; ``tries`` how many).
+
+``images.csv`` columns: ``split, path, image_id, wnid, line, url, sha256,
+bytes``; one row per kept image, train rows then val rows, each in ``line``
+order; ``path`` relative to ``DIR``. The packer takes the rows, labels and ids
+(``line``) of ``DIR`` from it (``tree.py``); it is replaced atomically at the
+end of a run.
+
+An image is kept when: the answer is HTTP 200 after at most ``MAX_REDIRECTS``
+redirects, none to a ``photo_unavailable`` page; the body is complete (as long
+as its Content-Length) and at most ``max_bytes``; Pillow opens it as JPEG or PNG
+and decodes it fully; its short side is at least ``min_size``; its SHA-256 is
+not a known placeholder's (``packer/data/placeholder_sha256.txt`` and
+``reject_sha256``); and no earlier image of its label has the same bytes.
+Bodies are written to ``.partial/`` and renamed into place once verified.
+
+Retries: a timeout, a reset or refused connection, a cut-short body, HTTP 408,
+429 and 5xx are tried again up to ``retries`` times, after ``backoff * 2**k``
+seconds plus up to as much again of jitter (or the ``Retry-After`` the server
+asked for, up to ``MAX_RETRY_AFTER``); other failures are final. On the next run
+in the same folder the final failures (``PERMANENT``) and the kept images are
+not fetched again; the others are.
+"""
+import contextlib
+import csv
+import fcntl
+import hashlib
+import os
+import random
+import shutil
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .errors import UserError
+from .progress import is_terminal
+from .tree import IMAGES_CSV, LABEL_FILE_PLACES
+from .urllist import ListedImage
+
+ATTEMPT_COLUMNS = ("image_id", "wnid", "line", "url", "status", "http_code", "bytes", "sha256", "seconds", "tries")
+IMAGE_COLUMNS = ("split", "path", "image_id", "wnid", "line", "url", "sha256", "bytes")
+DOWNLOADS_CSV = "downloads.csv"
+PARTIAL_DIR = ".partial"
+LOCK_FILE = ".download.lock"
+MAX_REDIRECTS = 5
+MAX_RETRY_AFTER = 60.0
+PLACEHOLDER_MARK = "photo_unavailable"
+STATUSES = ("ok", "http_<code>", "timeout", "reset", "truncated", "too_large", "not_an_image", "too_small",
+            "placeholder", "duplicate", "too_many_redirects", "bad_url", "no_host", "error")
+TRANSIENT = {"timeout", "reset", "truncated", "http_408", "http_429", "error"}  # and http_5xx
+PERMANENT_NOTE = "kept images and final failures are not fetched again"
+
+
+def user_agent() -> str:
+    from . import __version__
+
+    return f"imagenet-subset/{__version__} (research dataset download; urllib3)"
+
+
+def is_final(status: str) -> bool:
+    """Whether a run in the same folder takes ``status`` as it is (not fetched again): not for a
+    transient failure, nor a duplicate (its twin may since have been displaced)."""
+    return status not in TRANSIENT and status != "duplicate" and not status.startswith("http_5")
+
+
+def builtin_placeholders() -> frozenset[str]:
+    """The SHA-256 digests of known placeholder images, from ``packer/data/placeholder_sha256.txt``."""
+    text = resources.files("packer.data").joinpath("placeholder_sha256.txt").read_text()
+    return frozenset(line.split()[0].lower() for line in text.splitlines() if line.strip() and line[0] != "#")
+
+
+def read_sha256_list(path: str | os.PathLike) -> frozenset[str]:
+    """A ``--reject_sha256`` file: one hex SHA-256 per line (anything after it ignored, ``#`` lines too)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UserError(f"--reject_sha256 {path}: {exc.strerror or exc}; pass a file of SHA-256 digests, "
+                        "one per line") from None
+    digests = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        word = line.split()[0].lower() if line.split() else ""
+        if not word or word.startswith("#"):
+            continue
+        if len(word) != 64 or any(c not in "0123456789abcdef" for c in word):
+            raise UserError(f"--reject_sha256 {path}, line {number}: {word[:70]!r} is not a hex SHA-256; "
+                            "write one 64-digit digest per line")
+        digests.add(word)
+    return frozenset(digests)
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """How to fetch: connections in all and per host, timeouts (seconds), retries, size limits."""
+
+    connections: int = 32
+    per_host: int = 8
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    retries: int = 3
+    backoff: float = 1.0
+    max_bytes: int = 20 << 20
+    min_size: int = 32
+    reject_sha256: frozenset[str] = frozenset()
+    progress: bool = True
+
+
+@dataclass
+class Attempt:
+    """One row of ``downloads.csv`` (see the module docstring)."""
+
+    image_id: str
+    wnid: str
+    line: int
+    url: str
+    status: str
+    http_code: int | None = None
+    bytes: int | None = None
+    sha256: str = ""
+    seconds: float = 0.0
+    tries: int = 1
+    extension: str = ""  # of a kept body: ".jpg" or ".png" (not a column)
+    body: Path | None = None  # a verified body, in .partial/ until it is kept (not a column)
+
+    def row(self) -> list:
+        return [self.image_id, self.wnid, self.line, self.url, self.status,
+                "" if self.http_code is None else self.http_code, "" if self.bytes is None else self.bytes,
+                self.sha256, f"{self.seconds:.3f}", self.tries]
+
+
+@dataclass
+class LabelWork:
+    """What to fetch for one label: its candidates in trying order, how many working images it
+    needs, and how many of those go to val (``val_share`` of what it gets, see ``split_kept``)."""
+
+    name: str
+    candidates: list[ListedImage]
+    need: int
+    val: int = 0
+    wnids: tuple[str, ...] = ()  # the label's classes (a folder is made for each, kept images or not)
+    tried: int = 0  # candidates started
+    in_flight: int = 0
+    kept: dict[int, Attempt] = field(default_factory=dict)  # rank in candidates -> the kept attempt
+
+    @property
+    def missing(self) -> int:
+        return self.need - len(self.kept) - self.in_flight
+
+
+@dataclass
+class DownloadResult:
+    """What a download run did: the kept images per label (rank order), the count of each
+    status this run, the images taken from an earlier run, and labels left short."""
+
+    labels: list[LabelWork]
+    statuses: Counter
+    reused: int
+    short: list[str]
+    bytes: int
+    seconds: float
+    rows: list[dict]  # images.csv
+    notes: tuple[str, ...] = ()
+
+    def summary_lines(self) -> list[str]:
+        kept = sum(len(label.kept) for label in self.labels)
+        counts = ", ".join(f"{status} {count}" for status, count in sorted(self.statuses.items(),
+                                                                          key=lambda kv: (-kv[1], kv[0])))
+        lines = [f"downloaded: {kept} images kept for {len(self.labels)} labels "
+                 f"({self.reused} from an earlier run); this run: {counts or 'nothing fetched'}; "
+                 f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s"]
+        lines += [f"note: {note}" for note in self.notes]
+        if self.short:
+            lines.append(f"{len(self.short)} labels ran out of URLs and kept what they got: "
+                         f"{', '.join(self.short[:8])}{' ...' if len(self.short) > 8 else ''}")
+        return lines
+
+
+# --------------------------------------------------------------------------- one image
+
+class _Fetcher:
+    """Fetches one URL into ``partial`` and says what came of it (thread-safe: one urllib3
+    PoolManager, which keeps a connection pool per host)."""
+
+    def __init__(self, options: DownloadOptions, partial: Path):
+        import urllib3
+
+        self.urllib3 = urllib3
+        self.options = options
+        self.partial = partial
+        self.placeholders = builtin_placeholders() | options.reject_sha256
+        self.http = urllib3.PoolManager(
+            num_pools=max(64, options.connections * 2), maxsize=options.per_host, block=False,
+            headers={"User-Agent": user_agent(), "Accept": "image/jpeg,image/png,image/*;q=0.8,*/*;q=0.1"},
+            timeout=urllib3.Timeout(connect=options.connect_timeout, read=options.read_timeout),
+            retries=False)
+
+    def __call__(self, image: ListedImage, stop: threading.Event) -> Attempt:
+        started = time.monotonic()
+        attempt = Attempt(image.image_id, image.wnid, image.line, image.url, "error", tries=0)
+        for try_number in range(self.options.retries + 1):
+            attempt.tries = try_number + 1
+            wait_for = self._try(image, attempt)
+            if wait_for is None or try_number == self.options.retries or stop.is_set():
+                break
+            delay = wait_for if wait_for > 0 else self.options.backoff * 2 ** try_number * (1 + random.random())
+            if stop.wait(min(delay, MAX_RETRY_AFTER)):
+                break
+        attempt.seconds = time.monotonic() - started
+        return attempt
+
+    def _try(self, image: ListedImage, attempt: Attempt) -> float | None:
+        """One try; sets ``attempt``'s outcome. Returns None when it is final, else how long to
+        wait before the next try (0: the usual backoff)."""
+        exceptions = self.urllib3.exceptions
+        attempt.http_code, attempt.bytes, attempt.sha256, attempt.body = None, None, "", None
+        url = image.url
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                if PLACEHOLDER_MARK in url.lower():
+                    attempt.status = "placeholder"
+                    return None
+                response = self.http.request("GET", url, preload_content=False, redirect=False)
+                attempt.http_code = response.status
+                if response.status in (301, 302, 303, 307, 308) and response.headers.get("Location"):
+                    url = self.urllib3.util.parse_url(response.headers["Location"]).url \
+                        if "://" in response.headers["Location"] else _joined(url, response.headers["Location"])
+                    response.drain_conn()
+                    response.release_conn()
+                    continue
+                break
+            else:
+                attempt.status = "too_many_redirects"
+                return None
+            with contextlib.closing(response):
+                return self._receive(response, image, attempt)
+        except exceptions.LocationValueError:
+            attempt.status = "bad_url"
+        except exceptions.NameResolutionError:
+            attempt.status = "no_host"
+        except (exceptions.ConnectTimeoutError, exceptions.ReadTimeoutError, TimeoutError):
+            attempt.status = "timeout"
+            return 0.0
+        except (exceptions.ProtocolError, exceptions.NewConnectionError, ConnectionError) as exc:
+            attempt.status = "truncated" if _is_cut_short(exc) else "reset"
+            return 0.0
+        except exceptions.MaxRetryError as exc:  # what urllib3 wraps a connection failure in
+            reason = exc.reason
+            if isinstance(reason, exceptions.NameResolutionError):
+                attempt.status = "no_host"
+                return None
+            attempt.status = "timeout" if isinstance(reason, exceptions.ConnectTimeoutError) else "reset"
+            return 0.0
+        except exceptions.HTTPError:
+            attempt.status = "error"
+            return 0.0
+        return None
+
+    def _receive(self, response, image: ListedImage, attempt: Attempt) -> float | None:
+        status = response.status
+        if status != 200:
+            attempt.status = f"http_{status}"
+            if status == 429 or status == 408 or status >= 500:
+                return _retry_after(response.headers.get("Retry-After"))
+            return None
+        announced = response.headers.get("Content-Length")
+        if announced and announced.isdigit() and int(announced) > self.options.max_bytes:
+            attempt.status = "too_large"
+            return None
+        body: Path | None = self.partial / f"{image.image_id}.{threading.get_ident()}.part"
+        assert body is not None
+        digest, size = hashlib.sha256(), 0
+        try:
+            with open(body, "wb") as out:
+                for block in response.stream(1 << 16):
+                    size += len(block)
+                    if size > self.options.max_bytes:
+                        attempt.status, attempt.bytes = "too_large", size
+                        return None
+                    digest.update(block)
+                    out.write(block)
+            attempt.bytes, attempt.sha256 = size, digest.hexdigest()
+            if announced and announced.isdigit() and size != int(announced):
+                attempt.status = "truncated"
+                return 0.0
+            if attempt.sha256 in self.placeholders:
+                attempt.status = "placeholder"
+                return None
+            attempt.status, attempt.extension = check_image(body, self.options.min_size)
+            if attempt.status == "ok":
+                attempt.body, body = body, None
+            return None
+        finally:
+            if body is not None:
+                body.unlink(missing_ok=True)
+
+
+def _joined(base: str, location: str) -> str:
+    from urllib.parse import urljoin
+
+    return urljoin(base, location)
+
+
+def _is_cut_short(exc: BaseException) -> bool:
+    import urllib3
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, urllib3.exceptions.IncompleteRead) or "IncompleteRead" in type(seen).__name__:
+            return True
+        seen = seen.__cause__ or seen.__context__ or (seen.args[1] if len(seen.args) > 1
+                                                      and isinstance(seen.args[1], BaseException) else None)
+    return False
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds a ``Retry-After`` header asks for (0 when absent or unreadable: the usual backoff)."""
+    if value and value.strip().isdigit():
+        return float(value.strip())
+    if value:
+        from email.utils import parsedate_to_datetime
+
+        with contextlib.suppress(TypeError, ValueError):
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    return 0.0
+
+
+def check_image(path: Path, min_size: int) -> tuple[str, str]:
+    """(status, extension) of a received body: ``ok`` and ``.jpg``/``.png`` when Pillow decodes
+    it fully as JPEG or PNG with a short side of at least ``min_size``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.format not in ("JPEG", "PNG"):
+                return "not_an_image", ""
+            if min(image.size) < min_size:
+                return "too_small", ""
+            if image.format == "JPEG":
+                image.draft(image.mode, (min_size, min_size))  # every byte still decoded, at a smaller scale
+            image.load()
+            return "ok", ".jpg" if image.format == "JPEG" else ".png"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return "not_an_image", ""
+
+
+# --------------------------------------------------------------------------- the record
+
+def read_attempts(folder: Path) -> dict[str, Attempt]:
+    """The last attempt of each image_id in ``folder/downloads.csv`` ({} without one)."""
+    path = folder / DOWNLOADS_CSV
+    if not path.is_file():
+        return {}
+    last: dict[str, Attempt] = {}
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        rows = csv.reader(f)
+        header = next(rows, None)
+        if header is None:
+            return {}
+        if tuple(header) != ATTEMPT_COLUMNS:
+            raise UserError(f"{path} is not a download record of imagenet-subset (columns {','.join(header)[:80]}); "
+                            "pass another folder for the download")
+        for row in rows:
+            if len(row) != len(ATTEMPT_COLUMNS):  # a line cut short by a killed run
+                continue
+            try:
+                attempt = Attempt(row[0], row[1], int(row[2]), row[3], row[4],
+                                  int(row[5]) if row[5] else None, int(row[6]) if row[6] else None, row[7],
+                                  float(row[8]), int(row[9]))
+            except ValueError:
+                continue
+            last[attempt.image_id] = attempt
+    return last
+
+
+@contextlib.contextmanager
+def _attempt_log(folder: Path) -> Iterator[Callable[[Attempt], None]]:
+    path = folder / DOWNLOADS_CSV
+    new = not path.is_file() or path.stat().st_size == 0
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        if not new:  # a run killed mid-line left no line end: start a fresh line
+            with open(path, "rb") as check:
+                check.seek(-1, os.SEEK_END)
+                if check.read(1) != b"\n":
+                    f.write("\n")
+        writer = csv.writer(f, lineterminator="\n")
+        if new:
+            writer.writerow(ATTEMPT_COLUMNS)
+        last_flush = time.monotonic()
+
+        def log(attempt: Attempt) -> None:
+            nonlocal last_flush
+            writer.writerow(attempt.row())
+            if time.monotonic() - last_flush > 1.0:
+                f.flush()
+                last_flush = time.monotonic()
+
+        yield log
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.download.lock``; a second run on the same folder is refused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip()
+            raise UserError(f"{folder} is in use by another download{f' (pid {holder})' if holder else ''}; "
+                            "wait for it to end, or download into another folder") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+
+
+def kept_path(folder: Path, split: str, wnid: str, image_id: str, extension: str) -> Path:
+    return folder / split / wnid / f"{image_id}{extension}"
+
+
+def _find_kept(folder: Path, attempt: Attempt) -> Path | None:
+    """Where an earlier run's kept image is (train/ or val/), if it is there whole."""
+    for split in ("train", "val"):
+        for extension in (".jpg", ".png"):
+            path = kept_path(folder, split, attempt.wnid, attempt.image_id, extension)
+            if path.is_file() and path.stat().st_size == attempt.bytes:
+                attempt.extension = extension
+                return path
+    return None
+
+
+# --------------------------------------------------------------------------- the run
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+class _Run:
+    """The dispatcher's state: which candidate to try next, what is in flight, what was kept."""
+
+    def __init__(self, labels: list[LabelWork], earlier: dict[str, Attempt], folder: Path, options: DownloadOptions):
+        self.labels = labels
+        self.earlier = earlier
+        self.folder = folder
+        self.options = options
+        self.per_host: Counter = Counter()
+        self.statuses: Counter = Counter()
+        self.reused = 0
+        self.bytes = 0
+
+    def next_candidates(self) -> Iterator[tuple[LabelWork, int, ListedImage]]:
+        """Candidates to start now, one label at a time in turn, within the connection limits."""
+        busy = sum(label.in_flight for label in self.labels)
+        progressed = True
+        while progressed and busy < self.options.connections:
+            progressed = False
+            for label in self.labels:
+                if label.missing <= 0 or label.tried >= len(label.candidates):
+                    continue
+                rank = label.tried
+                image = label.candidates[rank]
+                earlier = self.earlier.get(image.image_id)
+                if earlier is not None and earlier.url == image.url and self._take_earlier(label, rank, earlier):
+                    progressed = True
+                    continue
+                host = _host(image.url)
+                if self.per_host[host] >= self.options.per_host:
+                    continue
+                label.tried += 1
+                label.in_flight += 1
+                self.per_host[host] += 1
+                busy += 1
+                progressed = True
+                yield label, rank, image
+                if busy >= self.options.connections:
+                    return
+
+    def _take_earlier(self, label: LabelWork, rank: int, earlier: Attempt) -> bool:
+        """Use an earlier run's outcome for this candidate when it is final (no fetch)."""
+        if earlier.status == "ok":
+            if _find_kept(self.folder, earlier) is None:
+                return False
+            label.tried += 1
+            self.reused += 1
+            self._keep(label, rank, earlier)
+            return True
+        if is_final(earlier.status):
+            label.tried += 1
+            return True
+        return False
+
+    def finished(self, label: LabelWork, rank: int, image: ListedImage, attempt: Attempt) -> list[Attempt]:
+        """Take in a finished fetch; the attempts to record (this one, and a kept one it displaced)."""
+        label.in_flight -= 1
+        self.per_host[_host(image.url)] -= 1
+        self.bytes += attempt.bytes or 0
+        displaced = self._keep(label, rank, attempt) if attempt.status == "ok" else None
+        self.statuses[attempt.status] += 1
+        if displaced is not None:
+            self.statuses["ok"] -= 1
+            self.statuses["duplicate"] += 1
+        return [attempt] + ([displaced] if displaced is not None else [])
+
+    def _keep(self, label: LabelWork, rank: int, attempt: Attempt) -> Attempt | None:
+        """Keep ``attempt`` unless an earlier-ranked image of the label has its bytes (it is then a
+        ``duplicate``); a later-ranked kept twin is displaced instead, and returned."""
+        twin = next((r for r, kept in label.kept.items() if kept.sha256 == attempt.sha256), None)
+        if twin is not None and twin < rank:
+            self._drop(attempt)
+            attempt.status = "duplicate"
+            return None
+        displaced = label.kept.pop(twin) if twin is not None else None
+        if displaced is not None:
+            self._drop(displaced)
+            displaced.status = "duplicate"
+        label.kept[rank] = self._placed(attempt)
+        return displaced
+
+    def _placed(self, attempt: Attempt) -> Attempt:
+        """Move a verified body from .partial/ to train/<wnid>/ (an earlier run's stays where it is)."""
+        if attempt.body is not None:
+            target = kept_path(self.folder, "train", attempt.wnid, attempt.image_id, attempt.extension)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(attempt.body, target)
+            attempt.body = None
+        return attempt
+
+    def _drop(self, attempt: Attempt) -> None:
+        if attempt.body is not None:
+            attempt.body.unlink(missing_ok=True)
+            attempt.body = None
+            return
+        found = _find_kept(self.folder, attempt)
+        if found is not None:
+            found.unlink()
+
+
+def download(labels: list[LabelWork], folder: str | os.PathLike, options: DownloadOptions, seed: int = 0,
+             split_of: dict[str, str] | None = None) -> DownloadResult:
+    """Fetch every label's images into ``folder`` (see the module docstring); write ``images.csv``.
+    ``split_of`` (image_id -> "train" or "val") places the kept images instead of ``split_kept``."""
+    folder = Path(folder)
+    started = time.monotonic()
+    with folder_lock(folder):
+        for split in ("train", "val"):  # a label that keeps nothing still has its class folder
+            for wnid in {wnid for label in labels for wnid in label.wnids} | {""}:
+                (folder / split / wnid).mkdir(parents=True, exist_ok=True)
+        partial = folder / PARTIAL_DIR
+        shutil.rmtree(partial, ignore_errors=True)  # bodies of a run that was killed
+        partial.mkdir(parents=True)
+        run = _Run(labels, read_attempts(folder), folder, options)
+        fetch = _Fetcher(options, partial)
+        stop = threading.Event()
+        total = sum(label.need for label in labels)
+        with _attempt_log(folder) as log, _progress(total, options.progress) as bar, \
+                ThreadPoolExecutor(options.connections, thread_name_prefix="download") as pool:
+            running: dict[Future, tuple[LabelWork, int, ListedImage]] = {}
+            try:
+                while True:
+                    for label, rank, image in run.next_candidates():
+                        running[pool.submit(fetch, image, stop)] = (label, rank, image)
+                    bar.show(run)
+                    if not running:
+                        break
+                    done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        label, rank, image = running.pop(future)
+                        for attempt in run.finished(label, rank, image, future.result()):
+                            log(attempt)
+            except BaseException:
+                stop.set()
+                for future in running:
+                    future.cancel()
+                raise
+        shutil.rmtree(partial, ignore_errors=True)
+        rows = place_splits(labels, folder, seed, split_of)
+        write_images_csv(rows, folder / IMAGES_CSV)
+    short = [label.name for label in labels if len(label.kept) < label.need]
+    return DownloadResult(labels, run.statuses, run.reused, short, run.bytes, time.monotonic() - started, rows)
+
+
+class _progress:
+    """One bar on a terminal: kept images of all labels, with failed counts and MB/s."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.bar = total, enabled, None
+        self.started = time.monotonic()
+
+    def __enter__(self) -> "_progress":
+        if self.enabled and is_terminal(sys.stderr):  # in a log, the summary says it all
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc="download", unit="img", dynamic_ncols=True)
+        return self
+
+    def show(self, run: _Run) -> None:
+        if self.bar is None:
+            return
+        kept = sum(len(label.kept) for label in run.labels)
+        self.bar.update(kept - self.bar.n)
+        failed = sum(count for status, count in run.statuses.items() if status != "ok")
+        rate = run.bytes / max(1e-6, time.monotonic() - self.started) / 1e6
+        self.bar.set_postfix_str(f"failed {failed}, {rate:.1f} MB/s", refresh=False)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def split_kept(label: LabelWork, seed: int) -> set[int]:
+    """The ranks of the label's kept images that go to val: ``label.val`` of them (scaled down
+    when the label got fewer than it needed, rounding to nearest), those with the smallest
+    BLAKE2b of ``"<seed>/val/<image_id>"``."""
+    got = len(label.kept)
+    count = label.val if got >= label.need else round(label.val * got / label.need) if label.need else 0
+
+    def rank_key(rank: int) -> bytes:
+        return hashlib.blake2b(f"{seed}/val/{label.kept[rank].image_id}".encode(), digest_size=8).digest()
+
+    return set(sorted(label.kept, key=rank_key)[:count])
+
+
+def place_splits(labels: list[LabelWork], folder: Path, seed: int, split_of: dict[str, str] | None = None
+                 ) -> list[dict]:
+    """Move each kept image to ``train/`` or ``val/`` as ``split_of`` or else ``split_kept`` says;
+    the rows of ``images.csv``."""
+    rows = []
+    for label in labels:
+        to_val = split_kept(label, seed) if split_of is None else set()
+        for rank, attempt in label.kept.items():
+            split = split_of[attempt.image_id] if split_of is not None else "val" if rank in to_val else "train"
+            where = _find_kept(folder, attempt)
+            if where is None:
+                raise UserError(f"{folder}: the kept image {attempt.image_id} went missing during the download; "
+                                "run the download again")
+            target = kept_path(folder, split, attempt.wnid, attempt.image_id, attempt.extension)
+            if where != target:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(where, target)
+            rows.append({"split": split, "path": target.relative_to(folder).as_posix(), "image_id": attempt.image_id,
+                         "wnid": attempt.wnid, "line": attempt.line, "url": attempt.url, "sha256": attempt.sha256,
+                         "bytes": attempt.bytes})
+    rows.sort(key=lambda row: (row["split"] != "train", row["line"]))
+    return rows
+
+
+def write_images_csv(rows: list[dict], path: Path) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, IMAGE_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, path)
+
+
+def read_images_csv(path) -> list[dict]:
+    """The rows of an ``images.csv`` (``line`` and ``bytes`` as ints), checked."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != IMAGE_COLUMNS:
+            raise UserError(f"{path} is not an images.csv of imagenet-subset (columns "
+                            f"{','.join(reader.fieldnames or [])[:80]}); remove it or download again")
+        rows = []
+        for number, row in enumerate(reader, start=2):
+            if row["split"] not in ("train", "val") or not row["line"].isdigit():
+                raise UserError(f"{path}, line {number}: not a row of kept images (split {row['split']!r}, "
+                                f"line {row['line']!r}); download again")
+            rows.append({**row, "line": int(row["line"]), "bytes": int(row["bytes"] or 0)})
+    return rows
+
+
+def write_class_names(folder: Path, names: dict[str, str]) -> None:
+    """Add ``names`` (WNID -> words) to ``folder/LOC_synset_mapping.txt`` (``<wnid> <words>`` lines,
+    sorted), so the packer names the downloaded classes."""
+    path = folder / LABEL_FILE_PLACES["synset_mapping"][0]
+    known = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            wnid, _, words = line.partition(" ")
+            if wnid:
+                known[wnid] = words.strip()
+    known.update(names)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(f"{wnid} {words}\n" for wnid, words in sorted(known.items())), encoding="utf-8")
+    os.replace(temporary, path)
