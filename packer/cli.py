@@ -362,11 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
         return 0
     except Interrupted as exc:
-        hint = "; run the same command with --resume to continue" if command == "build" else ""
+        hint = ("; run the same command with --resume to continue" if command == "build"
+                else "; run the same command to continue the download" if command == "download" else "")
         print(f"{PROG}: interrupted ({exc.signal_name}){hint}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        resumable = "--resume" in argv
+        resumable = "--resume" in argv or "--urls" in argv  # a download always continues where it stopped
         print(f"{PROG}: interrupted; nothing was written at the output paths (earlier outputs are untouched)"
               + ("; run the same command again to continue" if resumable else ""), file=sys.stderr)
         return 130

@@ -46,6 +46,7 @@ import csv
 import fcntl
 import hashlib
 import os
+import queue
 import random
 import shutil
 import sys
@@ -53,7 +54,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -410,14 +410,10 @@ def _attempt_log(folder: Path) -> Iterator[Callable[[Attempt], None]]:
         writer = csv.writer(f, lineterminator="\n")
         if new:
             writer.writerow(ATTEMPT_COLUMNS)
-        last_flush = time.monotonic()
 
         def log(attempt: Attempt) -> None:
-            nonlocal last_flush
             writer.writerow(attempt.row())
-            if time.monotonic() - last_flush > 1.0:
-                f.flush()
-                last_flush = time.monotonic()
+            f.flush()  # in the kernel's hands: a killed run loses no finished attempt
 
         yield log
 
@@ -587,26 +583,43 @@ def download(labels: list[LabelWork], folder: str | os.PathLike, options: Downlo
         fetch = _Fetcher(options, partial)
         stop = threading.Event()
         total = sum(label.need for label in labels)
-        with _attempt_log(folder) as log, _progress(total, options.progress) as bar, \
-                ThreadPoolExecutor(options.connections, thread_name_prefix="download") as pool:
-            running: dict[Future, tuple[LabelWork, int, ListedImage]] = {}
+        jobs: queue.Queue = queue.Queue()
+        results: queue.Queue = queue.Queue()
+
+        def fetcher() -> None:
+            while (job := jobs.get()) is not None:
+                label, rank, image = job
+                try:
+                    results.put((label, rank, image, fetch(image, stop)))
+                except BaseException as exc:  # handed to the dispatcher
+                    results.put((label, rank, image, exc))
+
+        # daemon threads: a Ctrl-C ends the run at once, not when the slowest answer times out
+        threads = [threading.Thread(target=fetcher, name=f"download-{n}", daemon=True)
+                   for n in range(options.connections)]
+        for thread in threads:
+            thread.start()
+        with _attempt_log(folder) as log, _progress(total, options.progress) as bar:
+            running = 0
             try:
                 while True:
-                    for label, rank, image in run.next_candidates():
-                        running[pool.submit(fetch, image, stop)] = (label, rank, image)
+                    for job in run.next_candidates():
+                        jobs.put(job)
+                        running += 1
                     bar.show(run)
                     if not running:
                         break
-                    done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        label, rank, image = running.pop(future)
-                        for attempt in run.finished(label, rank, image, future.result()):
+                    with contextlib.suppress(queue.Empty):
+                        label, rank, image, outcome = results.get(timeout=0.5)
+                        running -= 1
+                        if isinstance(outcome, BaseException):
+                            raise outcome
+                        for attempt in run.finished(label, rank, image, outcome):
                             log(attempt)
-            except BaseException:
+            finally:
                 stop.set()
-                for future in running:
-                    future.cancel()
-                raise
+                for _ in threads:
+                    jobs.put(None)
         shutil.rmtree(partial, ignore_errors=True)
         rows = place_splits(labels, folder, seed, split_of)
         write_images_csv(rows, folder / IMAGES_CSV)
