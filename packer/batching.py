@@ -22,8 +22,9 @@ shuffled order. A stored member is read with ``pread`` from the archive (no
 memory map: the reader's memory stays at the batches it holds, whatever the
 archive's size); a deflated member is decompressed into memory once, with a
 warning saying how much memory that takes. A background thread reads up to
-``prefetch`` batches ahead, starting one only when fewer than ``prefetch`` wait:
-besides the batch the consumer holds, at most ``prefetch`` are in memory.
+``prefetch`` batches ahead: besides the batch the consumer holds, at most
+``prefetch`` are in memory (waiting, or being made), and a batch's place is free
+again only when the consumer has let go of it (see ``_read_ahead``).
 
 What a batch holds. ``X``: ``dtype="uint8"``, the stored values;
 ``"float32"``, the values divided by 255 (0 to 1, as torchvision's
@@ -42,6 +43,7 @@ import os
 import queue
 import threading
 import warnings
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,40 +347,67 @@ class _Failed:
     error: BaseException
 
 
-def _read_ahead(items: Iterator, depth: int) -> Iterator:
-    """``items``, produced by a background thread up to ``depth`` items ahead (in this thread
-    when ``depth`` is 0). Stopping early stops the thread; its error is raised here."""
+def _read_ahead(batches: Iterator[tuple[np.ndarray, np.ndarray]], depth: int) -> Iterator:
+    """``batches``, made by a background thread ahead of the consumer (in this thread when ``depth``
+    is 0). At most ``depth + 1`` batches are alive at once: those waiting, the one being made and
+    the one the consumer holds. A batch gives its place back when its images are freed (not when
+    it is handed over), so a consumer that still holds the previous batch while it asks for the
+    next does not make room for one more. A consumer that keeps batches, and so holds every
+    place while it waits for the next, gets one more place: it is never stuck. Stopping early
+    stops the thread; its error is raised here."""
     if depth == 0:
-        yield from items
+        yield from batches
         return
-    ready: queue.Queue = queue.Queue(maxsize=depth)
+    ready: queue.Queue = queue.Queue()
+    places = threading.Condition(threading.RLock())
+    state = {"alive": 0, "allowed": depth + 1, "making": False}
     stop = threading.Event()
 
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def freed() -> None:
+        with places:
+            state["alive"] -= 1
+            places.notify()
 
     def produce() -> None:
         try:
-            for item in items:
-                if not put(item):
+            while True:
+                with places:
+                    while state["alive"] >= state["allowed"]:
+                        if stop.is_set():
+                            return
+                        places.wait(0.05)
+                    state["alive"] += 1
+                    state["making"] = True
+                batch = next(batches, None)
+                if batch is None or stop.is_set():
+                    ready.put(_END)
                     return
-            put(_END)
+                weakref.finalize(batch[0], freed)
+                with places:
+                    ready.put(batch)
+                    state["making"] = False
+                del batch
         except BaseException as exc:  # handed to the consumer
-            put(_Failed(exc))
+            ready.put(_Failed(exc))
 
     thread = threading.Thread(target=produce, name="packer-batches", daemon=True)
     thread.start()
     try:
-        while (item := ready.get()) is not _END:
+        while True:
+            with places:  # nothing waiting or being made, every place taken: all in the consumer's hands
+                if ready.empty() and not state["making"] and state["alive"] >= state["allowed"]:
+                    state["allowed"] += 1
+                    places.notify()
+            try:
+                item = ready.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if item is _END:
+                return
             if isinstance(item, _Failed):
                 raise item.error
             yield item
+            del item
     finally:
         stop.set()
         thread.join()

@@ -811,3 +811,41 @@ def test_loader_formats_float32_in_the_main_process(built, arrays, ptorch):
         kept = pt.loader(built["stored"], batch_size=BATCH, **options)
         assert type(kept.sampler) is torch.utils.data.BatchSampler, options  # formatted where it is read
         assert kept.prefetch_factor == (None if not options["num_workers"] else 1)
+
+
+def _counted_batches(count: int, made: dict):
+    """``count`` small batches; ``made`` tracks how many are alive at once (``peak``)."""
+    import weakref
+
+    def freed():
+        made["alive"] -= 1
+
+    for number in range(count):
+        X = np.full((2, 3), number, dtype=np.uint8)
+        made["alive"] += 1
+        made["peak"] = max(made["peak"], made["alive"])
+        weakref.finalize(X, freed)
+        yield X, np.array([number], dtype=np.int32)
+
+
+def test_read_ahead_frees_a_place_only_when_the_consumer_lets_go():
+    """prefetch 2: at most 3 batches alive (2 ahead, 1 held), also for a consumer that still holds
+    the previous batch when it asks for the next; one that keeps every batch is never stuck."""
+    import time
+
+    from packer.batching import _read_ahead
+
+    made = {"alive": 0, "peak": 0}
+    previous, seen = None, []
+    for X, _ in _read_ahead(_counted_batches(12, made), 2):
+        time.sleep(0.01)  # the read-ahead fills up meanwhile
+        seen.append(int(X[0, 0]))
+        previous = X  # noqa: F841 (held while the next is asked for)
+    assert seen == list(range(12))
+    assert made["peak"] == 3
+    made = {"alive": 0, "peak": 0}
+    kept = [int(X[0, 0]) for X, _ in _read_ahead(_counted_batches(12, made), 2)]
+    assert kept == list(range(12)) and made["peak"] <= 3  # freed as the comprehension goes
+    made = {"alive": 0, "peak": 0}
+    every = list(_read_ahead(_counted_batches(12, made), 2))  # keeps them all: one more place each time
+    assert [int(X[0, 0]) for X, _ in every] == list(range(12)) and made["peak"] == 12
