@@ -194,6 +194,11 @@ class DownloadResult:
                  f"({self.reused} from an earlier run); this run: {counts or 'nothing fetched'}; "
                  f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s"]
         lines += [f"note: {note}" for note in self.notes]
+        repeated = Counter(row["sha256"] for row in self.rows)
+        for digest, count in repeated.most_common(3):
+            if count > 1:  # one label never keeps the same bytes twice: these came for several labels
+                lines.append(f"note: the same file ({digest}) was kept for {count} URLs of different labels; if it "
+                             "is a placeholder, add that SHA-256 to a --reject_sha256 file and run again")
         if self.short:
             lines.append(f"{len(self.short)} labels ran out of URLs and kept what they got: "
                          f"{', '.join(self.short[:8])}{' ...' if len(self.short) > 8 else ''}")
@@ -469,9 +474,12 @@ def _host(url: str) -> str:
 class _Run:
     """The dispatcher's state: which candidate to try next, what is in flight, what was kept."""
 
-    def __init__(self, labels: list[LabelWork], earlier: dict[str, Attempt], folder: Path, options: DownloadOptions):
+    def __init__(self, labels: list[LabelWork], earlier: dict[str, Attempt], folder: Path, options: DownloadOptions,
+                 placeholders: frozenset[str]):
         self.labels = labels
         self.earlier = earlier
+        self.placeholders = placeholders
+        self.relabelled: list[Attempt] = []  # earlier images now known as placeholders, to record
         self.folder = folder
         self.options = options
         self.per_host: Counter = Counter()
@@ -508,6 +516,12 @@ class _Run:
 
     def _take_earlier(self, label: LabelWork, rank: int, earlier: Attempt) -> bool:
         """Use an earlier run's outcome for this candidate when it is final (no fetch)."""
+        if earlier.status == "ok" and earlier.sha256 in self.placeholders:  # rejected since
+            self._drop(earlier)
+            earlier.status = "placeholder"
+            self.relabelled.append(earlier)
+            label.tried += 1
+            return True
         if earlier.status == "ok":
             if _find_kept(self.folder, earlier) is None:
                 return False
@@ -579,8 +593,8 @@ def download(labels: list[LabelWork], folder: str | os.PathLike, options: Downlo
         partial = folder / PARTIAL_DIR
         shutil.rmtree(partial, ignore_errors=True)  # bodies of a run that was killed
         partial.mkdir(parents=True)
-        run = _Run(labels, read_attempts(folder), folder, options)
         fetch = _Fetcher(options, partial)
+        run = _Run(labels, read_attempts(folder), folder, options, fetch.placeholders)
         stop = threading.Event()
         total = sum(label.need for label in labels)
         jobs: queue.Queue = queue.Queue()
@@ -606,6 +620,8 @@ def download(labels: list[LabelWork], folder: str | os.PathLike, options: Downlo
                     for job in run.next_candidates():
                         jobs.put(job)
                         running += 1
+                    while run.relabelled:
+                        log(run.relabelled.pop())
                     bar.show(run)
                     if not running:
                         break
