@@ -267,10 +267,13 @@ class _Fetcher:
             attempt.status = "bad_url"
         except exceptions.NameResolutionError:
             attempt.status = "no_host"
+        except exceptions.NewConnectionError:  # refused (a subclass of ConnectTimeoutError in urllib3 2)
+            attempt.status = "reset"
+            return 0.0
         except (exceptions.ConnectTimeoutError, exceptions.ReadTimeoutError, TimeoutError):
             attempt.status = "timeout"
             return 0.0
-        except (exceptions.ProtocolError, exceptions.NewConnectionError, ConnectionError) as exc:
+        except (exceptions.ProtocolError, ConnectionError) as exc:
             attempt.status = "truncated" if _is_cut_short(exc) else "reset"
             return 0.0
         except exceptions.MaxRetryError as exc:  # what urllib3 wraps a connection failure in
@@ -382,7 +385,9 @@ def read_attempts(folder: Path) -> dict[str, Attempt]:
         return {}
     last: dict[str, Attempt] = {}
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        rows = csv.reader(f)
+        # one row per line, each parsed alone: a line cut inside a quoted URL by a killed run
+        # spoils only itself
+        rows = (next(csv.reader([line]), []) for line in f)
         header = next(rows, None)
         if header is None:
             return {}
@@ -519,6 +524,7 @@ class _Run:
         if earlier.status == "ok" and earlier.sha256 in self.placeholders:  # rejected since
             self._drop(earlier)
             earlier.status = "placeholder"
+            self.statuses["placeholder"] += 1
             self.relabelled.append(earlier)
             label.tried += 1
             return True

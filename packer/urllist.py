@@ -33,6 +33,7 @@ import csv
 import gzip
 import re
 import tarfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -117,7 +118,7 @@ def _open_lines(path: Path) -> Iterator[bytes]:
         opened = gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb", buffering=1 << 20)
         with opened as lines:
             yield from lines
-    except (OSError, EOFError, tarfile.TarError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, tarfile.TarError, gzip.BadGzipFile, zlib.error) as exc:
         raise UserError(f"--urls {path} is damaged ({exc}); download it again") from None
 
 
@@ -172,12 +173,20 @@ def _plain_entries(path: Path, lines: Iterator[bytes], found: UrlList, wanted: s
                 if wanted is None or wnid in wanted or number in on_lines:
                     yield number, image_id, wnid, url
             elif raw.strip():
-                _note_malformed(path, found, number)
+                _note_malformed(path, found, number, not counts)
     finally:
         found.lines = number
         found.counts.update({wnid.decode(): n for wnid, n in counts.items()})
-    if found.lines and found.lines == found.malformed:
-        raise _not_a_list(path, found)
+    _check_holds_urls(path, found)
+
+
+def _check_holds_urls(path: Path, found: UrlList) -> None:
+    """After a counting pass: a list with no well-formed line is not a URL list."""
+    if found.counting and not found.counts:
+        if found.malformed:
+            raise _not_a_list(path, found)
+        raise UserError(f"--urls {path} holds no image URLs; pass ImageNet's fall11_urls.txt, or a CSV/TSV with "
+                        "image_id (or wnid) and url")
 
 
 def _header_columns(header: bytes) -> tuple[str, dict[str, int]] | None:
@@ -190,11 +199,13 @@ def _header_columns(header: bytes) -> tuple[str, dict[str, int]] | None:
     return delimiter, {name: i for i, name in enumerate(names)}
 
 
-def _note_malformed(path: Path, found: UrlList, number: int) -> None:
+def _note_malformed(path: Path, found: UrlList, number: int, none_good_yet: bool) -> None:
+    """Count a line that is neither blank nor an image (the first ``SNIFF_LINES`` such lines with
+    no good one before them: not a URL list)."""
     found.malformed += 1
     if found.first_malformed is None:
         found.first_malformed = number
-    if found.malformed == SNIFF_LINES and found.malformed == number:
+    if found.malformed == SNIFF_LINES and none_good_yet and found.counting:
         raise _not_a_list(path, found)
 
 
@@ -223,9 +234,8 @@ def _table_entries(path: Path, lines: Iterator[bytes], columns: tuple[str, dict[
             if wanted is None or wnid.encode() in wanted or number in on_lines:
                 yield number, encoded, wnid.encode(), url.encode()
         elif any(cells):
-            _note_malformed(path, found, number)
-    if found.lines > 1 and found.lines - 1 == found.malformed:
-        raise _not_a_list(path, found)
+            _note_malformed(path, found, number, not found.counts)
+    _check_holds_urls(path, found)
 
 
 def scan_url_list(path: str | Path) -> UrlList:
@@ -256,6 +266,7 @@ def select_from_url_list(scanned: UrlList, wnids: set[str], seed: int,
     """Stream the list ``scanned`` describes once more, keeping the images of ``wnids``, and the
     ``rest_candidates`` images of the classes ``rest_from`` that come first in trying order."""
     by_wnid: dict[str, list[ListedImage]] = {wnid: [] for wnid in wnids}
+    rest_from = set(rest_from) - set(wnids)
     rest_lines: set[int] = set()
     if rest_from and rest_candidates:
         # the lines with the smallest keys, enough of them that rest_candidates are of rest classes

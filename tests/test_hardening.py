@@ -69,7 +69,8 @@ def test_options_that_shape_the_archive_are_refused_beside_a_recipe(recipe, tree
     line = assert_one_error_line(err)
     assert line == (f"imagenet-subset: error: {named}: the recipe {recipe.manifest} fixes the options that shape "
                     "the archive; drop them (beside --recipe give only --data_dir, --devkit_dir, --out_dir, "
-                    "--index_dir, --workers, --quiet, --resume, --backend, --scheduler)")
+                    "--index_dir, --workers, --quiet, --urls, --download_dir, --connections, --per_host, --timeout, "
+                    "--max_bytes, --min_size, --reject_sha256, --resume, --backend, --scheduler)")
     assert not out.exists()
 
 
