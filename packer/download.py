@@ -485,6 +485,7 @@ class _Run:
         self.earlier = earlier
         self.placeholders = placeholders
         self.relabelled: list[Attempt] = []  # earlier images now known as placeholders, to record
+        self.labels_open = list(labels)
         self.folder = folder
         self.options = options
         self.per_host: Counter = Counter()
@@ -495,10 +496,14 @@ class _Run:
     def next_candidates(self) -> Iterator[tuple[LabelWork, int, ListedImage]]:
         """Candidates to start now, one label at a time in turn, within the connection limits."""
         busy = sum(label.in_flight for label in self.labels)
+        # the labels that may start a candidate (a label can only return to this list when a fetch
+        # of its own ends, which is when this is called again)
+        self.labels_open = [label for label in self.labels_open if label.in_flight or label.missing > 0
+                            and label.tried < len(label.candidates)]
         progressed = True
         while progressed and busy < self.options.connections:
             progressed = False
-            for label in self.labels:
+            for label in self.labels_open:
                 if label.missing <= 0 or label.tried >= len(label.candidates):
                     continue
                 rank = label.tried
@@ -631,8 +636,14 @@ def download(labels: list[LabelWork], folder: str | os.PathLike, options: Downlo
                     bar.show(run)
                     if not running:
                         break
-                    with contextlib.suppress(queue.Empty):
-                        label, rank, image, outcome = results.get(timeout=0.5)
+                    try:
+                        ended = [results.get(timeout=0.5)]
+                    except queue.Empty:
+                        continue
+                    with contextlib.suppress(queue.Empty):  # and all the others that ended meanwhile
+                        while True:
+                            ended.append(results.get_nowait())
+                    for label, rank, image, outcome in ended:
                         running -= 1
                         if isinstance(outcome, BaseException):
                             raise outcome
