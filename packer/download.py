@@ -163,6 +163,7 @@ class LabelWork:
     need: int
     val: int = 0
     wnids: tuple[str, ...] = ()  # the label's classes (a folder is made for each, kept images or not)
+    every: bool = False  # try every candidate (need is their count): never short, val is min(val, kept)
     tried: int = 0  # candidates started
     in_flight: int = 0
     kept: dict[int, Attempt] = field(default_factory=dict)  # rank in candidates -> the kept attempt
@@ -656,7 +657,7 @@ def download(labels: list[LabelWork], folder: str | os.PathLike, options: Downlo
         shutil.rmtree(partial, ignore_errors=True)
         rows = place_splits(labels, folder, seed, split_of)
         write_images_csv(rows, folder / IMAGES_CSV)
-    short = [label.name for label in labels if len(label.kept) < label.need]
+    short = [label.name for label in labels if len(label.kept) < label.need and not label.every]
     return DownloadResult(labels, run.statuses, run.reused, short, run.bytes, time.monotonic() - started, rows)
 
 
@@ -690,10 +691,13 @@ class _progress:
 
 def split_kept(label: LabelWork, seed: int) -> set[int]:
     """The ranks of the label's kept images that go to val: ``label.val`` of them (scaled down
-    when the label got fewer than it needed, rounding to nearest), those with the smallest
-    BLAKE2b of ``"<seed>/val/<image_id>"``."""
+    when the label got fewer than it needed, rounding to nearest; at most all it got when it
+    tries ``every`` candidate), those with the smallest BLAKE2b of ``"<seed>/val/<image_id>"``."""
     got = len(label.kept)
-    count = label.val if got >= label.need else round(label.val * got / label.need) if label.need else 0
+    if label.every:
+        count = min(label.val, got)
+    else:
+        count = label.val if got >= label.need else round(label.val * got / label.need) if label.need else 0
 
     def rank_key(rank: int) -> bytes:
         return hashlib.blake2b(f"{seed}/val/{label.kept[rank].image_id}".encode(), digest_size=8).digest()

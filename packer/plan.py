@@ -15,9 +15,12 @@ from pathlib import Path
 from .download import LabelWork
 from .labelfiles import builtin_classes
 from .options import BuildOptions, BuildPlan
-from .sampling import apply_sampling
+from .sampling import apply_sampling, class_order, class_quotas
 from .subset import (
     REST,
+    TREE_ADVICE,
+    URL_LIST_ADVICE,
+    Advice,
     Label,
     SubsetList,
     check_classes_present,
@@ -63,6 +66,7 @@ class ClassesOnOffer:
     names: dict[str, str]
     where: str
     named_by: str
+    advice: Advice = TREE_ADVICE
 
 
 def classes_of_tree(tree: Tree, classes: dict[str, ClassInfo]) -> ClassesOnOffer:
@@ -90,10 +94,10 @@ def _choose_by_hierarchy(options: BuildOptions, offer: ClassesOnOffer) -> _Chose
     under, exclude = options.under or (), options.exclude or ()
     if options.group_by:
         choice = labels_grouped_by(hierarchy, options.group_by, under, exclude, options.overlap, offer.present,
-                                   offer.where)
+                                   offer.where, offer.advice)
         default_name, how = "grouped_" + _slug(options.group_by), f"--group_by {options.group_by}"
     else:
-        choice = labels_under(hierarchy, under, exclude, offer.present, offer.where)
+        choice = labels_under(hierarchy, under, exclude, offer.present, offer.where, offer.advice)
         default_name, how = "under_" + _slug("_".join(under)), f"--under {','.join(under)}"
     if exclude:
         how += f" --exclude {','.join(exclude)}"
@@ -115,7 +119,7 @@ def choose_subset(options: BuildOptions, offer: ClassesOnOffer) -> _Chosen:
             default_name, how = "custom", f"--classes {','.join(options.classes)}"
         else:
             search = str(options.search)
-            wnids = classes_by_search(search, offer.names, offer.present, offer.where)
+            wnids = classes_by_search(search, offer.names, offer.present, offer.where, offer.advice)
             default_name = "search_" + _slug(search)
             how = f"--search {search}"
         name = Path(options.subset_name).stem if options.subset_name else default_name  # inside --out_dir
@@ -166,24 +170,40 @@ def names_for_url_lists(options: BuildOptions) -> tuple[dict[str, str], dict[str
     return {**words, **names_to_match(table)}, words, named_by
 
 
-def _need(per_class: int | None, holdout: int, val: int | None, available: int) -> tuple[int, int]:
-    """(working images to get, how many of them go to val) for a label with ``available`` candidates."""
-    train = available if per_class is None else per_class + holdout
-    return train + (val or 0), val or 0
+def _label_work(label: Label, by_wnid: dict[str, list], options: BuildOptions) -> list[LabelWork]:
+    """What to download for one label: N + K + M working images (``--train_per_class``,
+    ``--holdout_per_class``, ``--val_per_class``) from its candidates in trying order, M of them
+    for val; with ``--balance classes``, a group's classes each get their share (``class_quotas``
+    over their URLs, train and val apart, as the packer spreads them); without
+    ``--train_per_class``, every URL, M of the working ones for val."""
+    val = options.val_per_class or 0
+    candidates = [image for wnid in label.wnids for image in by_wnid[wnid]]
+    if len(label.wnids) > 1:
+        candidates = in_trying_order(candidates, options.seed)
+    if options.train_per_class is None:
+        return [LabelWork(label.name, candidates, len(candidates), val, wnids=label.wnids, every=True)]
+    train = options.train_per_class + options.holdout_per_class
+    if options.balance == "classes" and len(label.wnids) > 1:
+        available = {wnid: len(by_wnid[wnid]) for wnid in label.wnids}
+        train_share = class_quotas(available, train, class_order(label.wnids, options.seed, "train"))
+        val_share = class_quotas({wnid: available[wnid] - train_share[wnid] for wnid in label.wnids}, val,
+                                 class_order(label.wnids, options.seed, "val"))
+        return [LabelWork(wnid, by_wnid[wnid], train_share[wnid] + val_share[wnid], val_share[wnid], wnids=(wnid,))
+                for wnid in label.wnids]
+    return [LabelWork(label.name, candidates, train + val, val, wnids=label.wnids)]
 
 
 def plan_download(options: BuildOptions) -> DownloadPlan:
     """Choose the labels in the URL list ``options.urls`` as ``plan_build`` does in a tree (the
-    classes on offer are those with URLs), and each label's candidates in trying order: ``N + K +
-    M`` working images per label for ``--train_per_class N --holdout_per_class K --val_per_class
-    M`` (every URL without ``--train_per_class``), ``--rest`` + ``--rest_val`` for ``rest`` (by
-    default ``--rest`` times M / N, rounded, when both are given, else none)."""
+    classes on offer are those with URLs), and each label's candidates in trying order and how
+    many must work (``_label_work``); ``rest`` needs ``--rest`` + ``--rest_val`` (by default
+    ``--rest`` times M / N, rounded, when both are given, else none)."""
     assert options.urls is not None
     scanned = scan_url_list(options.urls)
     names, words, named_by = names_for_url_lists(options)
-    offer = ClassesOnOffer(scanned.wnids, names, f"the URL list {options.urls}", named_by)
+    offer = ClassesOnOffer(scanned.wnids, names, f"the URL list {options.urls}", named_by, URL_LIST_ADVICE)
     chosen = choose_subset(options, offer)
-    check_classes_present(chosen.subset, offer.present, offer.where)
+    check_classes_present(chosen.subset, offer.present, offer.where, offer.advice)
     wanted = set(chosen.subset.wnids)
     rest_from = (set(offer.present) - wanted - chosen.kept_out) if options.rest is not None else set()
     rest_need = rest_val = 0
@@ -196,11 +216,7 @@ def plan_download(options: BuildOptions) -> DownloadPlan:
     selection = select_from_url_list(scanned, wanted, options.seed, rest_from, 10 * rest_need + 100)
     labels = []
     for label in chosen.subset.labels:
-        candidates = [image for wnid in label.wnids for image in selection.by_wnid[wnid]]
-        if len(label.wnids) > 1:
-            candidates = in_trying_order(candidates, options.seed)
-        need, val = _need(options.train_per_class, options.holdout_per_class, options.val_per_class, len(candidates))
-        labels.append(LabelWork(label.name, candidates, need, val, wnids=label.wnids))
+        labels += _label_work(label, selection.by_wnid, options)
     if options.rest is not None:
         labels.append(LabelWork(REST, selection.rest, rest_need, rest_val))
     return DownloadPlan(chosen.subset.name, labels, words, tuple(chosen.notes) + tuple(scanned.skipped_note()))

@@ -186,27 +186,51 @@ def classes_by_name(requested: list[str], names: dict[str, str], source: str) ->
     return chosen
 
 
-def classes_by_search(text: str, names: dict[str, str], present: list[str], tree_name: str) -> list[str]:
+@dataclass(frozen=True)
+class Advice:
+    """What an error of choosing tells the user to do: how to list the classes on offer, with their
+    names and in the hierarchy, and how to offer other classes."""
+
+    listing: str
+    outline: str
+    elsewhere: str
+    names: str
+
+
+TREE_ADVICE = Advice("imagenet-subset classes --data_dir DIR lists the classes and their names",
+                     "imagenet-subset classes --tree --data_dir DIR shows what the tree holds",
+                     "point --data_dir at a tree that has them", "pass --devkit_dir DIR")
+URL_LIST_ADVICE = Advice("the list's classes are the WNIDs of its image ids; names come from --wordnet DIR's "
+                         "words.txt, or the packaged names of the 1,000 classes",
+                         "pass --wordnet DIR (ImageNet's full words.txt and wordnet.is_a.txt) to see classes "
+                         "outside the 1,000",
+                         "use a URL list that has them",
+                         "pass --wordnet DIR (ImageNet's full words.txt and wordnet.is_a.txt)")
+
+
+def classes_by_search(text: str, names: dict[str, str], present: list[str], tree_name: str,
+                      advice: Advice = TREE_ADVICE) -> list[str]:
     """WNIDs (sorted) of the classes in ``present`` whose human label in ``names`` contains ``text``
     (case-insensitive). ``present`` is what the tree holds (its ``train/<wnid>`` folders), so a
     mapping file listing more classes than the tree adds none; ``tree_name`` names the tree in errors."""
     if not any(w in names for w in present):
-        raise UserError(f"--search needs class names from LOC_synset_mapping.txt or map_clsloc.txt; none found "
-                        f"for {tree_name}: pass --devkit_dir DIR")
+        source = "LOC_synset_mapping.txt or map_clsloc.txt" if advice is TREE_ADVICE else "words.txt"
+        raise UserError(f"--search needs class names from {source}; none found for {tree_name}: {advice.names}")
     found = sorted(w for w in present if w in names and text.lower() in names[w].lower())
     if not found:
-        raise UserError(f"--search: no class in {tree_name} has a name containing '{text}'; "
-                        "imagenet-subset classes --data_dir DIR lists the classes and their names")
+        raise UserError(f"--search: no class in {tree_name} has a name containing '{text}'; {advice.listing}")
     return found
 
 
-def check_classes_present(subset: SubsetList, train_classes: list[str], train_dir: str) -> None:
-    """Every listed WNID must have a ``train/<wnid>`` folder; all absent ones are named."""
+def check_classes_present(subset: SubsetList, train_classes: list[str], train_dir: str,
+                          advice: Advice = TREE_ADVICE) -> None:
+    """Every listed WNID must be on offer (a ``train/<wnid>`` folder); all absent ones are named."""
     present = set(train_classes)
     absent = [w for w in subset.wnids if w not in present]
     if absent:
-        raise UserError(f"{subset.source}: {len(absent)} WNIDs have no folder in {train_dir}: {', '.join(absent)}; "
-                        "remove them from the list or point --data_dir at a tree that has them")
+        what = "have no folder in" if advice is TREE_ADVICE else "are not in"
+        raise UserError(f"{subset.source}: {len(absent)} WNIDs {what} {train_dir}: {', '.join(absent)}; "
+                        f"remove them from the list or {advice.elsewhere}")
 
 
 def label_images(images: SplitImages, subset: SubsetList) -> SplitImages:
@@ -263,7 +287,7 @@ def _narrowing(hierarchy: "Hierarchy", synsets: list[str], present: set[str], un
 
 
 def labels_under(hierarchy: "Hierarchy", under: tuple[str, ...], exclude: tuple[str, ...],
-                 present: list[str], tree_name: str) -> HierarchyChoice:
+                 present: list[str], tree_name: str, advice: Advice = TREE_ADVICE) -> HierarchyChoice:
     """``--under``: one label per class of ``present`` below any synset of ``under`` and none of
     ``exclude`` (a class is below itself), in WNID order."""
     chosen, excluded, resolved = _narrowed(hierarchy, under, exclude, set(present))
@@ -271,14 +295,14 @@ def labels_under(hierarchy: "Hierarchy", under: tuple[str, ...], exclude: tuple[
         synsets = [pair["wnid"] for pair in resolved["under"]]
         named = ", ".join(f"{s} ({hierarchy.name(s)})" for s in synsets)
         raise UserError(f"--under: no class of {tree_name} is below {named}"
-                        f"{_narrowing(hierarchy, synsets, set(present), (), exclude)}; "
-                        "imagenet-subset classes --tree --data_dir DIR shows what the tree holds")
+                        f"{_narrowing(hierarchy, synsets, set(present), (), exclude)}; {advice.outline}")
     # the classes not under it are the rest pool ("dogs against the rest"); only excluded ones are kept out
     return HierarchyChoice(tuple(Label(w, (w,)) for w in sorted(chosen)), frozenset(excluded), resolved)
 
 
 def labels_grouped_by(hierarchy: "Hierarchy", group_by: str, under: tuple[str, ...], exclude: tuple[str, ...],
-                      overlap: str, present: list[str], tree_name: str) -> HierarchyChoice:
+                      overlap: str, present: list[str], tree_name: str, advice: Advice = TREE_ADVICE
+                      ) -> HierarchyChoice:
     """``--group_by``: one label per synset (named, in the order given; or every synset ``level:N``
     edges below the root that has a class below it, in WNID order), holding the classes of
     ``present`` below it, narrowed by ``under`` and ``exclude``. A class below two groups is an
@@ -314,8 +338,7 @@ def labels_grouped_by(hierarchy: "Hierarchy", group_by: str, under: tuple[str, .
     empty = [f"{n} ({s}){_narrowing(hierarchy, [s], set(present), under, exclude)}"
              for n, s, m in zip(names, synsets, members, strict=True) if not m]
     if empty and not by_level:
-        raise UserError(f"--group_by: no class of {tree_name} is below {', '.join(empty)}; "
-                        "imagenet-subset classes --tree --data_dir DIR shows what the tree holds")
+        raise UserError(f"--group_by: no class of {tree_name} is below {', '.join(empty)}; {advice.outline}")
     owner: dict[str, int] = {}
     clashes = []
     for i, group in enumerate(members):
