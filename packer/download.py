@@ -15,8 +15,10 @@ later displaces the later-ranked of the two). The folder::
     DIR/.partial/          bodies being received (removed at the end)
     DIR/.download.lock     held while a run is going on
 
-``downloads.csv`` columns: ``image_id, wnid, line, url, status, http_code,
-bytes, sha256, seconds, tries`` (``status`` in ``STATUSES``; ``http_code`` the
+``downloads.csv`` has one row per attempt (and one more, ``duplicate``, for a
+kept image later displaced by an earlier-ranked copy of its bytes); columns:
+``image_id, wnid, line, url, status, http_code, bytes, sha256, seconds,
+tries`` (``status`` in ``STATUSES``; ``http_code`` the
 last HTTP status seen, empty when none; ``bytes`` and ``sha256`` of the body
 received, empty when none; ``seconds`` of all tries; ``tries`` how many).
 
