@@ -31,7 +31,6 @@ The big files are removed at the end; so is the work dir when it was created by 
 (``--keep`` keeps both). The table goes to stdout and to ``<results_dir>/archives.md``,
 ``latest.md`` and ``archives.json``.
 """
-import argparse
 import json
 import os
 import shutil
@@ -444,10 +443,7 @@ def report(args, pack: dict, listing: dict) -> tuple[str, dict]:
 # --------------------------------------------------------------------------- main
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", default=str(REPO.parent / "shared" / "imagen"),
-                   help="real photos named <wnid>_<n>_<label>.jpg (default: ../shared/imagen)")
+    p = bench.script_parser(__doc__, "real photos named <wnid>_<n>_<label>.jpg")
     p.add_argument("--classes", type=int, default=100, help="classes packed in (1) (default: 100)")
     p.add_argument("--listed", type=int, default=10, help="classes listed in (2), at most 10 (default: 10)")
     p.add_argument("--repeats", type=int, default=5)

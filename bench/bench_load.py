@@ -433,15 +433,7 @@ def run_epoch(args, case: dict, data: dict, work_dir: Path) -> dict:
 
 def run_case(args, case: dict, data: dict, work_dir: Path) -> dict:
     """``run_epoch``, again (up to ``--retry_busy`` times) while other processes were busy, keeping the quietest."""
-    result = None
-    for attempt in range(args.retry_busy + 1):  # noqa: B007 (attempt: reported below)
-        tried = run_epoch(args, case, data, work_dir)
-        if result is None or tried["other"] < result["other"]:
-            result = tried
-        if result["other"] <= bench.BUSY_CORES:
-            break
-    result["attempts"] = attempt + 1
-    return result
+    return bench.quietest_run(lambda: run_epoch(args, case, data, work_dir), args.retry_busy)
 
 
 def build(args, work_dir: Path, train_per_class: int, what: str) -> tuple[bench.Subset, Path]:
@@ -708,10 +700,7 @@ def report(args, m: dict) -> tuple[str, dict]:
 # --------------------------------------------------------------------------- main
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", default=str(REPO.parent / "shared" / "imagen"),
-                   help="a folder of JPEGs, symlinked in cycle into the trees (default: ../shared/imagen)")
+    p = bench.script_parser(__doc__, "a folder of JPEGs, symlinked in cycle into the trees")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--train_per_class", type=int, default=270, help="rows of the archive per class (default: 270)")
     p.add_argument("--big_train_per_class", type=int, default=2000,

@@ -31,7 +31,6 @@ keeping the quietest. Reported, all from the same run:
 The outputs are removed at the end (``--keep`` keeps them), and so is the work dir when this run made it.
 The tables go to stdout and to ``<results_dir>/sizes.md``, ``latest.md`` and ``sizes.json``.
 """
-import argparse
 import hashlib
 import os
 import shutil
@@ -260,10 +259,7 @@ def report(args, m: dict) -> tuple[str, dict]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", default=str(REPO.parent / "shared" / "imagen"),
-                   help="a folder of JPEGs, symlinked in cycle into the tree (default: ../shared/imagen)")
+    p = bench.script_parser(__doc__, "a folder of JPEGs, symlinked in cycle into the tree")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--train_per_class", type=int, default=150)
     p.add_argument("--val_per_class", type=int, default=10)

@@ -261,6 +261,20 @@ def in_trying_order(images: list[ListedImage], seed: int) -> list[ListedImage]:
     return [images[i] for i in np.argsort(keys, kind="stable")]
 
 
+def _lowest_key_lines(lines: int, take: int, seed: int, block: int = 1 << 20) -> list[int]:
+    """The ``take`` line numbers of ``1 .. lines`` with the smallest keys, found a block of lines at
+    a time (memory: ``take + block`` keys, whatever the list's length)."""
+    best_lines, best_keys = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
+    for start in range(1, lines + 1, block):
+        numbers = np.concatenate([best_lines, np.arange(start, min(start + block, lines + 1), dtype=np.uint64)])
+        keys = np.concatenate([best_keys, line_keys(numbers[len(best_lines):], seed)])
+        if len(keys) > take:
+            kept = np.argpartition(keys, take - 1)[:take] if take else np.zeros(0, dtype=np.int64)
+            numbers, keys = numbers[kept], keys[kept]
+        best_lines, best_keys = numbers, keys
+    return best_lines.astype(np.int64).tolist()
+
+
 def select_from_url_list(scanned: UrlList, wnids: set[str], seed: int,
                          rest_from: set[str] | frozenset[str] = frozenset(), rest_candidates: int = 0) -> Selection:
     """Stream the list ``scanned`` describes once more, keeping the images of ``wnids``, and the
@@ -272,11 +286,7 @@ def select_from_url_list(scanned: UrlList, wnids: set[str], seed: int,
         # the lines with the smallest keys, enough of them that rest_candidates are of rest classes
         # whatever the other lines' keys: a set of line numbers, not the lines themselves
         others = scanned.lines - sum(scanned.counts[wnid] for wnid in rest_from)
-        take = min(scanned.lines, rest_candidates + others)
-        keys = line_keys(np.arange(1, scanned.lines + 1, dtype=np.uint64), seed)
-        lowest = np.argpartition(keys, take - 1)[:take] if take < scanned.lines else np.arange(scanned.lines)
-        rest_lines = set((lowest + 1).tolist())
-        del keys, lowest
+        rest_lines = set(_lowest_key_lines(scanned.lines, min(scanned.lines, rest_candidates + others), seed))
     rest: list[ListedImage] = []
     for image in read_url_list(scanned.path, UrlList(scanned.path, counting=False), wnids, rest_lines):
         if image.wnid in by_wnid:

@@ -209,3 +209,49 @@ def test_load_bench_tiny(tmp_path):
         assert run["images"] == (data["big_rows"] if key.endswith("big") else data["rows"])
         assert run["hwm_above"] is not None and run["first_batch"] >= 0
     assert not (tmp_path / "work" / "out").exists() and not (tmp_path / "work" / "big" / "out").exists()
+
+
+def test_bench_urls_smoke(tmp_path):
+    """bench/bench_urls.py with a few photos, a 20 ms server and a 3,000-line list: its three tables and key figures."""
+    photos = _photos(tmp_path / "photos", [(160, 120), (120, 160), (100, 100), (140, 100), (100, 140), (128, 128)])
+    results = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_urls.py"), "--images", str(photos), "--labels", "3",
+                           "--per_label", "2", "--delay_ms", "20", "--repeats", "1", "--retry_busy", "0",
+                           "--lines", "3000", "--wnids", "30", "--select", "5", "--rest_candidates", "100",
+                           "--work_dir", str(tmp_path / "work"), "--results_dir", str(results)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (results / "urls.md").read_text()
+    assert report == (results / "latest.md").read_text()
+    assert report.strip() in proc.stdout
+    for section in ("## (1) Fetch throughput", "## (2) List selection at full scale", "## (3) Download + pack",
+                    "## Key figures", "## Machine"):
+        assert section in report
+    tables = [_table_rows(block) for block in report.split("\n\n") if block.startswith("| ")]
+    (fetch_header, *fetch), (select_header, *select) = tables[:2]
+    assert fetch_header[:4] == ["case", "images", "seconds (median)", "images/s"]
+    assert [row[0] for row in fetch] == ["`DownloadOptions(connections=32, per_host=32)`",
+                                         "`DownloadOptions(connections=1, per_host=1)`"]
+    assert all(row[1] == "6" for row in fetch)  # 3 labels x 2 photos
+    assert [row[0][:3] for row in select] == ["(a)", "(b)", "(c)"]
+
+    data = json.loads((results / "urls.json").read_text())
+    key = data["key"]
+    assert data["images"] == 6 and key["fetch_targets_apply"] is False  # not 50 ms: no verdict on the targets
+    assert 0 < key["fetch_one_ips"] <= key["fetch_one_limit_ips"] == 50  # the server held each answer 20 ms
+    assert key["fetch_many_ips"] > 0 and key["fetch_ratio"] > 0
+    assert all(run["connections"] == 1 for run in data["fetch"]["1"])  # one kept-alive connection
+    assert key["select_lines"] == 3000
+    for case in ("plain", "rest", "tgz"):
+        assert 0 < key[f"select_{case}_seconds"] < 30
+        assert 10 < key[f"select_{case}_after_imports_mib"] <= key[f"select_{case}_peak_mib"] < 1024
+        run = data["select"]["runs"][case][0]
+        assert run["selected_images"] == data["select"]["expected_images"] > 0 and run["selected_wnids"] == 5
+    assert data["select"]["runs"]["rest"][0]["rest_images"] == 100
+    if key["e2e_measured"]:  # main.py has --urls
+        run = data["e2e"]["runs"][0]
+        assert run["images"] == 6 and run["download"] > 0 and run["pack"] >= 0 and run["rest"] > 0  # 0.1 s steps
+        assert key["e2e_seconds"] > key["e2e_download_seconds"]
+    else:
+        assert "Not measured" in report.split("## (3)")[1]
+    assert not (tmp_path / "work" / "fetch").exists() and not (tmp_path / "work" / "e2e").exists()
