@@ -9,27 +9,29 @@ With ``urls``, the chosen images are first downloaded (``plan_download``, then
 a folder the packer then reads as a tree.
 """
 import dataclasses
-import os
 import time
 from pathlib import Path
 
-from .download import DownloadOptions, DownloadResult, download, read_sha256_list, write_class_names
+from .download import DownloadOptions, DownloadResult, download, download_folder, write_class_names
 from .execute import execute, new_out_dir_removed_on_failure
 from .options import BuildOptions, BuildResult
-from .plan import plan_build, plan_download
+from .plan import DownloadPlan, plan_build, plan_download
 
 
 def build(options: BuildOptions) -> BuildResult:
     """Plan and pack a build: ``<out_dir>/<name>_cls.npz``, its metadata CSV and its manifest
     (from a URL list: download first, and the result's ``downloaded`` says how that went)."""
     started = time.perf_counter()
-    downloaded = None
-    if options.urls:
-        folder, downloaded = download_images(options)
-        options = dataclasses.replace(options, data_dir=str(folder))
-    with new_out_dir_removed_on_failure(options):  # planning may start the archive index in it
-        result = execute(plan_build(options), options, started)
-    return dataclasses.replace(result, downloaded=tuple(downloaded.summary_lines())) if downloaded else result
+    if not options.urls:
+        with new_out_dir_removed_on_failure(options):  # planning may start the archive index in it
+            return execute(plan_build(options), options, started)
+    plan, folder, downloaded = download_images(options)
+    # the folder is packed with the labels chosen in the list (its own names could differ), and the
+    # rest label's val images as downloaded
+    options = dataclasses.replace(options, data_dir=str(folder), rest_val=plan.rest_val)
+    with new_out_dir_removed_on_failure(options):
+        result = execute(plan_build(options, plan.chosen), options, started)
+    return dataclasses.replace(result, downloaded=tuple(downloaded.summary_lines()))
 
 
 def build_subset(subset_name: str, data_dir: str, **options) -> BuildResult:
@@ -37,27 +39,14 @@ def build_subset(subset_name: str, data_dir: str, **options) -> BuildResult:
     return build(BuildOptions(subset_name=subset_name, data_dir=data_dir, **options))
 
 
-def download_options(options: BuildOptions) -> DownloadOptions:
-    """How ``download.py`` fetches, from the build's options."""
-    rejected = read_sha256_list(options.reject_sha256) if options.reject_sha256 else frozenset()
-    return DownloadOptions(connections=options.connections, per_host=options.per_host,
-                           connect_timeout=min(10.0, options.timeout), read_timeout=float(options.timeout),
-                           max_bytes=options.max_bytes, min_size=options.min_size, reject_sha256=rejected,
-                           progress=options.progress)
-
-
-def download_folder(options: BuildOptions, name: str) -> Path:
-    return Path(options.download_dir or os.path.join(options.out_dir, f"{name}_images"))
-
-
-def download_images(options: BuildOptions) -> tuple[Path, DownloadResult]:
+def download_images(options: BuildOptions) -> tuple[DownloadPlan, Path, DownloadResult]:
     """Download the images ``options`` choose in the URL list ``options.urls`` (see the module
-    docstring); the folder they are in, and how the download went."""
-    fetching = download_options(options)  # a bad --reject_sha256 fails before the list is read
+    docstring); the plan, the folder they are in, and how the download went."""
+    fetching = DownloadOptions.of(options)  # a bad --reject_sha256 fails before the list is read
     plan = plan_download(options)
     folder = download_folder(options, plan.name)
     result = download(plan.labels, folder, fetching, options.seed)
     result.notes = plan.notes
     wnids = {row["wnid"] for row in result.rows} | {wnid for label in plan.labels for wnid in label.wnids}
     write_class_names(folder, {wnid: plan.names[wnid] for wnid in wnids if plan.names.get(wnid)})
-    return folder, result
+    return plan, folder, result

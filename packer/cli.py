@@ -174,7 +174,7 @@ def _download(argv: list[str]) -> int:
     from .api import download_images
 
     chosen = {option.name: getattr(args, option.name) for option, _ in option_fields() if hasattr(args, option.name)}
-    folder, result = download_images(BuildOptions(**chosen, download_dir=args.out_dir))
+    _, folder, result = download_images(BuildOptions(**chosen, download_dir=args.out_dir))
     for line in result.summary_lines():
         print(line)
     print(f"images: {folder} ({len(result.rows)} kept; record of every attempt: {folder / 'downloads.csv'}); pack "

@@ -61,21 +61,25 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import UserError
+from .labelfiles import names_from_synset_mapping
+from .options import BuildOptions
 from .progress import is_terminal
-from .tree import IMAGES_CSV, LABEL_FILE_PLACES
+from .tree import IMAGE_COLUMNS, IMAGES_CSV, LABEL_FILE_PLACES
 from .urllist import ListedImage
 
 ATTEMPT_COLUMNS = ("image_id", "wnid", "line", "url", "status", "http_code", "bytes", "sha256", "seconds", "tries")
-IMAGE_COLUMNS = ("split", "path", "image_id", "wnid", "line", "url", "sha256", "bytes")
 DOWNLOADS_CSV = "downloads.csv"
 PARTIAL_DIR = ".partial"
 LOCK_FILE = ".download.lock"
 MAX_REDIRECTS = 5
+MAX_PIXELS = 50_000_000  # an image larger than this is too_large (ImageNet's are well under 1 megapixel)
 MAX_RETRY_AFTER = 60.0
 PLACEHOLDER_MARK = "photo_unavailable"
 STATUSES = ("ok", "http_<code>", "timeout", "reset", "truncated", "too_large", "not_an_image", "too_small",
             "placeholder", "duplicate", "too_many_redirects", "bad_url", "no_host", "error")
-TRANSIENT = {"timeout", "reset", "truncated", "http_408", "http_429", "error"}  # and http_5xx
+# tried again by a later run (and, but for no_host, within the run): a host name that does not resolve
+# may be a resolver's passing failure
+TRANSIENT = {"timeout", "reset", "truncated", "http_408", "http_429", "error", "no_host"}  # and http_5xx
 PERMANENT_NOTE = "kept images and final failures are not fetched again"
 
 
@@ -94,23 +98,28 @@ def is_final(status: str) -> bool:
 def builtin_placeholders() -> frozenset[str]:
     """The SHA-256 digests of known placeholder images, from ``packer/data/placeholder_sha256.txt``."""
     text = resources.files("packer.data").joinpath("placeholder_sha256.txt").read_text()
-    return frozenset(line.split()[0].lower() for line in text.splitlines() if line.strip() and line[0] != "#")
+    return sha256_digests(text, "packer/data/placeholder_sha256.txt")
 
 
 def read_sha256_list(path: str | os.PathLike) -> frozenset[str]:
-    """A ``--reject_sha256`` file: one hex SHA-256 per line (anything after it ignored, ``#`` lines too)."""
+    """A ``--reject_sha256`` file (``sha256_digests``)."""
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise UserError(f"--reject_sha256 {path}: {exc.strerror or exc}; pass a file of SHA-256 digests, "
                         "one per line") from None
+    return sha256_digests(text, f"--reject_sha256 {path}")
+
+
+def sha256_digests(text: str, source: str) -> frozenset[str]:
+    """One hex SHA-256 per line, anything after it ignored; blank and ``#`` lines skipped."""
     digests = set()
     for number, line in enumerate(text.splitlines(), start=1):
         word = line.split()[0].lower() if line.split() else ""
         if not word or word.startswith("#"):
             continue
         if len(word) != 64 or any(c not in "0123456789abcdef" for c in word):
-            raise UserError(f"--reject_sha256 {path}, line {number}: {word[:70]!r} is not a hex SHA-256; "
+            raise UserError(f"{source}, line {number}: {word[:70]!r} is not a hex SHA-256; "
                             "write one 64-digit digest per line")
         digests.add(word)
     return frozenset(digests)
@@ -130,6 +139,20 @@ class DownloadOptions:
     min_size: int = 32
     reject_sha256: frozenset[str] = frozenset()
     progress: bool = True
+
+    @classmethod
+    def of(cls, options: BuildOptions) -> "DownloadOptions":
+        """How to fetch, from a build's options (``--reject_sha256`` read and checked here)."""
+        rejected = read_sha256_list(options.reject_sha256) if options.reject_sha256 else frozenset()
+        return cls(connections=options.connections, per_host=options.per_host,
+                   connect_timeout=min(10.0, options.timeout), read_timeout=float(options.timeout),
+                   max_bytes=options.max_bytes, min_size=options.min_size, reject_sha256=rejected,
+                   progress=options.progress)
+
+
+def download_folder(options: BuildOptions, name: str) -> Path:
+    """Where a build named ``name`` downloads: ``--download_dir``, or ``<out_dir>/<name>_images``."""
+    return Path(options.download_dir or os.path.join(options.out_dir, f"{name}_images"))
 
 
 @dataclass
@@ -203,7 +226,7 @@ class DownloadResult:
                 lines.append(f"note: the same file ({digest}) was kept for {count} URLs of different labels; if it "
                              "is a placeholder, add that SHA-256 to a --reject_sha256 file and run again")
         if self.short:
-            lines.append(f"{len(self.short)} labels ran out of URLs and kept what they got: "
+            lines.append(f"{len(self.short)} labels ran out of URLs to try and kept what they got: "
                          f"{', '.join(self.short[:8])}{' ...' if len(self.short) > 8 else ''}")
         return lines
 
@@ -223,7 +246,8 @@ class _Fetcher:
         self.placeholders = builtin_placeholders() | options.reject_sha256
         self.http = urllib3.PoolManager(
             num_pools=max(64, options.connections * 2), maxsize=options.per_host, block=False,
-            headers={"User-Agent": user_agent(), "Accept": "image/jpeg,image/png,image/*;q=0.8,*/*;q=0.1"},
+            headers={"User-Agent": user_agent(), "Accept": "image/jpeg,image/png,image/*;q=0.8,*/*;q=0.1",
+                     "Accept-Encoding": "identity"},
             timeout=urllib3.Timeout(connect=options.connect_timeout, read=options.read_timeout),
             retries=False)
 
@@ -255,10 +279,8 @@ class _Fetcher:
                 response = self.http.request("GET", url, preload_content=False, redirect=False)
                 attempt.http_code = response.status
                 if response.status in (301, 302, 303, 307, 308) and response.headers.get("Location"):
-                    url = self.urllib3.util.parse_url(response.headers["Location"]).url \
-                        if "://" in response.headers["Location"] else _joined(url, response.headers["Location"])
-                    response.drain_conn()
-                    response.release_conn()
+                    url = _joined(url, response.headers["Location"])
+                    response.close()  # its body is not read: a slow or endless one cannot hold the fetch
                     continue
                 break
             else:
@@ -307,7 +329,7 @@ class _Fetcher:
         digest, size = hashlib.sha256(), 0
         try:
             with open(body, "wb") as out:
-                for block in response.stream(1 << 16):
+                for block in response.stream(1 << 16, decode_content=False):  # the bytes as sent
                     size += len(block)
                     if size > self.options.max_bytes:
                         attempt.status, attempt.bytes = "too_large", size
@@ -362,15 +384,16 @@ def _retry_after(value: str | None) -> float:
 
 def check_image(path: Path, min_size: int) -> tuple[str, str]:
     """(status, extension) of a received body: ``ok`` and ``.jpg``/``.png`` when Pillow decodes
-    it fully as JPEG or PNG with a short side of at least ``min_size``."""
+    it fully as JPEG or PNG with a short side of at least ``min_size`` and at most ``MAX_PIXELS``
+    pixels (``too_large`` beyond)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            if image.format not in ("JPEG", "PNG"):
-                return "not_an_image", ""
+        with Image.open(path, formats=("JPEG", "PNG")) as image:
             if min(image.size) < min_size:
                 return "too_small", ""
+            if image.size[0] * image.size[1] > MAX_PIXELS:  # a few KB can decode to gigabytes
+                return "too_large", ""
             if image.format == "JPEG":
                 image.draft(image.mode, (min_size, min_size))  # every byte still decoded, at a smaller scale
             image.load()
@@ -390,7 +413,7 @@ def read_attempts(folder: Path) -> dict[str, Attempt]:
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         # one row per line, each parsed alone: a line cut inside a quoted URL by a killed run
         # spoils only itself
-        rows = (next(csv.reader([line]), []) for line in f)
+        rows = (_csv_cells(line) for line in f)
         header = next(rows, None)
         if header is None:
             return {}
@@ -408,6 +431,14 @@ def read_attempts(folder: Path) -> dict[str, Attempt]:
                 continue
             last[attempt.image_id] = attempt
     return last
+
+
+def _csv_cells(line: str) -> list[str]:
+    """One CSV line's cells ([] for a line ``csv`` cannot read, e.g. one cut inside quotes)."""
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error:
+        return []
 
 
 @contextlib.contextmanager
@@ -536,12 +567,20 @@ class _Run:
             self.relabelled.append(earlier)
             label.tried += 1
             return True
+        earlier.line = label.candidates[rank].line  # its id is its line in this list
         if earlier.status == "ok":
             if _find_kept(self.folder, earlier) is None:
                 return False
             label.tried += 1
-            self.reused += 1
-            self._keep(label, rank, earlier)
+            displaced = self._keep(label, rank, earlier)
+            for dropped in (earlier, displaced):  # the same bytes as another image of the label
+                if dropped is not None and dropped.status == "duplicate":
+                    self.statuses["duplicate"] += 1
+                    self.relabelled.append(dropped)
+            self.reused += earlier.status == "ok"
+            return True
+        if earlier.status == "duplicate" and any(kept.sha256 == earlier.sha256 for kept in label.kept.values()):
+            label.tried += 1  # its twin is still kept: the same bytes again
             return True
         if is_final(earlier.status):
             label.tried += 1
@@ -597,8 +636,18 @@ class _Run:
 def download(labels: list[LabelWork], folder: str | os.PathLike, options: DownloadOptions, seed: int = 0,
              split_of: dict[str, str] | None = None) -> DownloadResult:
     """Fetch every label's images into ``folder`` (see the module docstring); write ``images.csv``.
-    ``split_of`` (image_id -> "train" or "val") places the kept images instead of ``split_kept``."""
-    folder = Path(folder)
+    ``split_of`` (image_id -> "train" or "val") places the kept images instead of ``split_kept``.
+    A folder or disk that fails (not writable, full) ends the run with one ``UserError``."""
+    try:
+        return _download(labels, Path(folder), options, seed, split_of)
+    except OSError as exc:
+        where = exc.filename or folder
+        raise UserError(f"{where}: {exc.strerror or exc}; free some space, or pass a writable download folder "
+                        "(run the same command again to continue)") from None
+
+
+def _download(labels: list[LabelWork], folder: Path, options: DownloadOptions, seed: int,
+              split_of: dict[str, str] | None) -> DownloadResult:
     started = time.monotonic()
     with folder_lock(folder):
         for split in ("train", "val"):  # a label that keeps nothing still has its class folder
@@ -616,6 +665,8 @@ def download(labels: list[LabelWork], folder: str | os.PathLike, options: Downlo
 
         def fetcher() -> None:
             while (job := jobs.get()) is not None:
+                if stop.is_set():
+                    continue
                 label, rank, image = job
                 try:
                     results.put((label, rank, image, fetch(image, stop)))
@@ -740,33 +791,12 @@ def write_images_csv(rows: list[dict], path: Path) -> None:
     os.replace(temporary, path)
 
 
-def read_images_csv(path) -> list[dict]:
-    """The rows of an ``images.csv`` (``line`` and ``bytes`` as ints), checked."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != IMAGE_COLUMNS:
-            raise UserError(f"{path} is not an images.csv of imagenet-subset (columns "
-                            f"{','.join(reader.fieldnames or [])[:80]}); remove it or download again")
-        rows = []
-        for number, row in enumerate(reader, start=2):
-            if row["split"] not in ("train", "val") or not row["line"].isdigit():
-                raise UserError(f"{path}, line {number}: not a row of kept images (split {row['split']!r}, "
-                                f"line {row['line']!r}); download again")
-            rows.append({**row, "line": int(row["line"]), "bytes": int(row["bytes"] or 0)})
-    return rows
-
-
 def write_class_names(folder: Path, names: dict[str, str]) -> None:
     """Add ``names`` (WNID -> words) to ``folder/LOC_synset_mapping.txt`` (``<wnid> <words>`` lines,
     sorted), so the packer names the downloaded classes."""
     path = folder / LABEL_FILE_PLACES["synset_mapping"][0]
-    known = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            wnid, _, words = line.partition(" ")
-            if wnid:
-                known[wnid] = words.strip()
+    known = names_from_synset_mapping(path) if path.is_file() else {}
     known.update(names)
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     temporary.write_text("".join(f"{wnid} {words}\n" for wnid, words in sorted(known.items())), encoding="utf-8")
     os.replace(temporary, path)

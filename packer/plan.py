@@ -76,7 +76,7 @@ def classes_of_tree(tree: Tree, classes: dict[str, ClassInfo]) -> ClassesOnOffer
 
 
 @dataclass(frozen=True)
-class _Chosen:
+class Choice:
     """The labels chosen (``rest`` not yet added), the classes on offer no label or ``rest`` may
     take, the manifest's record of the hierarchy used (None without one), and notes."""
 
@@ -86,7 +86,7 @@ class _Chosen:
     notes: tuple[str, ...] = ()
 
 
-def _choose_by_hierarchy(options: BuildOptions, offer: ClassesOnOffer) -> _Chosen:
+def _choose_by_hierarchy(options: BuildOptions, offer: ClassesOnOffer) -> Choice:
     """``--under`` / ``--group_by``, with the manifest's record of the hierarchy used."""
     from .hierarchy import load_hierarchy
 
@@ -104,10 +104,10 @@ def _choose_by_hierarchy(options: BuildOptions, offer: ClassesOnOffer) -> _Chose
     name = Path(options.subset_name).stem if options.subset_name else default_name  # inside --out_dir
     record = {"source": hierarchy.source, "sha256": hierarchy.sha256, **choice.resolved,
               "group_by": options.group_by, "overlap": options.overlap}
-    return _Chosen(SubsetList(name, choice.labels, how), choice.taken_away, record, choice.notes)
+    return Choice(SubsetList(name, choice.labels, how), choice.taken_away, record, choice.notes)
 
 
-def choose_subset(options: BuildOptions, offer: ClassesOnOffer) -> _Chosen:
+def choose_subset(options: BuildOptions, offer: ClassesOnOffer) -> Choice:
     """The labels the choosing options make of the classes on offer."""
     if options.under or options.group_by:
         return _choose_by_hierarchy(options, offer)
@@ -123,16 +123,17 @@ def choose_subset(options: BuildOptions, offer: ClassesOnOffer) -> _Chosen:
             default_name = "search_" + _slug(search)
             how = f"--search {search}"
         name = Path(options.subset_name).stem if options.subset_name else default_name  # inside --out_dir
-        return _Chosen(SubsetList(name, tuple(Label(w, (w,)) for w in wnids), how))
-    return _Chosen(read_subset_list(options.subset_name or "imagenet30"))
+        return Choice(SubsetList(name, tuple(Label(w, (w,)) for w in wnids), how))
+    return Choice(read_subset_list(options.subset_name or "imagenet30"))
 
 
-def plan_build(options: BuildOptions) -> BuildPlan:
-    """Read the tree and the class list and decide every row of the archive."""
+def plan_build(options: BuildOptions, chosen: Choice | None = None) -> BuildPlan:
+    """Read the tree and the class list and decide every row of the archive (with the labels
+    ``chosen`` already, as for a folder downloaded from a URL list, else chosen among the tree's)."""
     tree = find_tree(options.data_dir, options.devkit_dir, options.index_folder)
     classes = class_table(tree)
     offer = classes_of_tree(tree, classes)
-    chosen = choose_subset(options, offer)
+    chosen = chosen or choose_subset(options, offer)
     subset = chosen.subset.with_rest() if options.rest is not None else chosen.subset
     check_classes_present(subset, offer.present, offer.where)
     listed = [w for w in offer.present if w not in chosen.kept_out] if options.rest is not None else list(subset.wnids)
@@ -156,6 +157,8 @@ class DownloadPlan:
     labels: list[LabelWork]
     names: dict[str, str]
     notes: tuple[str, ...]
+    chosen: Choice  # the labels, which the packing of the downloaded folder keeps
+    rest_val: int | None  # the rest label's val images (None: no rest)
 
 
 def names_for_url_lists(options: BuildOptions) -> tuple[dict[str, str], dict[str, str], str]:
@@ -219,4 +222,5 @@ def plan_download(options: BuildOptions) -> DownloadPlan:
         labels += _label_work(label, selection.by_wnid, options)
     if options.rest is not None:
         labels.append(LabelWork(REST, selection.rest, rest_need, rest_val))
-    return DownloadPlan(chosen.subset.name, labels, words, tuple(chosen.notes) + tuple(scanned.skipped_note()))
+    return DownloadPlan(chosen.subset.name, labels, words, tuple(chosen.notes) + tuple(scanned.skipped_note()),
+                        chosen, rest_val if options.rest is not None else None)

@@ -44,7 +44,7 @@ from typing import get_args
 import numpy as np
 
 from .checking import read_manifest
-from .download import DownloadOptions, LabelWork, download, read_attempts, write_class_names
+from .download import DownloadOptions, LabelWork, download, download_folder, read_attempts, write_class_names
 from .errors import UserError
 from .execute import execute, new_out_dir_removed_on_failure
 from .labelfiles import WNID_RE
@@ -62,7 +62,7 @@ from .options import (
 )
 from .subset import Label, SubsetList
 from .tree import SplitImages, class_table, find_tree
-from .urllist import ListedImage
+from .urllist import IMAGE_ID_RE, ListedImage
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "holdout": "train"}
 """The splits a recipe may hold, in row-group order, and the folder of ``--data_dir`` holding
@@ -298,7 +298,6 @@ def from_url_list(recipe: dict) -> bool:
     return any(isinstance(rows, dict) and "urls" in rows for rows in recipe["sources"].values())
 
 
-_IMAGE_ID_RE = re.compile(r"n\d{8}_\d+")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _URL_RE = re.compile(r"https?://[\x21-\x7e]+")
 
@@ -316,7 +315,7 @@ def _origin_problems(recipe: dict) -> list[str]:
             wrong.append(f"{split}: image_ids, urls and sha256 must be lists as long as paths")
             continue
         for row, (path, image_id, url, digest) in enumerate(zip(*columns, strict=True)):
-            if not (isinstance(image_id, str) and _IMAGE_ID_RE.fullmatch(image_id) and isinstance(url, str)
+            if not (isinstance(image_id, str) and IMAGE_ID_RE.fullmatch(image_id) and isinstance(url, str)
                     and _URL_RE.fullmatch(url) and isinstance(digest, str) and _SHA256_RE.fullmatch(digest)
                     and path in (f"{image_id[:9]}/{image_id}.jpg", f"{image_id[:9]}/{image_id}.png")):
                 wrong.append(f"{split} row {row}: {_shown(image_id)} {_shown(url)}")
@@ -413,10 +412,9 @@ def rebuild_from_recipe(recipe_path: str | Path, data_dir: str, **options) -> Re
                                  **size_options, **options)
     with new_out_dir_removed_on_failure(build_options):  # planning may start the archive index in it
         if from_url_list(recipe):
-            from .api import download_folder, download_options
-
             folder = download_folder(build_options, name)
-            fetch_recipe_images(recipe, folder, download_options(build_options))
+            # the recipe's SHA-256 decides: no local --min_size may refuse the bytes it names
+            fetch_recipe_images(recipe, folder, dataclasses.replace(DownloadOptions.of(build_options), min_size=1))
             build_options = dataclasses.replace(build_options, data_dir=str(folder))
         plan = plan_from_recipe(recipe, build_options.data_dir, build_options.devkit_dir, build_options.index_folder)
         result = execute(dataclasses.replace(plan, name=name), build_options)

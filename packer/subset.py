@@ -195,17 +195,21 @@ class Advice:
     outline: str
     elsewhere: str
     names: str
+    absent: str  # how a class without images is said to be missing
+    names_from: str  # the files that name the classes
 
 
 TREE_ADVICE = Advice("imagenet-subset classes --data_dir DIR lists the classes and their names",
                      "imagenet-subset classes --tree --data_dir DIR shows what the tree holds",
-                     "point --data_dir at a tree that has them", "pass --devkit_dir DIR")
+                     "point --data_dir at a tree that has them", "pass --devkit_dir DIR", "have no folder in",
+                     "LOC_synset_mapping.txt or map_clsloc.txt")
 URL_LIST_ADVICE = Advice("the list's classes are the WNIDs of its image ids; names come from --wordnet DIR's "
                          "words.txt, or the packaged names of the 1,000 classes",
                          "pass --wordnet DIR (ImageNet's full words.txt and wordnet.is_a.txt) to see classes "
                          "outside the 1,000",
                          "use a URL list that has them",
-                         "pass --wordnet DIR (ImageNet's full words.txt and wordnet.is_a.txt)")
+                         "pass --wordnet DIR (ImageNet's full words.txt and wordnet.is_a.txt)", "are not in",
+                         "words.txt")
 
 
 def classes_by_search(text: str, names: dict[str, str], present: list[str], tree_name: str,
@@ -214,8 +218,8 @@ def classes_by_search(text: str, names: dict[str, str], present: list[str], tree
     (case-insensitive). ``present`` is what the tree holds (its ``train/<wnid>`` folders), so a
     mapping file listing more classes than the tree adds none; ``tree_name`` names the tree in errors."""
     if not any(w in names for w in present):
-        source = "LOC_synset_mapping.txt or map_clsloc.txt" if advice is TREE_ADVICE else "words.txt"
-        raise UserError(f"--search needs class names from {source}; none found for {tree_name}: {advice.names}")
+        raise UserError(f"--search needs class names from {advice.names_from}; none found for {tree_name}: "
+                        f"{advice.names}")
     found = sorted(w for w in present if w in names and text.lower() in names[w].lower())
     if not found:
         raise UserError(f"--search: no class in {tree_name} has a name containing '{text}'; {advice.listing}")
@@ -228,8 +232,7 @@ def check_classes_present(subset: SubsetList, train_classes: list[str], train_di
     present = set(train_classes)
     absent = [w for w in subset.wnids if w not in present]
     if absent:
-        what = "have no folder in" if advice is TREE_ADVICE else "are not in"
-        raise UserError(f"{subset.source}: {len(absent)} WNIDs {what} {train_dir}: {', '.join(absent)}; "
+        raise UserError(f"{subset.source}: {len(absent)} WNIDs {advice.absent} {train_dir}: {', '.join(absent)}; "
                         f"remove them from the list or {advice.elsewhere}")
 
 

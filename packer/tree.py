@@ -49,6 +49,7 @@ Only the class folders (or class tars) of the subset are listed when
 ``train_cls.txt`` exists or the train images are in the train tar; no image
 file is ever opened or stat'ed here.
 """
+import csv
 import itertools
 import logging
 import os
@@ -86,6 +87,7 @@ log = logging.getLogger("packer")
 DEVKIT_FOLDERS = ("", "data/", "devkit/", "devkit/data/", "ILSVRC2012_devkit_t12/data/", "ILSVRC2015/devkit/data/")
 
 IMAGES_CSV = "images.csv"  # what a download from a URL list kept (download.py)
+IMAGE_COLUMNS = ("split", "path", "image_id", "wnid", "line", "url", "sha256", "bytes")
 LABEL_FILE_PLACES = {
     "train_cls": ("ImageSets/CLS-LOC/train_cls.txt", "train_cls.txt"),
     "synset_mapping": ("LOC_synset_mapping.txt",),
@@ -338,18 +340,38 @@ def _train_from_train_cls(tree: Tree, wanted: set[str]) -> SplitImages:
                        train_cls.name, notes=notes)
 
 
+def read_images_csv(path) -> list[dict]:
+    """The rows of a download's ``images.csv`` (``line`` and ``bytes`` as ints). Each row must name
+    the file where the download puts that image, ``<split>/<wnid>/<image_id>.jpg`` or ``.png``
+    (the folder may come from someone else: no other file is ever read)."""
+    from .urllist import IMAGE_ID_RE
+
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != IMAGE_COLUMNS:
+            raise UserError(f"{path} is not an images.csv of imagenet-subset (columns "
+                            f"{','.join(reader.fieldnames or [])[:80]}); remove it or download again")
+        rows = []
+        for number, row in enumerate(reader, start=2):
+            image_id, wnid, split = row["image_id"], row["wnid"], row["split"]
+            if not (split in ("train", "val") and row["line"].isdigit() and (row["bytes"] or "0").isdigit()
+                    and IMAGE_ID_RE.fullmatch(image_id) and image_id[:9] == wnid
+                    and row["path"] in (f"{split}/{wnid}/{image_id}.jpg", f"{split}/{wnid}/{image_id}.png")):
+                raise UserError(f"{path}, line {number}: not a row of a kept image (split {split!r}, path "
+                                f"{row['path'][:80]!r}, line {row['line']!r}); download again")
+            rows.append({**row, "line": int(row["line"]), "bytes": int(row["bytes"] or 0)})
+    return rows
+
+
 def _downloaded_images(tree: Tree, split: str, wanted: set[str]) -> SplitImages:
     """The ``split`` images of ``wanted`` classes a download from a URL list kept, in line order,
     as its ``images.csv`` lists them; ids are their line numbers in the list."""
-    from .download import read_images_csv
-
     assert tree.downloaded is not None
     folder = tree.train if split == "train" else tree.val
     rows = [row for row in read_images_csv(tree.downloaded) if row["split"] == split and row["wnid"] in wanted]
     prefix = f"{split}/"
     paths = [row["path"][len(prefix):] for row in rows]
-    missing = [row["path"] for row, path in zip(rows, paths, strict=True)
-               if not row["path"].startswith(prefix) or not folder.has(path)]
+    missing = [row["path"] for row, path in zip(rows, paths, strict=True) if not folder.has(path)]
     if missing:
         raise UserError(f"{len(missing)} images listed in {tree.downloaded} are missing from {tree.data_dir}: "
                         f"{shown(missing)}; run the download again to fetch them")

@@ -15,8 +15,9 @@ Lines are bytes as stored; an id or URL that is not ASCII-clean UTF-8 is read
 with replacement characters.
 
 An image's **line** is its 1-based line number in the list (the header counts
-as line 1 in a CSV/TSV): unique and stable, it is the image's ``train_id`` or
-``val_id``. A line that has no ``<wnid>_<n>`` id or no ``http(s)://`` URL is
+as line 1 in a CSV/TSV, each row is one line): unique and stable, it is the
+image's ``train_id`` or ``val_id``. An image id listed on several lines is
+taken from the first. A line that has no ``<wnid>_<n>`` id or no ``http(s)://`` URL is
 skipped and counted (``UrlList.malformed``, its first one kept for the
 message); a list whose first 1,000 data lines are all such is not a URL list,
 an error.
@@ -42,8 +43,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .labelfiles import WNID_RE
 
-WNID = re.compile(r"^n\d{8}$")
+IMAGE_ID_RE = re.compile(r"n\d{8}_\d+")  # <wnid>_<n>
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK = (1 << 64) - 1
 SNIFF_LINES = 1000  # data lines read before a list with no usable line is called not a URL list
@@ -217,16 +219,19 @@ def _not_a_list(path: Path, found: UrlList) -> UserError:
 def _table_entries(path: Path, lines: Iterator[bytes], columns: tuple[str, dict[str, int]], found: UrlList,
                    wanted: set[bytes] | None, on_lines: set[int]) -> Entries:
     delimiter, position = columns
-    text = (raw.decode("utf-8", "replace") for raw in lines)
     url_at, id_at, wnid_at = position["url"], position.get("image_id"), position.get("wnid")
     found.lines = 1
-    for number, row in enumerate(csv.reader(text, delimiter=delimiter), start=2):
+    for number, raw in enumerate(lines, start=2):  # a row per physical line, so line numbers stay true
         found.lines = number
+        try:
+            row = next(csv.reader([raw.decode("utf-8", "replace")], delimiter=delimiter), [])
+        except csv.Error:  # e.g. a quote left open: this line only is malformed
+            row = [raw.decode("utf-8", "replace")]
         cells = [cell.strip() for cell in row]
         url = cells[url_at] if url_at < len(cells) else ""
         image_id = cells[id_at] if id_at is not None and id_at < len(cells) else ""
         wnid = cells[wnid_at] if wnid_at is not None and wnid_at < len(cells) else image_id[:9]
-        if id_at is None and WNID.match(wnid):
+        if id_at is None and WNID_RE.fullmatch(wnid):
             image_id = f"{wnid}_{number}"
         encoded = image_id.encode("utf-8", "replace")
         if _is_image_id(encoded) and image_id[:9] == wnid and _is_url(url.encode("utf-8", "replace")):
@@ -288,7 +293,11 @@ def select_from_url_list(scanned: UrlList, wnids: set[str], seed: int,
         others = scanned.lines - sum(scanned.counts[wnid] for wnid in rest_from)
         rest_lines = set(_lowest_key_lines(scanned.lines, min(scanned.lines, rest_candidates + others), seed))
     rest: list[ListedImage] = []
+    seen: set[str] = set()  # an image id listed again (a table may repeat one) is the first one's
     for image in read_url_list(scanned.path, UrlList(scanned.path, counting=False), wnids, rest_lines):
+        if image.image_id in seen:
+            continue
+        seen.add(image.image_id)
         if image.wnid in by_wnid:
             by_wnid[image.wnid].append(image)
         elif image.line in rest_lines and image.wnid in rest_from:

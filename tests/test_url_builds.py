@@ -548,7 +548,7 @@ def test_a_label_whose_urls_all_fail_is_left_empty_and_the_summary_says_so(serve
     assert code == 0, err
     lines = stdout.splitlines()
     assert downloaded_line(3, 2, 0, "ok 3, http_403 2, http_404 2").fullmatch(lines[0]), lines[0]
-    assert lines[1] == f"1 labels ran out of URLs and kept what they got: {GOLDFISH}"
+    assert lines[1] == f"1 labels ran out of URLs to try and kept what they got: {GOLDFISH}"
     assert lines[2].startswith("custom: 2 train, 1 val images, 2 classes")
     folder = out / "custom_images"
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_dir()) == [
@@ -1105,3 +1105,60 @@ def test_a_second_download_process_on_the_same_folder_is_refused(server, tmp_pat
         f"imagenet-subset: error: {folder} is in use by another download (pid {proc.pid}); wait for it to end, "
         "or download into another folder")
 
+
+
+# --------------------------------------------------------------------------- what a review found
+
+KIT_FOX = "n02119789"  # the class table names it kit_fox, words.txt "kit fox, Vulpes macrotis"
+
+
+def test_the_folder_is_packed_with_the_labels_chosen_in_the_list(server, tmp_path, capsys):
+    """--classes kit_fox matches the class table's name in the list; the downloaded folder names it
+    by its words, and is packed with the labels already chosen (not chosen again by name)."""
+    rows = [(f"{KIT_FOX}_{k}", ok(k)) for k in range(1, 4)] + [(f"{TENCH}_{k}", ok(10 + k)) for k in range(1, 4)]
+    served = serve_list(server, tmp_path / "list.txt", rows)
+    out = tmp_path / "out"
+    code, _, err = run_main(["--urls", served.path, "--classes", "kit_fox,tench", "--train_per_class", 2,
+                             "--out_dir", out, *FAST], capsys)
+    assert code == 0, err
+    table = read_csv(out / "custom_cls_metadata.csv")
+    assert [(row["WNID"], row["human_label"], row["num_train_images"]) for row in table] == [
+        (KIT_FOX, "kit fox, Vulpes macrotis", "2"), (TENCH, "tench, Tinca tinca", "2")]
+    assert np.bincount(load(out / "custom_cls.npz")["y_train"]).tolist() == [2, 2]
+
+
+def test_rest_val_is_packed_as_downloaded_with_a_holdout(server, tmp_path):
+    """--rest 4 with N=2, M=2 and K=1: rest gets 4 + 1 + 4 working images, and all 4 val ones are
+    packed (the packer's own default would scale them by 4 / 5)."""
+    rows = [(f"{TENCH}_{k}", ok(k)) for k in range(1, 7)]
+    rows += [(f"{wnid}_{k}", ok(100 + 10 * n + k)) for n, wnid in enumerate((GOLDFISH, JELLYFISH, CHIHUAHUA))
+             for k in range(1, 6)]
+    served = serve_list(server, tmp_path / "list.txt", rows)
+    result = build(BuildOptions(urls=str(served.path), classes=("tench",), train_per_class=2, val_per_class=2,
+                                holdout_per_class=1, rest=4, out_dir=str(tmp_path / "out"), **API))
+    data = load(result.archive)
+    assert np.bincount(data["y_train"]).tolist() == [2, 4]
+    assert np.bincount(data["y_val"]).tolist() == [2, 4]
+    assert np.bincount(data["y_holdout"]).tolist() == [1, 1]
+    assert manifest(result.manifest)["options"]["sampling"]["rest_val"] == 4
+
+
+def test_images_csv_may_name_only_the_files_a_download_writes(server, tmp_path, capsys):
+    """A download folder may come from someone else: a row whose path is not
+    <split>/<wnid>/<image_id>.jpg|.png is refused before any file is read."""
+    served = pets(server, tmp_path)
+    out = tmp_path / "out"
+    code, _, err = run_main(["--urls", served.path, "--classes", "tench", "--train_per_class", 2, "--out_dir", out,
+                             *FAST], capsys)
+    assert code == 0, err
+    folder = out / "custom_images"
+    text = (folder / "images.csv").read_text()
+    first = text.splitlines()[1].split(",")
+    for bad_path in (f"train//etc/{first[2]}.jpg", f"train/{TENCH}/../../secret.jpg", f"val/{TENCH}/{first[2]}.jpg"):
+        (folder / "images.csv").write_text(text.replace(first[1], bad_path, 1))
+        code, _, err = run_main(["--data_dir", folder, "--classes", "tench", "--out_dir", tmp_path / "again", *FAST],
+                                capsys)
+        assert code == 1
+        assert assert_one_error_line(err) == (
+            f"imagenet-subset: error: {folder / 'images.csv'}, line 2: not a row of a kept image (split 'train', "
+            f"path {bad_path!r}, line {first[4]!r}); download again")

@@ -791,23 +791,23 @@ def test_a_second_run_fetches_only_what_did_not_end(server, tmp_path):
 
     server.reset_counts()
     second = download([LabelWork("fish", images, need=6, val=1)], folder, options(), seed=3)
-    # kept images and final failures are not asked for again; the 500, the reset and the duplicate are
-    assert server.counts() == {"/a-again.jpg": 1, "/500.jpg": 2, "/reset.jpg": 2}
+    # kept images, final failures and a duplicate whose twin is still kept are not asked for again;
+    # the 500 and the reset are
+    assert server.counts() == {"/500.jpg": 2, "/reset.jpg": 2}
     assert second.reused == 2
-    assert second.statuses == Counter({"duplicate": 1, "http_500": 1, "reset": 1})
+    assert second.statuses == Counter({"http_500": 1, "reset": 1})
     rows = attempt_rows(folder)
     assert rows[:len(first_rows)] == first_rows
     assert sorted(rows[len(first_rows):], key=lambda r: int(r[2])) == [
-        row(images[2], "duplicate", 200, twin_of_a), row(images[3], "http_500", 500, tries=2),
-        row(images[7], "reset", None, tries=2)]
+        row(images[3], "http_500", 500, tries=2), row(images[7], "reset", None, tries=2)]
     assert image_rows(folder) == first_images
     assert files_under(folder) == first_files
     assert second.rows == first.rows
     summary = second.summary_lines()
     assert len(summary) == 2
-    assert re.fullmatch(r"downloaded: 2 images kept for 1 labels \(2 from an earlier run\); this run: duplicate 1, "
+    assert re.fullmatch(r"downloaded: 2 images kept for 1 labels \(2 from an earlier run\); this run: "
                         r"http_500 1, reset 1; \d+\.\d MB in \d+\.\d s", summary[0]), summary[0]
-    assert summary[1] == "1 labels ran out of URLs and kept what they got: fish"
+    assert summary[1] == "1 labels ran out of URLs to try and kept what they got: fish"
 
 
 def test_a_second_run_with_another_seed_moves_images_between_splits_without_fetching(server, tmp_path):
@@ -1035,3 +1035,62 @@ def test_from_a_list_to_a_folder(server, tmp_path):
     kept = sorted(fish + rest)
     assert [int(r[4]) for r in image_rows(tmp_path / "dl")] == kept
     assert files_under(tmp_path / "dl") == {f"train/{wnid(n)}/{wnid(n)}_{n}.jpg": bodies[n] for n in kept}
+
+
+# --------------------------------------------------------------------------- what a review found
+
+def test_a_relative_redirect_with_a_url_in_its_query_is_followed(server, tmp_path):
+    body = jpeg(200)
+    server.route("/photo.jpg", Body(body))
+    image = listed(1, W1, server.route("/moved", Redirect("/photo.jpg?from=http://elsewhere.example/x")))
+    download([LabelWork("fish", [image], need=1)], tmp_path / "dl", options())
+    assert attempt_rows(tmp_path / "dl") == [row(image, "ok", 200, body)]
+    assert (tmp_path / "dl" / "train" / W1 / f"{image.image_id}.jpg").read_bytes() == body
+
+
+def test_an_image_of_too_many_pixels_is_too_large_before_it_is_decoded(server, tmp_path):
+    """A few KB of PNG can decode to gigabytes: over MAX_PIXELS it is refused from its header."""
+    buffer = io.BytesIO()
+    Image.new("1", (8000, 6300)).save(buffer, "PNG")  # 50.4 megapixels, about 8 KB
+    bomb = buffer.getvalue()
+    assert len(bomb) < 100_000
+    image = listed(1, W1, server.route("/big.png", Body(bomb, "image/png")))
+    download([LabelWork("fish", [image], need=1)], tmp_path / "dl", options())
+    assert attempt_rows(tmp_path / "dl") == [row(image, "too_large", 200, bomb)]
+    assert check_image_of(bomb, tmp_path) == ("too_large", "")
+
+
+def check_image_of(body: bytes, folder: Path) -> tuple[str, str]:
+    path = folder / "body.bin"
+    path.write_bytes(body)
+    return check_image(path, 32)
+
+
+def test_a_folder_that_cannot_be_written_is_one_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError) as caught:
+        download([LabelWork("fish", [listed(1, W1, "http://127.0.0.1:9/x.jpg")], need=1)], blocker / "dl",
+                 options())
+    assert str(caught.value) == (f"{blocker / 'dl'}: Not a directory; free some space, or pass a writable download "
+                                 "folder (run the same command again to continue)")
+
+
+def test_a_table_line_with_an_open_quote_spoils_no_later_line(tmp_path):
+    """Each row is read from its own line: a quote left open ends with its line (no later row is
+    swallowed, nor a field grown past csv's limit), and line numbers stay the file's."""
+    path = tmp_path / "list.csv"
+    path.write_text(f'image_id,url\n{W1}_1,"http://h/a.jpg\n{W1}_2,http://h/b.jpg\n{W1}_3,http://h/c.jpg\n')
+    found = UrlList(path)
+    images = list(read_url_list(path, found))
+    assert [(image.line, image.image_id, image.url) for image in images] == [
+        (2, f"{W1}_1", "http://h/a.jpg"), (3, f"{W1}_2", "http://h/b.jpg"), (4, f"{W1}_3", "http://h/c.jpg")]
+    assert (found.malformed, found.lines) == (0, 4)
+
+
+def test_an_image_id_on_two_lines_is_taken_from_the_first(tmp_path):
+    path = tmp_path / "list.txt"
+    path.write_text(f"{W1}_1\thttp://h/a.jpg\n{W1}_2\thttp://h/b.jpg\n{W1}_1\thttp://mirror/a.jpg\n")
+    selection = select_from_url_list(scan_url_list(path), {W1}, 0)
+    assert sorted((image.line, image.url) for image in selection.by_wnid[W1]) == [(1, "http://h/a.jpg"),
+                                                                               (2, "http://h/b.jpg")]
