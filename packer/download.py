@@ -445,7 +445,7 @@ def _csv_cells(line: str) -> list[str]:
 def _attempt_log(folder: Path) -> Iterator[Callable[[Attempt], None]]:
     path = folder / DOWNLOADS_CSV
     new = not path.is_file() or path.stat().st_size == 0
-    with open(path, "a", newline="", encoding="utf-8") as f:
+    with _open_in_folder(path, "a") as f:
         if not new:  # a run killed mid-line left no line end: start a fresh line
             with open(path, "rb") as check:
                 check.seek(-1, os.SEEK_END)
@@ -462,11 +462,22 @@ def _attempt_log(folder: Path) -> Iterator[Callable[[Attempt], None]]:
         yield log
 
 
+_OPEN_FLAGS = {"a": os.O_WRONLY | os.O_CREAT | os.O_APPEND, "a+": os.O_RDWR | os.O_CREAT | os.O_APPEND,
+               "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC}
+
+
+def _open_in_folder(path: Path, mode: str):
+    """``open(path, mode)`` (text, UTF-8) that never follows a symbolic link at ``path``: a download
+    folder may come from someone else, and a planted link must not make a run write elsewhere."""
+    descriptor = os.open(path, _OPEN_FLAGS[mode] | os.O_NOFOLLOW, 0o644)
+    return open(descriptor, mode, newline="", encoding="utf-8")
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
     """Hold ``folder/.download.lock``; a second run on the same folder is refused."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a+") as lock:
+    with _open_in_folder(folder / LOCK_FILE, "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -642,8 +653,8 @@ def download(labels: list[LabelWork], folder: str | os.PathLike, options: Downlo
         return _download(labels, Path(folder), options, seed, split_of)
     except OSError as exc:
         where = exc.filename or folder
-        raise UserError(f"{where}: {exc.strerror or exc}; free some space, or pass a writable download folder "
-                        "(run the same command again to continue)") from None
+        raise UserError(f"{where}: {exc.strerror or exc}; pass a download folder this run can write to, or free "
+                        "some space, and run the same command again to continue") from None
 
 
 def _download(labels: list[LabelWork], folder: Path, options: DownloadOptions, seed: int,
@@ -784,7 +795,7 @@ def place_splits(labels: list[LabelWork], folder: Path, seed: int, split_of: dic
 
 def write_images_csv(rows: list[dict], path: Path) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="", encoding="utf-8") as f:
+    with _open_in_folder(temporary, "w") as f:
         writer = csv.DictWriter(f, IMAGE_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
@@ -798,5 +809,6 @@ def write_class_names(folder: Path, names: dict[str, str]) -> None:
     known = names_from_synset_mapping(path) if path.is_file() else {}
     known.update(names)
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    temporary.write_text("".join(f"{wnid} {words}\n" for wnid, words in sorted(known.items())), encoding="utf-8")
+    with _open_in_folder(temporary, "w") as f:
+        f.write("".join(f"{wnid} {words}\n" for wnid, words in sorted(known.items())))
     os.replace(temporary, path)

@@ -1072,8 +1072,26 @@ def test_a_folder_that_cannot_be_written_is_one_error(tmp_path):
     with pytest.raises(UserError) as caught:
         download([LabelWork("fish", [listed(1, W1, "http://127.0.0.1:9/x.jpg")], need=1)], blocker / "dl",
                  options())
-    assert str(caught.value) == (f"{blocker / 'dl'}: Not a directory; free some space, or pass a writable download "
-                                 "folder (run the same command again to continue)")
+    assert str(caught.value) == (f"{blocker / 'dl'}: Not a directory; pass a download folder this run can write "
+                                 "to, or free some space, and run the same command again to continue")
+
+
+def test_a_link_planted_in_the_folder_is_not_followed(tmp_path):
+    """A download folder may come from someone else: a symbolic link at the lock or at downloads.csv
+    does not make the run write through it."""
+    outside = tmp_path / "precious.csv"
+    record = ",".join(ATTEMPT_COLUMNS) + "\n"  # read as an empty record: the append is what must not happen
+    outside.write_text(record)
+    for planted in (".download.lock", "downloads.csv"):
+        folder = tmp_path / planted.strip(".")
+        folder.mkdir()
+        (folder / planted).symlink_to(outside)
+        with pytest.raises(UserError) as caught:
+            download([LabelWork("fish", [listed(1, W1, "http://127.0.0.1:9/x.jpg")], need=1)], folder, options())
+        assert str(caught.value) == (f"{folder / planted}: Too many levels of symbolic links; pass a download "
+                                     "folder this run can write to, or free some space, and run the same command "
+                                     "again to continue")
+        assert outside.read_text() == record
 
 
 def test_a_table_line_with_an_open_quote_spoils_no_later_line(tmp_path):
