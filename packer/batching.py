@@ -41,9 +41,9 @@ opens its files lazily in each process, so it may be pickled into
 import math
 import os
 import queue
+import sys
 import threading
 import warnings
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,6 +267,40 @@ def epoch_rows(count: int, shuffle: bool, seed: int, epoch: int, rank: int, worl
     return order[rank * share:(rank + 1) * share] if world_size > 1 else order
 
 
+class ReusedArrays:
+    """Arrays of one shape and dtype, handed out again once nothing refers to them any more (their
+    reference count says so: a view, a tensor made with ``torch.from_numpy`` or a list holding one
+    keeps it taken). A batch's memory is then not asked from the kernel, zeroed and faulted in
+    anew for every batch: on a virtual machine fresh memory can take a third of a second."""
+
+    def __init__(self, shape: tuple[int, ...], dtype):
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self.arrays: list[np.ndarray] = []
+
+    def take(self) -> np.ndarray:
+        """An array nothing else refers to: a kept one, or a new one (kept from then on)."""
+        for array in self.arrays:
+            if sys.getrefcount(array) <= _UNREFERENCED:
+                return array
+        self.arrays.append(np.empty(self.shape, self.dtype))
+        return self.arrays[-1]
+
+    def prepare(self, count: int) -> None:
+        """Make ``count`` arrays ahead, their memory touched (faulted in) now rather than when the
+        first batches are made."""
+        for _ in range(count):
+            array = np.empty(self.shape, self.dtype)
+            array.reshape(-1).view(np.uint8)[::4096] = 0
+            self.arrays.append(array)
+
+    def taken(self) -> int:
+        """How many of the arrays something outside refers to."""
+        return sum(sys.getrefcount(array) > _UNREFERENCED for array in self.arrays)
+
+
+_UNREFERENCED = 3  # sys.getrefcount of a kept array no one else refers to: the list, the loop, the call
+
+
 @dataclass
 class Batches:
     """One epoch of ``(X, y)`` batches of a split; iterate it (again for the same epoch), ``len``
@@ -284,16 +318,32 @@ class Batches:
         whole, rest = divmod(len(self.order), self.batch_size)
         return whole + (1 if rest and not self.drop_last else 0)
 
-    def _batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _batches(self, outputs: ReusedArrays) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Each batch's images in an array of ``outputs`` (the last, shorter batch in the front of
+        one); formatted from rows read into one reused uint8 array."""
+        staging = ReusedArrays((self.batch_size,) + self.rows.row_shape, np.uint8)
         try:
             for number in range(len(self)):
-                rows = self.order[number * self.batch_size:(number + 1) * self.batch_size]
-                yield self.format.apply(self.rows.read(rows), self.rows.layout), self.labels[rows]
+                # made by a call, so this frame holds no reference to a batch while it waits
+                yield self._batch(self.order[number * self.batch_size:(number + 1) * self.batch_size], outputs,
+                                  staging)
         finally:
             self.rows.close()
 
+    def _batch(self, rows: np.ndarray, outputs: ReusedArrays, staging: ReusedArrays
+               ) -> tuple[np.ndarray, np.ndarray]:
+        images = outputs.take()[:len(rows)]
+        if self.format.dtype != "uint8" or self.format.layout != self.rows.layout:
+            self.format.apply(self.rows.read(rows, out=staging.take()[:len(rows)]), self.rows.layout, out=images)
+        else:
+            self.rows.read(rows, out=images)
+        return images, self.labels[rows]
+
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        return _read_ahead(self._batches(), self.prefetch)
+        stored_shape = (self.batch_size,) + self.rows.row_shape
+        outputs = ReusedArrays(self.format.shape(stored_shape, self.rows.layout),
+                               np.float32 if self.format.dtype == "float32" else np.uint8)
+        return _read_ahead(self._batches(outputs), self.prefetch, outputs)
 
 
 def batches(source: "str | Path | Subset", split: str = "train", batch_size: int = 256, shuffle: bool = True,
@@ -347,43 +397,36 @@ class _Failed:
     error: BaseException
 
 
-def _read_ahead(batches: Iterator[tuple[np.ndarray, np.ndarray]], depth: int) -> Iterator:
-    """``batches``, made by a background thread ahead of the consumer (in this thread when ``depth``
-    is 0). At most ``depth + 1`` batches are alive at once: those waiting, the one being made and
-    the one the consumer holds. A batch gives its place back when its images are freed (not when
-    it is handed over), so a consumer that still holds the previous batch while it asks for the
-    next does not make room for one more. A consumer that keeps batches, and so holds every
-    place while it waits for the next, gets one more place: it is never stuck. Stopping early
-    stops the thread; its error is raised here."""
+def _read_ahead(batches: Iterator[tuple[np.ndarray, np.ndarray]], depth: int, outputs: ReusedArrays) -> Iterator:
+    """``batches``, whose images are arrays of ``outputs``, made by a background thread ahead of
+    the consumer (in this thread when ``depth`` is 0). At most ``depth + 1`` batches are alive at
+    once: those waiting, the one being made and the one the consumer holds. A batch's array is
+    free again (for the next batch) when nothing refers to it any more, not when it is handed
+    over, so a consumer that still holds the previous batch while it asks for the next does not
+    make room for one more. A consumer that keeps batches, and so holds every place while it
+    waits for the next, gets one more place: it is never stuck. Stopping early stops the thread;
+    its error is raised here."""
     if depth == 0:
         yield from batches
         return
     ready: queue.Queue = queue.Queue()
-    places = threading.Condition(threading.RLock())
-    state = {"alive": 0, "allowed": depth + 1, "making": False}
+    lock = threading.Lock()
+    state = {"allowed": depth + 1, "making": False}
     stop = threading.Event()
-
-    def freed() -> None:
-        with places:
-            state["alive"] -= 1
-            places.notify()
 
     def produce() -> None:
         try:
             while True:
-                with places:
-                    while state["alive"] >= state["allowed"]:
-                        if stop.is_set():
-                            return
-                        places.wait(0.05)
-                    state["alive"] += 1
+                while outputs.taken() >= state["allowed"]:  # freed by the consumer letting go: polled
+                    if stop.wait(0.001):
+                        return
+                with lock:
                     state["making"] = True
                 batch = next(batches, None)
                 if batch is None or stop.is_set():
                     ready.put(_END)
                     return
-                weakref.finalize(batch[0], freed)
-                with places:
+                with lock:
                     ready.put(batch)
                     state["making"] = False
                 del batch
@@ -394,10 +437,9 @@ def _read_ahead(batches: Iterator[tuple[np.ndarray, np.ndarray]], depth: int) ->
     thread.start()
     try:
         while True:
-            with places:  # nothing waiting or being made, every place taken: all in the consumer's hands
-                if ready.empty() and not state["making"] and state["alive"] >= state["allowed"]:
+            with lock:  # nothing waiting or being made, every place taken: all in the consumer's hands
+                if ready.empty() and not state["making"] and outputs.taken() >= state["allowed"]:
                     state["allowed"] += 1
-                    places.notify()
             try:
                 item = ready.get(timeout=0.05)
             except queue.Empty:

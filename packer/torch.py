@@ -25,6 +25,7 @@ torch is an optional extra (``pip install "imagenet-subset[torch]"``);
 ``import packer`` never imports it, this module does.
 """
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from .batching import BatchFormat, Dtype, Layout, Normalize, batch_format, open_split
+from .batching import BatchFormat, Dtype, Layout, Normalize, ReusedArrays, batch_format, open_split
 from .loading import Subset
 
 
@@ -80,9 +81,11 @@ class ArchiveDataset(torch.utils.data.Dataset):
         # numpy asks the kernel for huge pages for a large array: 5x fewer page faults than torch.empty's
         return torch.from_numpy(np.empty(shape, np.float32 if format_.dtype == "float32" else np.uint8))
 
-    def formatted(self, stored: torch.Tensor, pinned: bool = False) -> torch.Tensor:
-        """Images as stored (what the dataset gives for ``AsStored`` indices) in this dataset's format."""
-        images = self._new_images(self.format, len(stored), pinned=pinned)
+    def formatted(self, stored: torch.Tensor, pinned: bool = False, out: np.ndarray | None = None) -> torch.Tensor:
+        """Images as stored (what the dataset gives for ``AsStored`` indices) in this dataset's
+        format: into ``out`` (an array of ``len(stored)`` images in it) when given, else new."""
+        images = torch.from_numpy(out) if out is not None and not pinned else self._new_images(
+            self.format, len(stored), pinned=pinned)
         self.format.apply(stored.numpy(), self.format.layout, out=images.numpy())
         return images
 
@@ -130,13 +133,24 @@ class ArchiveLoader(torch.utils.data.DataLoader):
     ``transform``), the workers hand over the images as stored, a quarter of the bytes, and the
     main process formats them: making a float32 batch in shared memory costs a worker more than
     formatting it (shared memory gets no huge pages), and the main process formats from the
-    CPU cache, a few images at a time."""
+    CPU cache, a few images at a time, into arrays reused once nothing refers to them
+    (``batching.ReusedArrays``)."""
 
     def __iter__(self):
         batches = super().__iter__()
         if not isinstance(self.batch_sampler, _StoredBatches) and not isinstance(self.sampler, _StoredBatches):
             return batches
-        return ((self.dataset.formatted(images, pinned=self.pin_memory), labels) for images, labels in batches)
+        return self._formatted(batches)
+
+    def _formatted(self, batches):
+        data = self.dataset
+        stored_shape = (self.sampler.batch_size,) + data.rows.row_shape
+        outputs = ReusedArrays(data.format.shape(stored_shape, data.rows.layout), np.float32)
+        warm = threading.Thread(target=outputs.prepare, args=(2,), daemon=True)
+        warm.start()  # while the workers make the first batches
+        for images, labels in batches:
+            warm.join()
+            yield data.formatted(images, self.pin_memory, outputs.take()[:len(images)]), labels
 
 
 def loader(source: "str | Path | Subset", split: str = "train", batch_size: int = 256, shuffle: bool | None = None,

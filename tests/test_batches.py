@@ -813,39 +813,53 @@ def test_loader_formats_float32_in_the_main_process(built, arrays, ptorch):
         assert kept.prefetch_factor == (None if not options["num_workers"] else 1)
 
 
-def _counted_batches(count: int, made: dict):
-    """``count`` small batches; ``made`` tracks how many are alive at once (``peak``)."""
-    import weakref
+def _numbered(outputs, number: int):
+    X = outputs.take()
+    X[...] = number
+    return X, np.array([number], dtype=np.int32)
 
-    def freed():
-        made["alive"] -= 1
 
+def _numbered_batches(outputs, count: int):
+    """``count`` small batches numbered in their pixels, their images arrays of ``outputs``."""
     for number in range(count):
-        X = np.full((2, 3), number, dtype=np.uint8)
-        made["alive"] += 1
-        made["peak"] = max(made["peak"], made["alive"])
-        weakref.finalize(X, freed)
-        yield X, np.array([number], dtype=np.int32)
+        yield _numbered(outputs, number)
 
 
 def test_read_ahead_frees_a_place_only_when_the_consumer_lets_go():
     """prefetch 2: at most 3 batches alive (2 ahead, 1 held), also for a consumer that still holds
-    the previous batch when it asks for the next; one that keeps every batch is never stuck."""
+    the previous batch when it asks for the next (so 3 arrays serve the whole epoch); one that
+    keeps every batch is never stuck, and no batch it keeps is written over."""
     import time
 
-    from packer.batching import _read_ahead
+    from packer.batching import ReusedArrays, _read_ahead
 
-    made = {"alive": 0, "peak": 0}
+    outputs = ReusedArrays((2, 3), np.uint8)
     previous, seen = None, []
-    for X, _ in _read_ahead(_counted_batches(12, made), 2):
+    for X, _ in _read_ahead(_numbered_batches(outputs, 12), 2, outputs):
         time.sleep(0.01)  # the read-ahead fills up meanwhile
         seen.append(int(X[0, 0]))
         previous = X  # noqa: F841 (held while the next is asked for)
     assert seen == list(range(12))
-    assert made["peak"] == 3
-    made = {"alive": 0, "peak": 0}
-    kept = [int(X[0, 0]) for X, _ in _read_ahead(_counted_batches(12, made), 2)]
-    assert kept == list(range(12)) and made["peak"] <= 3  # freed as the comprehension goes
-    made = {"alive": 0, "peak": 0}
-    every = list(_read_ahead(_counted_batches(12, made), 2))  # keeps them all: one more place each time
-    assert [int(X[0, 0]) for X, _ in every] == list(range(12)) and made["peak"] == 12
+    assert len(outputs.arrays) == 3
+    outputs = ReusedArrays((2, 3), np.uint8)
+    assert [int(X[0, 0]) for X, _ in _read_ahead(_numbered_batches(outputs, 12), 2, outputs)] == list(range(12))
+    assert len(outputs.arrays) <= 3
+    outputs = ReusedArrays((2, 3), np.uint8)
+    every = list(_read_ahead(_numbered_batches(outputs, 12), 2, outputs))  # one more place each time it waits
+    assert [X.tolist() for X, _ in every] == [[[n] * 3] * 2 for n in range(12)]
+    assert len(outputs.arrays) == 12
+
+
+def test_reused_arrays_are_handed_out_only_when_nothing_refers_to_them():
+    from packer.batching import ReusedArrays
+
+    arrays = ReusedArrays((4,), np.float32)
+    first = arrays.take()
+    view = first[1:]
+    del first
+    second = arrays.take()  # the first is still seen through the view
+    assert len(arrays.arrays) == 2 and arrays.taken() == 2
+    del view
+    assert arrays.taken() == 1 and arrays.take() is arrays.arrays[0]
+    del second
+    assert arrays.taken() == 0
