@@ -285,14 +285,6 @@ class ReusedArrays:
         self.arrays.append(np.empty(self.shape, self.dtype))
         return self.arrays[-1]
 
-    def prepare(self, count: int) -> None:
-        """Make ``count`` arrays ahead, their memory touched (faulted in) now rather than when the
-        first batches are made."""
-        for _ in range(count):
-            array = np.empty(self.shape, self.dtype)
-            array.reshape(-1).view(np.uint8)[::4096] = 0
-            self.arrays.append(array)
-
     def taken(self) -> int:
         """How many of the arrays something outside refers to."""
         return sum(sys.getrefcount(array) > _UNREFERENCED for array in self.arrays)

@@ -25,7 +25,6 @@ torch is an optional extra (``pip install "imagenet-subset[torch]"``);
 ``import packer`` never imports it, this module does.
 """
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,16 +139,13 @@ class ArchiveLoader(torch.utils.data.DataLoader):
         batches = super().__iter__()
         if not isinstance(self.batch_sampler, _StoredBatches) and not isinstance(self.sampler, _StoredBatches):
             return batches
-        return self._formatted(batches)
-
-    def _formatted(self, batches):
         data = self.dataset
         stored_shape = (self.sampler.batch_size,) + data.rows.row_shape
-        outputs = ReusedArrays(data.format.shape(stored_shape, data.rows.layout), np.float32)
-        warm = threading.Thread(target=outputs.prepare, args=(2,), daemon=True)
-        warm.start()  # while the workers make the first batches
+        return self._formatted(batches, ReusedArrays(data.format.shape(stored_shape, data.rows.layout), np.float32))
+
+    def _formatted(self, batches, outputs: ReusedArrays):
+        data: ArchiveDataset = self.dataset  # type: ignore[assignment]
         for images, labels in batches:
-            warm.join()
             yield data.formatted(images, self.pin_memory, outputs.take()[:len(images)]), labels
 
 
