@@ -25,7 +25,9 @@ torch is an optional extra (``pip install "imagenet-subset[torch]"``);
 ``import packer`` never imports it, this module does.
 """
 import os
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,7 @@ class ArchiveDataset(torch.utils.data.Dataset):
         self.format = batch_format(path, dtype, normalize, layout)
         self.transform = transform
         self.split = split
+        self.shared: _SharedBuffers | None = None  # set by ``loader``: where its workers write batches
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -63,12 +66,21 @@ class ArchiveDataset(torch.utils.data.Dataset):
         labels = torch.from_numpy(self.labels[rows].astype(np.int64))
         if self.transform is not None:
             return torch.stack([image for image, _ in self._items(rows)]), labels
-        images = self._new_images(format_, len(rows), shared=torch.utils.data.get_worker_info() is not None)
-        if format_.dtype == "uint8" and format_.layout == self.rows.layout:
-            self.rows.read(rows, out=images.numpy())
-        else:
-            format_.apply(self.rows.read(rows), self.rows.layout, out=images.numpy())
+        worker = torch.utils.data.get_worker_info()
+        if self.shared is not None and worker is not None and format_.dtype == "uint8":
+            index = self.shared.claim(worker.id)
+            if index is not None:
+                self._read(rows, format_, self.shared.batch(index, len(rows)))
+                return _InSharedBuffer(index, len(rows)), labels  # type: ignore[return-value]
+        images = self._new_images(format_, len(rows), shared=worker is not None)
+        self._read(rows, format_, images.numpy())
         return images, labels
+
+    def _read(self, rows: np.ndarray, format_: BatchFormat, out: np.ndarray) -> None:
+        if format_.dtype == "uint8" and format_.layout == self.rows.layout:
+            self.rows.read(rows, out=out)
+        else:
+            format_.apply(self.rows.read(rows), self.rows.layout, out=out)
 
     def _new_images(self, format_: BatchFormat, count: int, shared: bool = False, pinned: bool = False
                     ) -> torch.Tensor:
@@ -122,6 +134,50 @@ class AsStored(list):
     the stored layout), for ``ArchiveLoader`` to format in the main process."""
 
 
+@dataclass(frozen=True)
+class _InSharedBuffer:
+    """A batch a worker wrote into buffer ``index`` of the loader's ``_SharedBuffers`` (its first
+    ``count`` images), handed over instead of the images themselves."""
+
+    index: int
+    count: int
+
+
+class _SharedBuffers:
+    """Buffers in shared memory that the loader's workers write uint8 batches into, and the
+    training process formats from and gives back: mapped once in each process, so a batch crosses
+    with no new shared-memory segment and no page faults (about 0.2 ms per image otherwise).
+    Worker ``w`` writes only into buffers ``w * per`` to ``w * per + per - 1``; ``free[i]`` is 1
+    while buffer ``i`` is free. A worker that finds none of its own free within ``CLAIM_SECONDS``
+    makes its batch in a new shared tensor instead, so no worker ever waits on a buffer that is not
+    given back (the batches of an epoch left early are never formatted)."""
+
+    CLAIM_SECONDS = 0.05
+
+    def __init__(self, workers: int, per: int, shape: tuple[int, ...]):
+        self.per = per
+        self.buffers = torch.empty((workers * per,) + shape, dtype=torch.uint8).share_memory_()
+        self.free = torch.ones(workers * per, dtype=torch.int32).share_memory_()
+
+    def claim(self, worker: int) -> int | None:
+        free = self.free.numpy()
+        deadline = time.monotonic() + self.CLAIM_SECONDS
+        while True:
+            for index in range(worker * self.per, (worker + 1) * self.per):
+                if free[index]:
+                    free[index] = 0
+                    return index
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.0005)
+
+    def batch(self, index: int, count: int) -> np.ndarray:
+        return self.buffers[index].numpy()[:count]
+
+    def give_back(self, index: int) -> None:
+        self.free.numpy()[index] = 1
+
+
 class _StoredBatches(torch.utils.data.BatchSampler):
     def __iter__(self):
         return (AsStored(batch) for batch in super().__iter__())
@@ -136,17 +192,26 @@ class ArchiveLoader(torch.utils.data.DataLoader):
     (``batching.ReusedArrays``)."""
 
     def __iter__(self):
+        data: ArchiveDataset = self.dataset  # type: ignore[assignment]
+        if data.shared is not None:  # what an epoch left early did not give back is free again
+            data.shared.free.fill_(1)
         batches = super().__iter__()
         if not isinstance(self.batch_sampler, _StoredBatches) and not isinstance(self.sampler, _StoredBatches):
             return batches
-        data = self.dataset
         stored_shape = (self.sampler.batch_size,) + data.rows.row_shape
         return self._formatted(batches, ReusedArrays(data.format.shape(stored_shape, data.rows.layout), np.float32))
 
     def _formatted(self, batches, outputs: ReusedArrays):
         data: ArchiveDataset = self.dataset  # type: ignore[assignment]
         for images, labels in batches:
-            yield data.formatted(images, self.pin_memory, outputs.take()[:len(images)]), labels
+            if isinstance(images, _InSharedBuffer):
+                assert data.shared is not None
+                stored = torch.from_numpy(data.shared.batch(images.index, images.count))
+                formatted = data.formatted(stored, self.pin_memory, outputs.take()[:images.count])
+                data.shared.give_back(images.index)
+                yield formatted, labels
+            else:
+                yield data.formatted(images, self.pin_memory, outputs.take()[:len(images)]), labels
 
 
 def loader(source: "str | Path | Subset", split: str = "train", batch_size: int = 256, shuffle: bool | None = None,
@@ -167,6 +232,9 @@ def loader(source: "str | Path | Subset", split: str = "train", batch_size: int 
     order = (torch.utils.data.RandomSampler(data, generator=generator)
              if (split == "train" if shuffle is None else shuffle) else torch.utils.data.SequentialSampler(data))
     as_stored = workers > 0 and data.transform is None and data.format.dtype == "float32"
+    if as_stored:  # two buffers per worker: one being written while the other is formatted
+        stored = BatchFormat("uint8", data.format.layout)
+        data.shared = _SharedBuffers(workers, 2, stored.shape((batch_size,) + data.rows.row_shape, data.rows.layout))
     return ArchiveLoader(
         data, batch_size=None,
         sampler=(_StoredBatches if as_stored else torch.utils.data.BatchSampler)(order, batch_size, drop_last),

@@ -863,3 +863,36 @@ def test_reused_arrays_are_handed_out_only_when_nothing_refers_to_them():
     assert arrays.taken() == 1 and arrays.take() is arrays.arrays[0]
     del second
     assert arrays.taken() == 0
+
+
+def test_loader_workers_write_into_shared_buffers_given_back(built, arrays, ptorch):
+    """Float32 batches cross through the loader's shared buffers (each given back once formatted);
+    an epoch left early leaves some unformatted, and the next epoch still serves every row once."""
+    torch, pt = ptorch
+    loader = pt.loader(built["stored"], batch_size=BATCH, num_workers=2, seed=5, normalize="imagenet")
+    shared = loader.dataset.shared
+    assert isinstance(shared, pt._SharedBuffers) and shared.free.tolist() == [1, 1, 1, 1]
+    assert tuple(shared.buffers.shape) == (4, BATCH, 3, SIZE, SIZE) and shared.buffers.is_shared()
+    made = []
+    original = shared.batch
+
+    def noted(index, count):
+        made.append(index)
+        return original(index, count)
+
+    shared.batch = noted  # the training process's view of which buffers batches came in
+    first = next(iter(loader))[0].numpy().copy()  # an epoch left after one batch
+    served = np.concatenate([X.numpy() for X, _ in loader])
+    # back to the stored bytes, to tell which row each image is (every row's pixels are unique)
+    mean, std = np.array(IMAGENET_MEAN)[:, None, None], np.array(IMAGENET_STD)[:, None, None]
+    stored = np.rint((served * std + mean) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    row_of = {arrays["X_train"][i].tobytes(): i for i in range(N_TRAIN)}
+    rows = [row_of[np.ascontiguousarray(x).tobytes()] for x in stored]
+    assert sorted(rows) == list(range(N_TRAIN))  # every row once
+    np.testing.assert_allclose(served, reference(arrays["X_train"][rows], IMAGENET_MEAN, IMAGENET_STD, "nchw"),
+                               rtol=1e-6, atol=1e-6)
+    assert len(made) >= len(served) // BATCH and set(made) <= {0, 1, 2, 3}
+    assert first.shape == (BATCH, 3, SIZE, SIZE)
+    assert shared.free.tolist() == [1, 1, 1, 1]  # every buffer given back
+    del loader
+    gc.collect()
