@@ -59,12 +59,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 from .errors import UserError
 from .labelfiles import names_from_synset_mapping
 from .options import BuildOptions
 from .progress import is_terminal
-from .tree import IMAGE_COLUMNS, IMAGES_CSV, LABEL_FILE_PLACES
+from .sampling import class_order
+from .tree import DOWNLOADED_EXTENSIONS, IMAGE_COLUMNS, IMAGES_CSV, LABEL_FILE_PLACES, downloaded_paths
 from .urllist import ListedImage
 
 ATTEMPT_COLUMNS = ("image_id", "wnid", "line", "url", "status", "http_code", "bytes", "sha256", "seconds", "tries")
@@ -80,7 +82,6 @@ STATUSES = ("ok", "http_<code>", "timeout", "reset", "truncated", "too_large", "
 # tried again by a later run (and, but for no_host, within the run): a host name that does not resolve
 # may be a resolver's passing failure
 TRANSIENT = {"timeout", "reset", "truncated", "http_408", "http_429", "error", "no_host"}  # and http_5xx
-PERMANENT_NOTE = "kept images and final failures are not fetched again"
 
 
 def user_agent() -> str:
@@ -181,7 +182,8 @@ class Attempt:
 @dataclass
 class LabelWork:
     """What to fetch for one label: its candidates in trying order, how many working images it
-    needs, and how many of those go to val (``val_share`` of what it gets, see ``split_kept``)."""
+    needs, and how many of those go to val (see ``split_kept``); then the dispatcher's count of
+    candidates started and in flight, and the images kept."""
 
     name: str
     candidates: list[ListedImage]
@@ -206,11 +208,15 @@ class DownloadResult:
     labels: list[LabelWork]
     statuses: Counter
     reused: int
-    short: list[str]
     bytes: int
     seconds: float
     rows: list[dict]  # images.csv
     notes: tuple[str, ...] = ()
+
+    @property
+    def short(self) -> list[str]:
+        """The labels that got fewer working images than they needed (not those trying every URL)."""
+        return [label.name for label in self.labels if len(label.kept) < label.need and not label.every]
 
     def summary_lines(self) -> list[str]:
         kept = sum(len(label.kept) for label in self.labels)
@@ -279,7 +285,7 @@ class _Fetcher:
                 response = self.http.request("GET", url, preload_content=False, redirect=False)
                 attempt.http_code = response.status
                 if response.status in (301, 302, 303, 307, 308) and response.headers.get("Location"):
-                    url = _joined(url, response.headers["Location"])
+                    url = urljoin(url, response.headers["Location"])
                     response.close()  # its body is not read: a slow or endless one cannot hold the fetch
                     continue
                 break
@@ -300,13 +306,6 @@ class _Fetcher:
             return 0.0
         except (exceptions.ProtocolError, ConnectionError) as exc:
             attempt.status = "truncated" if _is_cut_short(exc) else "reset"
-            return 0.0
-        except exceptions.MaxRetryError as exc:  # what urllib3 wraps a connection failure in
-            reason = exc.reason
-            if isinstance(reason, exceptions.NameResolutionError):
-                attempt.status = "no_host"
-                return None
-            attempt.status = "timeout" if isinstance(reason, exceptions.ConnectTimeoutError) else "reset"
             return 0.0
         except exceptions.HTTPError:
             attempt.status = "error"
@@ -350,12 +349,6 @@ class _Fetcher:
         finally:
             if body is not None:
                 body.unlink(missing_ok=True)
-
-
-def _joined(base: str, location: str) -> str:
-    from urllib.parse import urljoin
-
-    return urljoin(base, location)
 
 
 def _is_cut_short(exc: BaseException) -> bool:
@@ -495,15 +488,16 @@ def folder_lock(folder: Path) -> Iterator[None]:
             lock.truncate(0)
 
 
-def kept_path(folder: Path, split: str, wnid: str, image_id: str, extension: str) -> Path:
-    return folder / split / wnid / f"{image_id}{extension}"
+def kept_path(folder: Path, split: str, image_id: str, extension: str) -> Path:
+    """Where an image is kept: ``tree.downloaded_paths`` in the split's folder."""
+    return folder / split / downloaded_paths(image_id)[DOWNLOADED_EXTENSIONS.index(extension)]
 
 
 def _find_kept(folder: Path, attempt: Attempt) -> Path | None:
     """Where an earlier run's kept image is (train/ or val/), if it is there whole."""
     for split in ("train", "val"):
-        for extension in (".jpg", ".png"):
-            path = kept_path(folder, split, attempt.wnid, attempt.image_id, extension)
+        for extension in DOWNLOADED_EXTENSIONS:
+            path = kept_path(folder, split, attempt.image_id, extension)
             if path.is_file() and path.stat().st_size == attempt.bytes:
                 attempt.extension = extension
                 return path
@@ -513,8 +507,6 @@ def _find_kept(folder: Path, attempt: Attempt) -> Path | None:
 # --------------------------------------------------------------------------- the run
 
 def _host(url: str) -> str:
-    from urllib.parse import urlsplit
-
     try:
         return (urlsplit(url).hostname or "").lower()
     except ValueError:
@@ -628,7 +620,7 @@ class _Run:
     def _placed(self, attempt: Attempt) -> Attempt:
         """Move a verified body from .partial/ to train/<wnid>/ (an earlier run's stays where it is)."""
         if attempt.body is not None:
-            target = kept_path(self.folder, "train", attempt.wnid, attempt.image_id, attempt.extension)
+            target = kept_path(self.folder, "train", attempt.image_id, attempt.extension)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(attempt.body, target)
             attempt.body = None
@@ -721,8 +713,7 @@ def _download(labels: list[LabelWork], folder: Path, options: DownloadOptions, s
         shutil.rmtree(partial, ignore_errors=True)
         rows = place_splits(labels, folder, seed, split_of)
         write_images_csv(rows, folder / IMAGES_CSV)
-    short = [label.name for label in labels if len(label.kept) < label.need and not label.every]
-    return DownloadResult(labels, run.statuses, run.reused, short, run.bytes, time.monotonic() - started, rows)
+    return DownloadResult(labels, run.statuses, run.reused, run.bytes, time.monotonic() - started, rows)
 
 
 class _progress:
@@ -763,10 +754,8 @@ def split_kept(label: LabelWork, seed: int) -> set[int]:
     else:
         count = label.val if got >= label.need else round(label.val * got / label.need) if label.need else 0
 
-    def rank_key(rank: int) -> bytes:
-        return hashlib.blake2b(f"{seed}/val/{label.kept[rank].image_id}".encode(), digest_size=8).digest()
-
-    return set(sorted(label.kept, key=rank_key)[:count])
+    rank_of = {attempt.image_id: rank for rank, attempt in label.kept.items()}
+    return {rank_of[image_id] for image_id in class_order(rank_of, seed, "val")[:count]}
 
 
 def place_splits(labels: list[LabelWork], folder: Path, seed: int, split_of: dict[str, str] | None = None
@@ -782,7 +771,7 @@ def place_splits(labels: list[LabelWork], folder: Path, seed: int, split_of: dic
             if where is None:
                 raise UserError(f"{folder}: the kept image {attempt.image_id} went missing during the download; "
                                 "run the download again")
-            target = kept_path(folder, split, attempt.wnid, attempt.image_id, attempt.extension)
+            target = kept_path(folder, split, attempt.image_id, attempt.extension)
             if where != target:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(where, target)

@@ -61,7 +61,7 @@ from .options import (
     size_name,
 )
 from .subset import Label, SubsetList
-from .tree import SplitImages, class_table, find_tree
+from .tree import SplitImages, class_table, downloaded_paths, find_tree
 from .urllist import IMAGE_ID_RE, ListedImage
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "holdout": "train"}
@@ -317,7 +317,7 @@ def _origin_problems(recipe: dict) -> list[str]:
         for row, (path, image_id, url, digest) in enumerate(zip(*columns, strict=True)):
             if not (isinstance(image_id, str) and IMAGE_ID_RE.fullmatch(image_id) and isinstance(url, str)
                     and _URL_RE.fullmatch(url) and isinstance(digest, str) and _SHA256_RE.fullmatch(digest)
-                    and path in (f"{image_id[:9]}/{image_id}.jpg", f"{image_id[:9]}/{image_id}.png")):
+                    and path in downloaded_paths(image_id)):
                 wrong.append(f"{split} row {row}: {_shown(image_id)} {_shown(url)}")
     return _listed("downloaded images without a <wnid>_<n> image_id, an http(s) URL, a SHA-256 and the path "
                    "the download gives them", wrong)

@@ -192,7 +192,7 @@ class ArchiveLoader(torch.utils.data.DataLoader):
     (``batching.ReusedArrays``)."""
 
     def __iter__(self):
-        data: ArchiveDataset = self.dataset  # type: ignore[assignment]
+        data = self.dataset
         if data.shared is not None:  # what an epoch left early did not give back is free again
             data.shared.free.fill_(1)
         batches = super().__iter__()

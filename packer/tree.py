@@ -88,6 +88,13 @@ DEVKIT_FOLDERS = ("", "data/", "devkit/", "devkit/data/", "ILSVRC2012_devkit_t12
 
 IMAGES_CSV = "images.csv"  # what a download from a URL list kept (download.py)
 IMAGE_COLUMNS = ("split", "path", "image_id", "wnid", "line", "url", "sha256", "bytes")
+DOWNLOADED_EXTENSIONS = (".jpg", ".png")  # a downloaded image is kept as the JPEG or PNG it came as
+
+
+def downloaded_paths(image_id: str) -> tuple[str, ...]:
+    """Where a download may keep ``image_id`` (``<wnid>_<n>``), relative to its split's folder:
+    ``<wnid>/<image_id>.jpg`` or ``.png``."""
+    return tuple(f"{image_id[:9]}/{image_id}{extension}" for extension in DOWNLOADED_EXTENSIONS)
 LABEL_FILE_PLACES = {
     "train_cls": ("ImageSets/CLS-LOC/train_cls.txt", "train_cls.txt"),
     "synset_mapping": ("LOC_synset_mapping.txt",),
@@ -356,7 +363,7 @@ def read_images_csv(path) -> list[dict]:
             image_id, wnid, split = row["image_id"], row["wnid"], row["split"]
             if not (split in ("train", "val") and row["line"].isdigit() and (row["bytes"] or "0").isdigit()
                     and IMAGE_ID_RE.fullmatch(image_id) and image_id[:9] == wnid
-                    and row["path"] in (f"{split}/{wnid}/{image_id}.jpg", f"{split}/{wnid}/{image_id}.png")):
+                    and row["path"] in (f"{split}/{path}" for path in downloaded_paths(image_id))):
                 raise UserError(f"{path}, line {number}: not a row of a kept image (split {split!r}, path "
                                 f"{row['path'][:80]!r}, line {row['line']!r}); download again")
             rows.append({**row, "line": int(row["line"]), "bytes": int(row["bytes"] or 0)})

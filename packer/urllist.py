@@ -45,7 +45,8 @@ import numpy as np
 from .errors import UserError
 from .labelfiles import WNID_RE
 
-IMAGE_ID_RE = re.compile(r"n\d{8}_\d+")  # <wnid>_<n>
+IMAGE_ID_RE = re.compile(r"n[0-9]{8}_[0-9]+")  # <wnid>_<n>
+_IMAGE_ID_BYTES = re.compile(IMAGE_ID_RE.pattern.encode())  # the same, for lines read as bytes
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK = (1 << 64) - 1
 SNIFF_LINES = 1000  # data lines read before a list with no usable line is called not a URL list
@@ -147,11 +148,6 @@ def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-def _is_image_id(image_id: bytes) -> bool:
-    return (len(image_id) > 10 and image_id[:1] == b"n" and image_id[9:10] == b"_" and image_id[1:9].isdigit()
-            and image_id[10:].isdigit())
-
-
 def _is_url(url: bytes) -> bool:
     return url[:7].lower() == b"http://" or url[:8].lower() == b"https://"
 
@@ -169,7 +165,7 @@ def _plain_entries(path: Path, lines: Iterator[bytes], found: UrlList, wanted: s
                 continue
             image_id, tab, url = raw.partition(b"\t")
             url = url.strip()
-            if tab and _is_image_id(image_id) and _is_url(url):
+            if tab and _IMAGE_ID_BYTES.fullmatch(image_id) and _is_url(url):
                 wnid = image_id[:9]
                 counts[wnid] += 1
                 if wanted is None or wnid in wanted or number in on_lines:
@@ -234,7 +230,7 @@ def _table_entries(path: Path, lines: Iterator[bytes], columns: tuple[str, dict[
         if id_at is None and WNID_RE.fullmatch(wnid):
             image_id = f"{wnid}_{number}"
         encoded = image_id.encode("utf-8", "replace")
-        if _is_image_id(encoded) and image_id[:9] == wnid and _is_url(url.encode("utf-8", "replace")):
+        if _IMAGE_ID_BYTES.fullmatch(encoded) and image_id[:9] == wnid and _is_url(url.encode("utf-8", "replace")):
             found.counts[wnid] += 1
             if wanted is None or wnid.encode() in wanted or number in on_lines:
                 yield number, encoded, wnid.encode(), url.encode()
