@@ -131,6 +131,16 @@ class ImageRows:
         return out
 
 
+def read_formatted(rows: ImageRows, indices: np.ndarray, format_: "BatchFormat", out: np.ndarray,
+                   staging: "ReusedArrays | None" = None) -> np.ndarray:
+    """Rows ``indices`` of ``rows`` in ``format_``, into ``out``: read straight into it when the
+    format is the stored bytes, else read (into an array of ``staging`` when given) and formatted."""
+    if format_.dtype == "uint8" and format_.layout == rows.layout:
+        return rows.read(indices, out=out)
+    stored = None if staging is None else staging.take()[:len(indices)]
+    return format_.apply(rows.read(indices, out=stored), rows.layout, out=out)
+
+
 def open_split(source: "str | Path | Subset", split: str) -> tuple[ImageRows, np.ndarray, Path]:
     """The image rows and the labels of ``split`` of an archive, a shard index or a ``Subset``, and
     the path the build is called by (to find its manifest)."""
@@ -324,12 +334,7 @@ class Batches:
 
     def _batch(self, rows: np.ndarray, outputs: ReusedArrays, staging: ReusedArrays
                ) -> tuple[np.ndarray, np.ndarray]:
-        images = outputs.take()[:len(rows)]
-        if self.format.dtype != "uint8" or self.format.layout != self.rows.layout:
-            self.format.apply(self.rows.read(rows, out=staging.take()[:len(rows)]), self.rows.layout, out=images)
-        else:
-            self.rows.read(rows, out=images)
-        return images, self.labels[rows]
+        return read_formatted(self.rows, rows, self.format, outputs.take()[:len(rows)], staging), self.labels[rows]
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         stored_shape = (self.batch_size,) + self.rows.row_shape

@@ -34,7 +34,16 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from .batching import BatchFormat, Dtype, Layout, Normalize, ReusedArrays, batch_format, open_split
+from .batching import (
+    BatchFormat,
+    Dtype,
+    Layout,
+    Normalize,
+    ReusedArrays,
+    batch_format,
+    open_split,
+    read_formatted,
+)
 from .loading import Subset
 
 
@@ -70,17 +79,11 @@ class ArchiveDataset(torch.utils.data.Dataset):
         if self.shared is not None and worker is not None and format_.dtype == "uint8":
             index = self.shared.claim(worker.id)
             if index is not None:
-                self._read(rows, format_, self.shared.batch(index, len(rows)))
+                read_formatted(self.rows, rows, format_, self.shared.batch(index, len(rows)))
                 return _InSharedBuffer(index, len(rows)), labels  # type: ignore[return-value]
         images = self._new_images(format_, len(rows), shared=worker is not None)
-        self._read(rows, format_, images.numpy())
+        read_formatted(self.rows, rows, format_, images.numpy())
         return images, labels
-
-    def _read(self, rows: np.ndarray, format_: BatchFormat, out: np.ndarray) -> None:
-        if format_.dtype == "uint8" and format_.layout == self.rows.layout:
-            self.rows.read(rows, out=out)
-        else:
-            format_.apply(self.rows.read(rows), self.rows.layout, out=out)
 
     def _new_images(self, format_: BatchFormat, count: int, shared: bool = False, pinned: bool = False
                     ) -> torch.Tensor:
