@@ -64,7 +64,7 @@ from urllib.parse import urljoin, urlsplit
 from .errors import UserError
 from .labelfiles import names_from_synset_mapping
 from .options import BuildOptions
-from .progress import is_terminal
+from .progress import PLAIN_SECONDS, is_terminal
 from .sampling import class_order
 from .tree import DOWNLOADED_EXTENSIONS, IMAGE_COLUMNS, IMAGES_CSV, LABEL_FILE_PLACES, downloaded_paths
 from .urllist import ListedImage
@@ -717,31 +717,41 @@ def _download(labels: list[LabelWork], folder: Path, options: DownloadOptions, s
 
 
 class _progress:
-    """One bar on a terminal: kept images of all labels, with failed counts and MB/s."""
+    """How the download goes: one bar on a terminal (kept images of all labels, failed attempts,
+    MB/s); in a log, the same as a plain line every ``PLAIN_SECONDS`` and at the end."""
 
     def __init__(self, total: int, enabled: bool):
         self.total, self.enabled, self.bar = total, enabled, None
-        self.started = time.monotonic()
+        self.started = self.last_line = time.monotonic()
+        self.line = ""
 
     def __enter__(self) -> "_progress":
-        if self.enabled and is_terminal(sys.stderr):  # in a log, the summary says it all
+        if self.enabled and is_terminal(sys.stderr):
             from tqdm import tqdm
 
             self.bar = tqdm(total=self.total, desc="download", unit="img", dynamic_ncols=True)
         return self
 
     def show(self, run: _Run) -> None:
-        if self.bar is None:
+        if not self.enabled:
             return
         kept = sum(len(label.kept) for label in run.labels)
-        self.bar.update(kept - self.bar.n)
         failed = sum(count for status, count in run.statuses.items() if status != "ok")
         rate = run.bytes / max(1e-6, time.monotonic() - self.started) / 1e6
-        self.bar.set_postfix_str(f"failed {failed}, {rate:.1f} MB/s", refresh=False)
+        if self.bar is not None:
+            self.bar.update(kept - self.bar.n)
+            self.bar.set_postfix_str(f"failed {failed}, {rate:.1f} MB/s", refresh=False)
+            return
+        self.line = f"download: {kept}/{self.total} images kept, {failed} failed, {rate:.1f} MB/s"
+        if time.monotonic() - self.last_line >= PLAIN_SECONDS:
+            print(self.line, file=sys.stderr, flush=True)
+            self.last_line = time.monotonic()
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.close()
+        elif self.line and self.last_line > self.started:  # a log that had lines: its last one
+            print(self.line, file=sys.stderr, flush=True)
 
 
 def split_kept(label: LabelWork, seed: int) -> set[int]:

@@ -196,8 +196,8 @@ class ArchiveLoader(torch.utils.data.DataLoader):
 
     def __iter__(self):
         data = self.dataset
-        if data.shared is not None:  # what an epoch left early did not give back is free again
-            data.shared.free.fill_(1)
+        if data.shared is not None:  # what an epoch left early did not give back is free again (a task
+            data.shared.free.fill_(1)  # of it still running claims its buffer after this: see _formatted)
         batches = super().__iter__()
         if not isinstance(self.batch_sampler, _StoredBatches) and not isinstance(self.sampler, _StoredBatches):
             return batches
@@ -215,6 +215,8 @@ class ArchiveLoader(torch.utils.data.DataLoader):
                 yield formatted, labels
             else:
                 yield data.formatted(images, self.pin_memory, outputs.take()[:len(images)]), labels
+        if data.shared is not None:  # the epoch is over, no task is left: a buffer an earlier epoch
+            data.shared.free.fill_(1)  # left early never gave back (its task ran after that epoch) is free
 
 
 def loader(source: "str | Path | Subset", split: str = "train", batch_size: int = 256, shuffle: bool | None = None,

@@ -1112,3 +1112,16 @@ def test_an_image_id_on_two_lines_is_taken_from_the_first(tmp_path):
     selection = select_from_url_list(scan_url_list(path), {W1}, 0)
     assert sorted((image.line, image.url) for image in selection.by_wnid[W1]) == [(1, "http://h/a.jpg"),
                                                                                (2, "http://h/b.jpg")]
+
+
+def test_in_a_log_the_download_prints_plain_progress_lines(server, tmp_path, capsys, monkeypatch):
+    """stderr not a terminal: no bar, a plain line every PLAIN_SECONDS (here every update) and the last one."""
+    import packer.download
+
+    monkeypatch.setattr(packer.download, "PLAIN_SECONDS", 0.0)
+    images = [listed(1, W1, server.route("/a.jpg", Body(jpeg(300)))), listed(2, W1, server.route("/x", Status(404)))]
+    download([LabelWork("fish", images, need=2)], tmp_path / "dl", options(progress=True))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(re.fullmatch(r"download: [0-2]/2 images kept, [01] failed, \d+\.\d MB/s", line)
+                         for line in lines), lines
+    assert re.fullmatch(r"download: 1/2 images kept, 1 failed, \d+\.\d MB/s", lines[-1])
