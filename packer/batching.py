@@ -17,8 +17,9 @@ epoch (other rows each epoch when shuffled). A share is cut into batches of
 ``batch_size`` rows, the last one shorter unless ``drop_last``.
 
 Reading. The rows of a batch are read in ascending row order (sequential
-reads), each straight into its place in the batch, which holds them in the
-shuffled order. A stored member is read with ``pread`` from the archive (no
+reads), each into its place in the batch, which holds them in the shuffled
+order: straight there when the batch holds the stored bytes, else a CPU
+cache's worth of rows at a time, formatted from there. A stored member is read with ``pread`` from the archive (no
 memory map: the reader's memory stays at the batches it holds, whatever the
 archive's size); a deflated member is decompressed into memory once, with a
 warning saying how much memory that takes. A background thread reads up to
@@ -39,6 +40,7 @@ opens its files lazily in each process, so it may be pickled into
 ``DataLoader`` workers (fork or spawn).
 """
 import math
+import mmap
 import os
 import queue
 import sys
@@ -131,14 +133,20 @@ class ImageRows:
         return out
 
 
-def read_formatted(rows: ImageRows, indices: np.ndarray, format_: "BatchFormat", out: np.ndarray,
-                   staging: "ReusedArrays | None" = None) -> np.ndarray:
+def read_formatted(rows: ImageRows, indices: np.ndarray, format_: "BatchFormat", out: np.ndarray) -> np.ndarray:
     """Rows ``indices`` of ``rows`` in ``format_``, into ``out``: read straight into it when the
-    format is the stored bytes, else read (into an array of ``staging`` when given) and formatted."""
+    format is the stored bytes; else read in ascending row order a CPU cache's worth at a time,
+    each image formatted into its place (no batch-sized array of the stored bytes)."""
     if format_.dtype == "uint8" and format_.layout == rows.layout:
         return rows.read(indices, out=out)
-    stored = None if staging is None else staging.take()[:len(indices)]
-    return format_.apply(rows.read(indices, out=stored), rows.layout, out=out)
+    indices = np.asarray(indices, dtype=np.int64)
+    ascending = np.argsort(indices, kind="stable")
+    staging = np.empty((max(1, min(len(indices), _CACHE_BYTES // rows.row_bytes)),) + rows.row_shape, np.uint8)
+    for start in range(0, len(indices), len(staging)):
+        places = ascending[start:start + len(staging)]
+        stored = rows.read(indices[places], out=staging[:len(places)])
+        format_.apply(stored, rows.layout, out=out, places=places)
+    return out
 
 
 def open_split(source: "str | Path | Subset", split: str) -> tuple[ImageRows, np.ndarray, Path]:
@@ -200,16 +208,24 @@ class BatchFormat:
         n, a, b, c = stored_shape
         return (n, c, a, b) if self.layout == "nchw" else (n, b, c, a)
 
-    def apply(self, images: np.ndarray, stored: Layout, out: np.ndarray | None = None) -> np.ndarray:
+    def apply(self, images: np.ndarray, stored: Layout, out: np.ndarray | None = None,
+              places: np.ndarray | None = None) -> np.ndarray:
         """``images`` (uint8, in the ``stored`` layout) in this format, C-ordered: into ``out`` (of
-        ``shape`` and this dtype) when given, else a new array."""
+        ``shape`` and this dtype) when given, else a new array; with ``places``, image ``i`` goes
+        to ``out[places[i]]`` (``out`` then holds the batch the images are part of)."""
         axes = (0, 1, 2, 3) if self.layout == stored else (0, 3, 1, 2) if self.layout == "nchw" else (0, 2, 3, 1)
         if self.dtype == "uint8" and out is None:
             return np.ascontiguousarray(images.transpose(axes))
         if out is None:
             out = np.empty(self.shape(images.shape, stored), np.float32)
+        if places is None:  # a few images at a time, so the add finds the products still in the CPU cache
+            step = max(1, _CACHE_BYTES * len(out) // max(1, out.nbytes))
+            pairs = [(slice(start, start + step), slice(start, start + step)) for start in range(0, len(images), step)]
+        else:
+            pairs = [(slice(i, i + 1), slice(place, place + 1)) for i, place in enumerate(places.tolist())]
         if self.dtype == "uint8":
-            np.copyto(out, images.transpose(axes))
+            for source, target in pairs:
+                np.copyto(out[target], images[source].transpose(axes))
             return out
         mean = np.asarray(self.mean or (0.0, 0.0, 0.0), np.float64)
         std = np.asarray(self.std or (1.0, 1.0, 1.0), np.float64)
@@ -218,17 +234,14 @@ class BatchFormat:
             scale, offset = scale.reshape(1, 3, 1, 1), offset.reshape(1, 3, 1, 1)
         else:  # along an image line of interleaved channels (3x faster than a 3-value broadcast)
             scale, offset = np.tile(scale, out.shape[2]), np.tile(offset, out.shape[2])
-        # (x / 255 - mean) / std as one multiply and one add, a few images at a time so the add
-        # finds the products still in the CPU cache (a quarter faster than whole batches)
-        step = max(1, _CACHE_BYTES * len(out) // max(1, out.nbytes))
-        for start in range(0, len(images), step):
-            target, values = out[start:start + step], images[start:start + step].transpose(axes)
+        for source, target in pairs:  # (x / 255 - mean) / std as one multiply and one add
+            into, values = out[target], images[source].transpose(axes)
             if self.layout == "nhwc":
-                line = (len(target), -1, scale.size)
-                target, values = target.reshape(line), values.reshape(line)
-            np.multiply(values, scale, out=target)
+                line = (len(into), -1, scale.size)
+                into, values = into.reshape(line), values.reshape(line)
+            np.multiply(values, scale, out=into)
             if self.mean is not None:
-                target += offset
+                into += offset
         return out
 
 
@@ -292,7 +305,7 @@ class ReusedArrays:
         for array in self.arrays:
             if sys.getrefcount(array) <= _UNREFERENCED:
                 return array
-        self.arrays.append(np.empty(self.shape, self.dtype))
+        self.arrays.append(_array_in_small_pages(self.shape, self.dtype))
         return self.arrays[-1]
 
     def taken(self) -> int:
@@ -301,6 +314,18 @@ class ReusedArrays:
 
 
 _UNREFERENCED = 3  # sys.getrefcount of a kept array no one else refers to: the list, the loop, the call
+
+
+def _array_in_small_pages(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An array in anonymous memory of its own, in 4 KiB pages. numpy asks for transparent huge
+    pages for a large array, and on a virtual machine the first touch of those varies from 13 to
+    370 ms per 147 MiB between runs, against a steady 53 ms in small pages; once touched, both
+    are as fast. (``np.empty`` where ``mmap`` has no anonymous private mappings.)"""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if not nbytes or not hasattr(mmap, "MAP_ANONYMOUS"):
+        return np.empty(shape, dtype)
+    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.ndarray(shape, dtype, buffer=memory)  # its views refer to it (a reshape's would not)
 
 
 @dataclass
@@ -321,20 +346,16 @@ class Batches:
         return whole + (1 if rest and not self.drop_last else 0)
 
     def _batches(self, outputs: ReusedArrays) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Each batch's images in an array of ``outputs`` (the last, shorter batch in the front of
-        one); formatted from rows read into one reused uint8 array."""
-        staging = ReusedArrays((self.batch_size,) + self.rows.row_shape, np.uint8)
+        """Each batch's images in an array of ``outputs`` (the last, shorter batch in the front of one)."""
         try:
             for number in range(len(self)):
                 # made by a call, so this frame holds no reference to a batch while it waits
-                yield self._batch(self.order[number * self.batch_size:(number + 1) * self.batch_size], outputs,
-                                  staging)
+                yield self._batch(self.order[number * self.batch_size:(number + 1) * self.batch_size], outputs)
         finally:
             self.rows.close()
 
-    def _batch(self, rows: np.ndarray, outputs: ReusedArrays, staging: ReusedArrays
-               ) -> tuple[np.ndarray, np.ndarray]:
-        return read_formatted(self.rows, rows, self.format, outputs.take()[:len(rows)], staging), self.labels[rows]
+    def _batch(self, rows: np.ndarray, outputs: ReusedArrays) -> tuple[np.ndarray, np.ndarray]:
+        return read_formatted(self.rows, rows, self.format, outputs.take()[:len(rows)]), self.labels[rows]
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         stored_shape = (self.batch_size,) + self.rows.row_shape

@@ -226,6 +226,47 @@ def test_rows_of_a_batch_are_read_in_ascending_order_into_place(built, arrays, m
         assert np.array_equal(X, arrays["X_train"][rows])  # each in its shuffled place
 
 
+@pytest.mark.parametrize("dtype,normalize,layout", [("uint8", None, "nchw"), (None, "imagenet", "nchw"),
+                                                    (None, "imagenet", "nhwc"), ("float32", None, "nchw")])
+def test_formatted_batches_are_read_a_few_rows_at_a_time_in_ascending_order(built, arrays, monkeypatch,
+                                                                             dtype, normalize, layout):
+    """A batch in another format than the stored bytes is read a cache's worth of rows at a time
+    (here 3 rows), still in ascending row order across the batch, each formatted into its place."""
+    import packer.batching
+
+    row_bytes = SIZE * SIZE * 3
+    monkeypatch.setattr(packer.batching, "_CACHE_BYTES", 3 * row_bytes)
+    offsets, reads = [], []
+    original = os.preadv
+
+    def recording(fd, buffers, offset, *rest):
+        offsets.append(offset)
+        return original(fd, buffers, offset, *rest)
+
+    original_read = packer.batching.ImageRows.read
+
+    def read(self, rows, out=None):
+        reads.append(len(rows))
+        return original_read(self, rows, out)
+
+    monkeypatch.setattr(os, "preadv", recording)
+    monkeypatch.setattr(packer.batching.ImageRows, "read", read)
+    epoch = batches(built["stored"], batch_size=BATCH, seed=3, prefetch=0, dtype=dtype, normalize=normalize,
+                    layout=layout)
+    order = order_of(N_TRAIN, seed=3)
+    for number, (X, y) in enumerate(epoch):
+        rows = order[number * BATCH:(number + 1) * BATCH]
+        assert reads == [3] * (len(rows) // 3) + ([len(rows) % 3] if len(rows) % 3 else [])
+        assert offsets == sorted(offsets) and len(offsets) == len(rows)
+        offsets[:], reads[:] = [], []
+        if dtype == "uint8":
+            assert X.dtype == np.uint8 and np.array_equal(X, arrays["X_train"][rows].transpose(0, 3, 1, 2))
+        else:
+            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalize else (None, None)
+            np.testing.assert_allclose(X, reference(arrays["X_train"][rows], mean, std, layout), rtol=1e-6, atol=1e-6)
+        assert np.array_equal(y, arrays["y_train"][rows])
+
+
 # --------------------------------------------------------------------------- format
 
 
@@ -855,7 +896,7 @@ def test_reused_arrays_are_handed_out_only_when_nothing_refers_to_them():
 
     arrays = ReusedArrays((4,), np.float32)
     first = arrays.take()
-    view = first[1:]
+    view = first[1:][1:]  # a view of a view refers to the array itself
     del first
     second = arrays.take()  # the first is still seen through the view
     assert len(arrays.arrays) == 2 and arrays.taken() == 2
