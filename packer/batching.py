@@ -364,17 +364,24 @@ class Batches:
         return _read_ahead(self._batches(outputs), self.prefetch, outputs)
 
 
+def check_batching(**whole_numbers: int) -> None:
+    """A one-line error for an option of the order or batching that is not a whole number of at
+    least 1 (``batch_size``, ``world_size``) or 0 (the others), or a ``rank`` not below ``world_size``."""
+    for name, value in whole_numbers.items():
+        least = 1 if name in ("batch_size", "world_size") else 0
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < least:
+            raise UserError(f"{name} {value!r} must be a whole number of at least {least}")
+    rank, world_size = whole_numbers.get("rank", 0), whole_numbers.get("world_size", 1)
+    if rank >= world_size:
+        raise UserError(f"rank {rank} must be below world_size {world_size} (ranks count from 0)")
+
+
 def batches(source: "str | Path | Subset", split: str = "train", batch_size: int = 256, shuffle: bool = True,
             seed: int = 0, epoch: int = 0, drop_last: bool = False, dtype: Dtype | None = None,
             normalize: Normalize = None, layout: Layout = "nhwc", rank: int = 0, world_size: int = 1,
             prefetch: int = 2) -> Batches:
     """One epoch of ``(X, y)`` numpy batches of ``split``; see the module docstring."""
-    for name, value, least in (("batch_size", batch_size, 1), ("world_size", world_size, 1), ("prefetch", prefetch, 0),
-                               ("seed", seed, 0), ("epoch", epoch, 0), ("rank", rank, 0)):
-        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < least:
-            raise UserError(f"{name} {value!r} must be a whole number of at least {least}")
-    if rank >= world_size:
-        raise UserError(f"rank {rank} must be below world_size {world_size} (ranks count from 0)")
+    check_batching(batch_size=batch_size, world_size=world_size, prefetch=prefetch, seed=seed, epoch=epoch, rank=rank)
     rows, labels, path = open_split(source, split)
     format_ = batch_format(path, dtype, normalize, layout)
     order = epoch_rows(len(rows), shuffle, int(seed), int(epoch), int(rank), int(world_size))

@@ -2,8 +2,14 @@
 
     from packer.torch import dataset, loader
     train = loader("out_files/imagenet30_cls.npz", batch_size=256, normalize="imagenet")
-    for X, y in train:           # X: (256, 3, 224, 224) float32 tensor, y: (256,) int64 tensor
-        ...
+    for epoch in range(10):
+        for X, y in train:       # X: (256, 3, 224, 224) float32 tensor, y: (256,) int64 tensor
+            ...
+
+``loader`` serves the batches of ``packer.batches`` with the same ``seed``,
+``rank`` and ``world_size``: epoch 0 on its first iteration, epoch 1 on the
+next, and so on (``set_epoch(e)`` picks the next one, as with a
+``DistributedSampler``), as torch tensors.
 
 ``dataset(path, split)`` is a ``torch.utils.data.Dataset`` (map-style, so
 ``DataLoader`` shuffling, samplers, ``DistributedSampler`` and ``num_workers``
@@ -41,6 +47,8 @@ from .batching import (
     Normalize,
     ReusedArrays,
     batch_format,
+    check_batching,
+    epoch_rows,
     open_split,
     read_formatted,
 )
@@ -181,6 +189,28 @@ class _SharedBuffers:
         self.free.numpy()[index] = 1
 
 
+class EpochOrder(torch.utils.data.Sampler):
+    """The rows of an epoch in the order of ``packer.batches`` (``batching.epoch_rows`` of
+    ``seed`` and the epoch, this ``rank``'s share of ``world_size``): epoch 0 first, then the
+    next epoch each time it is iterated again, or the one ``set_epoch`` names (as
+    ``DistributedSampler``'s, for the next iteration)."""
+
+    def __init__(self, count: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
+        self.count, self.shuffle, self.seed, self.rank, self.world_size = count, shuffle, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.count // self.world_size
+
+    def __iter__(self):
+        rows = epoch_rows(self.count, self.shuffle, self.seed, self.epoch, self.rank, self.world_size)
+        self.epoch += 1
+        return iter(rows.tolist())
+
+
 class _StoredBatches(torch.utils.data.BatchSampler):
     def __iter__(self):
         return (AsStored(batch) for batch in super().__iter__())
@@ -193,6 +223,10 @@ class ArchiveLoader(torch.utils.data.DataLoader):
     formatting it (shared memory gets no huge pages), and the main process formats from the
     CPU cache, a few images at a time, into arrays reused once nothing refers to them
     (``batching.ReusedArrays``)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve epoch ``epoch`` of the order next (as ``DistributedSampler.set_epoch``)."""
+        self.sampler.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
 
     def __iter__(self):
         data = self.dataset
@@ -221,21 +255,20 @@ class ArchiveLoader(torch.utils.data.DataLoader):
 
 def loader(source: "str | Path | Subset", split: str = "train", batch_size: int = 256, shuffle: bool | None = None,
            num_workers: int | None = None, seed: int = 0, drop_last: bool = False, prefetch: int = 2,
-           **dataset_options
-           ) -> ArchiveLoader:
-    """The usual ``DataLoader`` of ``dataset(source, split, **dataset_options)``: shuffled for
-    ``train`` (unless ``shuffle`` says otherwise) with a generator seeded by ``seed``, ``num_workers``
-    worker processes (default: up to 4, one per core) kept alive between epochs, reading ``prefetch``
-    batches ahead in all (at least one per worker: ``prefetch_factor`` is ``prefetch / num_workers``
-    rounded up), pinned memory
-    when CUDA is there. Its sampler hands each worker a whole batch of indices, which the dataset
-    reads at once into one tensor (no per-image tensors to collate); float32 batches are formatted
-    in the main process (see ``ArchiveLoader``)."""
+           rank: int = 0, world_size: int = 1, **dataset_options) -> ArchiveLoader:
+    """The usual ``DataLoader`` of ``dataset(source, split, **dataset_options)``: its batches are
+    those of ``packer.batches`` with the same ``seed``, ``rank`` and ``world_size`` (shuffled for
+    ``train`` unless ``shuffle`` says otherwise), epoch 0 on the first iteration, the next one on
+    each iteration after (or the one ``set_epoch`` names); ``num_workers`` worker processes
+    (default: up to 4, one per core) kept alive between epochs, reading ``prefetch`` batches ahead
+    in all (at least one per worker: ``prefetch_factor`` is ``prefetch / num_workers`` rounded
+    up), pinned memory when CUDA is there. Its sampler hands each worker a whole batch of
+    indices, which the dataset reads at once into one tensor (no per-image tensors to collate);
+    float32 batches are formatted in the main process (see ``ArchiveLoader``)."""
+    check_batching(batch_size=batch_size, world_size=world_size, prefetch=prefetch, seed=seed, rank=rank)
     data = dataset(source, split, **dataset_options)
     workers = min(4, len(os.sched_getaffinity(0))) if num_workers is None else num_workers
-    generator = torch.Generator().manual_seed(seed)
-    order = (torch.utils.data.RandomSampler(data, generator=generator)
-             if (split == "train" if shuffle is None else shuffle) else torch.utils.data.SequentialSampler(data))
+    order = EpochOrder(len(data), split == "train" if shuffle is None else shuffle, seed, rank, world_size)
     as_stored = workers > 0 and data.transform is None and data.format.dtype == "float32"
     if as_stored:  # two buffers per worker: one being written while the other is formatted
         stored = BatchFormat("uint8", data.format.layout)
@@ -244,4 +277,5 @@ def loader(source: "str | Path | Subset", split: str = "train", batch_size: int 
         data, batch_size=None,
         sampler=(_StoredBatches if as_stored else torch.utils.data.BatchSampler)(order, batch_size, drop_last),
         num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-        prefetch_factor=max(1, -(-prefetch // workers)) if workers else None, generator=generator)
+        prefetch_factor=max(1, -(-prefetch // workers)) if workers else None,
+        generator=torch.Generator().manual_seed(seed))

@@ -723,10 +723,10 @@ def epoch_rows(loader, arrays, layout="nchw"):
 def test_loader_covers_every_row_once_per_epoch(built, arrays, ptorch):
     torch, pt = ptorch
     loader = pt.loader(built["stored"], batch_size=BATCH, num_workers=0, seed=3)
-    assert loader.batch_sampler is None and isinstance(loader.sampler.sampler, torch.utils.data.RandomSampler)
+    assert loader.batch_sampler is None and isinstance(loader.sampler.sampler, pt.EpochOrder)
     first, second = epoch_rows(loader, arrays), epoch_rows(loader, arrays)
-    assert sorted(first) == sorted(second) == list(range(N_TRAIN))
-    assert first != second and first != list(range(N_TRAIN))  # reshuffled each epoch
+    assert first == order_of(N_TRAIN, seed=3, epoch=0).tolist()  # the documented order, epoch 0 then 1
+    assert second == order_of(N_TRAIN, seed=3, epoch=1).tolist()
     assert epoch_rows(pt.loader(built["stored"], batch_size=BATCH, num_workers=0, seed=3), arrays) == first  # seeded
     X, y = next(iter(loader))
     assert X.shape == (BATCH, 3, SIZE, SIZE) and X.dtype == torch.uint8 and y.dtype == torch.int64
@@ -737,12 +737,56 @@ def test_loader_covers_every_row_once_per_epoch(built, arrays, ptorch):
 def test_loader_keeps_order_off_train(built, arrays, ptorch):
     torch, pt = ptorch
     val = pt.loader(built["stored"], "val", batch_size=3, num_workers=0, normalize="imagenet")
-    assert isinstance(val.sampler.sampler, torch.utils.data.SequentialSampler)
+    assert not val.sampler.sampler.shuffle
     X = torch.cat([X for X, _ in val]).numpy()
     np.testing.assert_allclose(X, reference(arrays["X_val"], IMAGENET_MEAN, IMAGENET_STD, "nchw"), rtol=1e-6,
                                atol=1e-6)
     unshuffled = pt.loader(built["stored"], batch_size=BATCH, shuffle=False, num_workers=0)
     assert epoch_rows(unshuffled, arrays) == list(range(N_TRAIN))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_serves_the_batches_of_packer_batches(built, arrays, ptorch, workers):
+    """Same seed, rank and world_size: the loader's epochs are packer.batches' epochs 0, 1, ...
+    batch for batch, or the epoch set_epoch names; ranks of a distributed job get disjoint shares."""
+    torch, pt = ptorch
+
+    def same(loader, epoch, **options):
+        expected = list(batches(built["stored"], batch_size=BATCH, seed=7, epoch=epoch, normalize="imagenet",
+                                layout="nchw", **options))
+        served = [(X.numpy().copy(), y.numpy().copy()) for X, y in loader]
+        assert len(served) == len(expected) == len(loader)
+        for (X, y), (X_expected, y_expected) in zip(served, expected, strict=True):
+            np.testing.assert_array_equal(X, X_expected)
+            assert y.dtype == np.int64 and np.array_equal(y, y_expected)
+
+    loader = pt.loader(built["stored"], batch_size=BATCH, num_workers=workers, seed=7, normalize="imagenet")
+    same(loader, 0)
+    same(loader, 1)
+    loader.set_epoch(5)
+    same(loader, 5)
+    same(loader, 6)
+    shares = []
+    for rank in range(3):
+        share = pt.loader(built["stored"], batch_size=BATCH, num_workers=workers, seed=7, normalize="imagenet",
+                          rank=rank, world_size=3)
+        share.set_epoch(2)
+        same(share, 2, rank=rank, world_size=3)
+        shares.append(set(order_of(N_TRAIN, seed=7, epoch=2, rank=rank, world_size=3).tolist()))
+    assert sum(map(len, shares)) == len(set.union(*shares)) == 3 * (N_TRAIN // 3)
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"rank": 2, "world_size": 2}, "rank 2 must be below world_size 2 (ranks count from 0)"),
+    ({"world_size": 0}, "world_size 0 must be a whole number of at least 1"),
+    ({"batch_size": 2.5}, "batch_size 2.5 must be a whole number of at least 1"),
+    ({"seed": -1}, "seed -1 must be a whole number of at least 0"),
+])
+def test_loader_bad_options_are_one_line_user_errors(built, ptorch, options, needle):
+    _, pt = ptorch
+    with pytest.raises(packer.UserError) as raised:
+        pt.loader(built["stored"], num_workers=0, **options)
+    assert str(raised.value) == needle
 
 
 def test_loader_with_two_fork_workers(built, arrays, ptorch):
@@ -777,12 +821,20 @@ def test_dataloader_with_two_spawn_workers(built, arrays, ptorch):
 # --------------------------------------------------------------------------- JAX, TensorFlow
 
 
-def test_jax_device_put_of_a_batch(built):
+def test_jax_device_put_of_a_batch(built, arrays):
+    """The README's loop; the device arrays, all kept to the end of the epoch, hold their batches
+    (none written over by a later batch made into a reused array)."""
     jax = pytest.importorskip("jax")
+    kept = []
     for X, y in batches(built["stored"], batch_size=BATCH, epoch=1, normalize="imagenet"):
         X_device, y_device = jax.device_put(X), jax.device_put(y)
         assert X_device.shape == X.shape and X_device.dtype == X.dtype and y_device.dtype == y.dtype
-        assert np.array_equal(np.asarray(X_device), X) and np.array_equal(np.asarray(y_device), y)
+        kept.append((X_device, y_device))
+    order = order_of(N_TRAIN, epoch=1)
+    X_all = np.concatenate([np.asarray(X) for X, _ in kept])
+    np.testing.assert_allclose(X_all, reference(arrays["X_train"][order], IMAGENET_MEAN, IMAGENET_STD),
+                               rtol=1e-6, atol=1e-6)
+    assert np.array_equal(np.concatenate([np.asarray(y) for _, y in kept]), arrays["y_train"][order])
 
 
 def test_tensorflow_from_generator(built):
