@@ -61,8 +61,9 @@ after one untimed epoch of each kind; a case during which other processes used m
 ``benchmark.BUSY_CORES`` cores is run again up to ``--retry_busy`` times, keeping the quietest.
 Reported, all from the same run: images/s, the ratio to (IF) with the same page cache (issue #16: (PT)
 >= 10x warm, >= 3x cold), per round and by CPU time too, the memory against the bound at both archive
-sizes; and where the time goes, measured once: the stages of a batch in-process (best of 5), a
-``packer.torch`` batch inside a real DataLoader worker, and one (IF) image.
+sizes; and where the time goes, measured once: the stages of a batch in-process (best of 5), the
+``packer.torch`` loader's two stages as it runs (a worker's read into a shared buffer, the training
+process's float32 formatting), and one (IF) image.
 
 The archives are removed at the end (``--keep`` keeps them), and so is the work dir when this run made
 it. The tables go to stdout and to ``<results_dir>/load.md``, ``latest.md`` and ``load.json``.
@@ -247,38 +248,44 @@ try:
 except ImportError:
     torch = None
 if torch is not None:
-    # The worker's side of packer.torch.loader's own DataLoader, one worker: its dataset's fetch (a
-    # batch's items, or the whole batch) and its collate_fn, timed inside the worker.
-    made = packer.torch.loader(spec["path"], "train", batch_size=size, num_workers=0, normalize="imagenet")
-    inner = made.dataset
+    # packer.torch.loader(normalize="imagenet") as it runs, its second epoch: in its workers, the
+    # reading of a batch (uint8, the loader's layout) into a shared buffer; in this process, the
+    # float32 formatting of a batch from that buffer. Workers are forked, so the wrapped functions
+    # are theirs too; they write their times into shared memory, a row per worker.
+    import packer.torch as pt
+    workers = spec["workers"]
+    worker_times = torch.zeros((max(1, workers), 64), dtype=torch.float64).share_memory_()
+    worker_counts = torch.zeros(max(1, workers), dtype=torch.int64).share_memory_()
+    read_formatted, formatted, main_times = pt.read_formatted, pt.ArchiveDataset.formatted, []
 
-    class Timed(torch.utils.data.Dataset):
-        last = 0.0
-        def __len__(self):
-            return len(inner)
-        def __getitem__(self, index):
-            started = time.perf_counter()
-            item = inner[index]
-            Timed.last = time.perf_counter() - started
-            return item
-        def __getitems__(self, indices):
-            started = time.perf_counter()
-            items = inner.__getitems__(indices) if hasattr(inner, "__getitems__") else [inner[i] for i in indices]
-            Timed.last = time.perf_counter() - started
-            return items
-
-    def collate(data):
+    def timed_read(*args, **options):
         started = time.perf_counter()
-        batch = made.collate_fn(data)
-        return Timed.last, time.perf_counter() - started, batch[0].is_shared(), tuple(batch[0].shape)
+        result = read_formatted(*args, **options)
+        info = torch.utils.data.get_worker_info()
+        slot = info.id if info is not None else 0
+        if int(worker_counts[slot]) < worker_times.shape[1]:
+            worker_times[slot, int(worker_counts[slot])] = time.perf_counter() - started
+            worker_counts[slot] += 1
+        return result
 
-    loader = torch.utils.data.DataLoader(Timed(), batch_size=made.batch_size, sampler=made.sampler,
-                                         drop_last=made.drop_last, num_workers=1, collate_fn=collate)
-    measured = [b for _, b in zip(range(6), loader)][1:] or [b for _, b in zip(range(1), loader)]
-    out["worker_fetch"] = statistics.median(m[0] for m in measured)
-    out["worker_collate"] = statistics.median(m[1] for m in measured)
-    out["collate_shared"] = all(m[2] for m in measured)
-    out["worker_batch_shape"] = list(measured[0][3])
+    def timed_formatted(self, *args, **options):
+        started = time.perf_counter()
+        result = formatted(self, *args, **options)
+        main_times.append(time.perf_counter() - started)
+        return result
+
+    pt.read_formatted, pt.ArchiveDataset.formatted = timed_read, timed_formatted
+    made = pt.loader(spec["path"], "train", batch_size=size, num_workers=workers, normalize="imagenet")
+    for _ in made:
+        pass
+    worker_counts.zero_()
+    main_times.clear()
+    for _ in made:
+        pass
+    times = [float(worker_times[w, i]) for w in range(len(worker_counts)) for i in range(int(worker_counts[w]))]
+    out["worker_read"] = statistics.median(times) if times else None
+    out["main_format"] = statistics.median(main_times) if main_times else None
+    out["loader_workers"] = workers
 if spec.get("folder"):
     try:
         from torchvision import datasets, transforms
@@ -495,7 +502,7 @@ def measure(args, work_dir: Path) -> dict:
                 f"resident {100 * (result['resident'] or 0):.0f}%, "
                 f"other load {result['other']:.2f} cores")
     log("where the time goes (one process, once)")
-    spec = {"path": str(archive), "batch_size": args.batch_size,
+    spec = {"path": str(archive), "batch_size": args.batch_size, "workers": args.workers,
             "folder": str(folder) if availability["torchvision"][0] else None}
     read_through([archive, *photos])
     stages = json.loads(bm.run_timed([bench.PY, "-c", STAGES_CHILD, json.dumps(spec)], cwd=str(work_dir),
@@ -677,11 +684,11 @@ def report(args, m: dict) -> tuple[str, dict]:
         f"- `BatchFormat.apply`: uint8 to NCHW {ms('uint8_nchw')}; float32 normalized, NCHW {ms('float32_nchw')}; "
         f"float32 normalized, NHWC {ms('float32_nhwc')}",
     ]
-    if "worker_fetch" in s:
-        lines.append(f"- inside a worker of `packer.torch.loader(normalize=\"imagenet\")`'s DataLoader (median of "
-                     f"5 batches): the dataset's fetch of a batch (read, format, and per-image tensors where the "
-                     f"loader asks items one batch at a time) {ms('worker_fetch')}; the loader's `collate_fn` "
-                     f"{ms('worker_collate')} (the batch in shared memory: {s['collate_shared']})")
+    if s.get("worker_read") is not None:
+        lines.append(f"- `packer.torch.loader(normalize=\"imagenet\")` as it runs (its second epoch, "
+                     f"{s['loader_workers']} workers, medians): a worker reads a batch of uint8 rows into a shared "
+                     f"buffer in the loader's layout (NCHW) in {ms('worker_read')}; the training process formats "
+                     f"it as float32 in {ms('main_format')}")
     if "folder_image" in s:
         lines.append(f"- ImageFolder, one image (open, decode, Resize, CenterCrop, ToTensor, Normalize), in-process: "
                      f"{s['folder_image'] * 1000:.2f} ms")
