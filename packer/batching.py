@@ -39,6 +39,7 @@ What a batch holds. ``X``: ``dtype="uint8"``, the stored values;
 opens its files lazily in each process, so it may be pickled into
 ``DataLoader`` workers (fork or spawn).
 """
+import copy
 import math
 import mmap
 import os
@@ -49,6 +50,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Literal
 
 import numpy as np
@@ -94,7 +96,7 @@ class ImageRows:
         return {**self.__dict__, "_files": {}}  # a worker process opens its own files
 
     def _fd(self, path: str) -> int:
-        if self._pid != os.getpid():  # forked: the descriptors are shared with the parent's offsets
+        if self._pid != os.getpid():  # forked: open files of its own (the inherited ones are left alone)
             self._files, self._pid = {}, os.getpid()
         if path not in self._files:
             self._files[path] = os.open(path, os.O_RDONLY)
@@ -168,7 +170,7 @@ def open_split(source: "str | Path | Subset", split: str) -> tuple[ImageRows, np
         if header.compressed:
             gigabytes = header.shape[0] * header.row_bytes / 1e9
             warnings.warn(f"{archive}: {key} is compressed, so it is decompressed into memory ({gigabytes:.1f} GB); "
-                          "build without --compress to read it from disk instead", stacklevel=3)
+                          "build without --compress to read it from disk instead", stacklevel=_stacklevel_outside())
             parts.append(read_arrays(archive, [key])[key])
         else:
             parts.append(_StoredPart(str(archive), int(header.data_offset or 0), header.shape[0]))
@@ -176,6 +178,18 @@ def open_split(source: "str | Path | Subset", split: str) -> tuple[ImageRows, np
     assert shape is not None
     rows = ImageRows(parts, tuple(shape), _stored_layout(path, tuple(shape)))
     return rows, np.concatenate(labels).astype(np.int32, copy=False), path
+
+
+def _stacklevel_outside() -> int:
+    """The ``stacklevel`` of a warning given here that names the first caller outside this package."""
+    level = 2
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def _stored_layout(path: Path, row_shape: tuple[int, ...]) -> Layout:
@@ -245,7 +259,7 @@ class BatchFormat:
         return out
 
 
-_CACHE_BYTES = 2 << 20  # the float32 values formatted at once (a CPU cache's worth)
+_CACHE_BYTES = 2 << 20  # the bytes formatted at once, or read to be formatted (a CPU cache's worth)
 
 
 def batch_format(path: Path, dtype: Dtype | None, normalize: Normalize, layout: Layout) -> BatchFormat:
@@ -302,18 +316,24 @@ class ReusedArrays:
 
     def take(self) -> np.ndarray:
         """An array nothing else refers to: a kept one, or a new one (kept from then on)."""
-        for array in self.arrays:
-            if sys.getrefcount(array) <= _UNREFERENCED:
+        for array, count in zip(self.arrays, _reference_counts(self.arrays), strict=True):
+            if count <= _UNREFERENCED:
                 return array
         self.arrays.append(_array_in_small_pages(self.shape, self.dtype))
         return self.arrays[-1]
 
     def taken(self) -> int:
         """How many of the arrays something outside refers to."""
-        return sum(sys.getrefcount(array) > _UNREFERENCED for array in self.arrays)
+        return sum(count > _UNREFERENCED for count in _reference_counts(self.arrays))
 
 
-_UNREFERENCED = 3  # sys.getrefcount of a kept array no one else refers to: the list, the loop, the call
+def _reference_counts(arrays: list[np.ndarray]) -> list[int]:
+    return [sys.getrefcount(array) for array in arrays]
+
+
+# the count of an array only its list refers to, in this Python (the references a call and a loop
+# add differ between versions)
+_UNREFERENCED = _reference_counts([np.empty(0)])[0]
 
 
 def _array_in_small_pages(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -325,10 +345,12 @@ def _array_in_small_pages(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray
     if not nbytes or not hasattr(mmap, "MAP_ANONYMOUS"):
         return np.empty(shape, dtype)
     memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # where huge pages are "always", not only when asked for
+        memory.madvise(mmap.MADV_NOHUGEPAGE)
     return np.ndarray(shape, dtype, buffer=memory)  # its views refer to it (a reshape's would not)
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class Batches:
     """One epoch of ``(X, y)`` batches of a split; iterate it (again for the same epoch), ``len``
     is the number of batches. Made by ``batches``."""
@@ -345,23 +367,28 @@ class Batches:
         whole, rest = divmod(len(self.order), self.batch_size)
         return whole + (1 if rest and not self.drop_last else 0)
 
-    def _batches(self, outputs: ReusedArrays) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _batches(self, rows: ImageRows, outputs: ReusedArrays) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Each batch's images in an array of ``outputs`` (the last, shorter batch in the front of one)."""
         try:
             for number in range(len(self)):
                 # made by a call, so this frame holds no reference to a batch while it waits
-                yield self._batch(self.order[number * self.batch_size:(number + 1) * self.batch_size], outputs)
+                yield self._batch(rows, self.order[number * self.batch_size:(number + 1) * self.batch_size], outputs)
         finally:
-            self.rows.close()
+            rows.close()
 
-    def _batch(self, rows: np.ndarray, outputs: ReusedArrays) -> tuple[np.ndarray, np.ndarray]:
-        return read_formatted(self.rows, rows, self.format, outputs.take()[:len(rows)]), self.labels[rows]
+    def _batch(self, rows: ImageRows, indices: np.ndarray, outputs: ReusedArrays) -> tuple[np.ndarray, np.ndarray]:
+        return read_formatted(rows, indices, self.format, outputs.take()[:len(indices)]), self.labels[indices]
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        stored_shape = (self.batch_size,) + self.rows.row_shape
-        outputs = ReusedArrays(self.format.shape(stored_shape, self.rows.layout),
-                               np.float32 if self.format.dtype == "float32" else np.uint8)
-        return _read_ahead(self._batches(outputs), self.prefetch, outputs)
+        rows = copy.copy(self.rows)  # files of this pass's own, which another pass ending cannot close
+        outputs = batch_arrays(rows, self.format, min(self.batch_size, len(self.order)))
+        return _read_ahead(self._batches(rows, outputs), self.prefetch, outputs)
+
+
+def batch_arrays(rows: ImageRows, format_: BatchFormat, batch_size: int) -> ReusedArrays:
+    """Reused arrays for batches of ``batch_size`` of ``rows`` in ``format_``."""
+    shape = format_.shape((batch_size,) + rows.row_shape, rows.layout)
+    return ReusedArrays(shape, np.float32 if format_.dtype == "float32" else np.uint8)
 
 
 def check_batching(**whole_numbers: int) -> None:
@@ -376,6 +403,13 @@ def check_batching(**whole_numbers: int) -> None:
         raise UserError(f"rank {rank} must be below world_size {world_size} (ranks count from 0)")
 
 
+def check_shares(count: int, split: str, world_size: int) -> None:
+    """A one-line error when ``world_size`` processes leave no row of ``split``'s ``count`` to each."""
+    if world_size > 1 and count < world_size:
+        raise UserError(f"world_size {world_size} is more than the {count} {split} images, so a process would get "
+                        f"none; use at most {count} processes")
+
+
 def batches(source: "str | Path | Subset", split: str = "train", batch_size: int = 256, shuffle: bool = True,
             seed: int = 0, epoch: int = 0, drop_last: bool = False, dtype: Dtype | None = None,
             normalize: Normalize = None, layout: Layout = "nhwc", rank: int = 0, world_size: int = 1,
@@ -383,6 +417,7 @@ def batches(source: "str | Path | Subset", split: str = "train", batch_size: int
     """One epoch of ``(X, y)`` numpy batches of ``split``; see the module docstring."""
     check_batching(batch_size=batch_size, world_size=world_size, prefetch=prefetch, seed=seed, epoch=epoch, rank=rank)
     rows, labels, path = open_split(source, split)
+    check_shares(len(rows), split, world_size)
     format_ = batch_format(path, dtype, normalize, layout)
     order = epoch_rows(len(rows), shuffle, int(seed), int(epoch), int(rank), int(world_size))
     return Batches(rows, labels, order, int(batch_size), drop_last, format_, int(prefetch))

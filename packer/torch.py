@@ -7,9 +7,10 @@
             ...
 
 ``loader`` serves the batches of ``packer.batches`` with the same ``seed``,
-``rank`` and ``world_size``: epoch 0 on its first iteration, epoch 1 on the
-next, and so on (``set_epoch(e)`` picks the next one, as with a
-``DistributedSampler``), as torch tensors.
+``rank``, ``world_size`` and ``layout`` (the loader's default is ``"nchw"``;
+it shuffles only ``train`` by default), as torch tensors: epoch 0 on its first
+iteration, epoch 1 on the next, and so on (``set_epoch(e)`` picks the next
+one, as with a ``DistributedSampler``).
 
 ``dataset(path, split)`` is a ``torch.utils.data.Dataset`` (map-style, so
 ``DataLoader`` shuffling, samplers, ``DistributedSampler`` and ``num_workers``
@@ -30,15 +31,19 @@ memory (``torch.from_numpy``).
 torch is an optional extra (``pip install "imagenet-subset[torch]"``);
 ``import packer`` never imports it, this module does.
 """
-import os
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.utils.data
+
+try:
+    import torch
+    import torch.utils.data
+except ImportError as error:  # pragma: no cover (the tests that import this module have torch)
+    raise ImportError('packer.torch needs torch: pip install "imagenet-subset[torch]"') from error
 
 from .batching import (
     BatchFormat,
@@ -46,13 +51,17 @@ from .batching import (
     Layout,
     Normalize,
     ReusedArrays,
+    batch_arrays,
     batch_format,
     check_batching,
+    check_shares,
     epoch_rows,
     open_split,
     read_formatted,
 )
+from .errors import UserError
 from .loading import Subset
+from .work import default_workers
 
 
 class ArchiveDataset(torch.utils.data.Dataset):
@@ -73,25 +82,39 @@ class ArchiveDataset(torch.utils.data.Dataset):
         """Items ``indices`` as one ``(images, labels)`` pair of tensors, read in row order. In a
         ``DataLoader`` worker the images are made in shared memory, so handing them to the main
         process copies nothing."""
-        return self._batch(indices, self.format)
-
-    def _batch(self, indices, format_: BatchFormat) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = np.asarray(indices, dtype=np.int64)
-        if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
-            raise IndexError(f"indices {rows.min()}..{rows.max()} out of range for the {len(self)} {self.split} images")
-        rows %= max(len(self), 1)
+        rows = self._rows(indices)
         labels = torch.from_numpy(self.labels[rows].astype(np.int64))
         if self.transform is not None:
             return torch.stack([image for image, _ in self._items(rows)]), labels
-        worker = torch.utils.data.get_worker_info()
-        if self.shared is not None and worker is not None and format_.dtype == "uint8":
-            index = self.shared.claim(worker.id)
-            if index is not None:
-                read_formatted(self.rows, rows, format_, self.shared.batch(index, len(rows)))
-                return _InSharedBuffer(index, len(rows)), labels  # type: ignore[return-value]
-        images = self._new_images(format_, len(rows), shared=worker is not None)
+        return self._images(rows, self.format), labels
+
+    def _rows(self, indices) -> np.ndarray:
+        """``indices`` as row numbers, counted from the end when negative, as a list's."""
+        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
+            raise IndexError(f"indices {rows.min()}..{rows.max()} out of range for the {len(self)} {self.split} images")
+        return rows % max(len(self), 1)
+
+    def _images(self, rows: np.ndarray, format_: BatchFormat) -> torch.Tensor:
+        """Rows ``rows`` in ``format_``, in a new tensor (in shared memory in a ``DataLoader`` worker)."""
+        images = self._new_images(format_, len(rows), shared=torch.utils.data.get_worker_info() is not None)
         read_formatted(self.rows, rows, format_, images.numpy())
-        return images, labels
+        return images
+
+    def _stored(self, batch: "AsStored") -> "tuple[torch.Tensor | _InSharedBuffer, torch.Tensor]":
+        """The images of ``batch`` as uint8 in this dataset's layout, for ``ArchiveLoader`` to format:
+        written into one of the loader's shared buffers when a worker of it finds one free (only the
+        buffer's number is handed over), else in a new tensor."""
+        rows = self._rows(batch)
+        labels = torch.from_numpy(self.labels[rows].astype(np.int64))
+        stored = BatchFormat("uint8", self.format.layout)
+        worker = torch.utils.data.get_worker_info()
+        if self.shared is not None and worker is not None:
+            index = self.shared.claim(worker.id, batch.epoch)
+            if index is not None:
+                read_formatted(self.rows, rows, stored, self.shared.batch(index, len(rows)))
+                return _InSharedBuffer(index, len(rows)), labels
+        return self._images(rows, stored), labels
 
     def _new_images(self, format_: BatchFormat, count: int, shared: bool = False, pinned: bool = False
                     ) -> torch.Tensor:
@@ -104,8 +127,8 @@ class ArchiveDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.empty(shape, np.float32 if format_.dtype == "float32" else np.uint8))
 
     def formatted(self, stored: torch.Tensor, pinned: bool = False, out: np.ndarray | None = None) -> torch.Tensor:
-        """Images as stored (what the dataset gives for ``AsStored`` indices) in this dataset's
-        format: into ``out`` (an array of ``len(stored)`` images in it) when given, else new."""
+        """Images as ``_stored`` gives them (uint8, this dataset's layout) in this dataset's format:
+        into ``out`` (an array of ``len(stored)`` images in it) when given, else new."""
         images = torch.from_numpy(out) if out is not None and not pinned else self._new_images(
             self.format, len(stored), pinned=pinned)
         self.format.apply(stored.numpy(), self.format.layout, out=images.numpy())
@@ -122,16 +145,19 @@ class ArchiveDataset(torch.utils.data.Dataset):
         """Item ``index``: ``(image, label)``; or, for a list of indices (what ``loader``'s batch
         sampler gives), the whole batch as ``batch`` makes it."""
         if isinstance(index, AsStored):
-            return self._batch(index, BatchFormat("uint8", self.format.layout))
+            return self._stored(index)
+        if isinstance(index, slice):
+            raise TypeError(f"the dataset takes an index or a list of indices, not the slice {index}; "
+                            f"use list(range(len(dataset)))[{index.start}:{index.stop}:{index.step}]")
+        if isinstance(index, torch.Tensor | np.ndarray) and index.ndim == 0:
+            index = operator.index(index.item())
         if not isinstance(index, int | np.integer):
             return self.batch(index)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for the {len(self)} {self.split} images")
-        return self._items(np.array([index % len(self)]))[0]
+        return self._items(self._rows([index]))[0]
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
         """A batch's items, read in row order (a ``DataLoader`` with ``batch_size`` calls this)."""
-        return self._items(np.asarray(indices, dtype=np.int64))
+        return self._items(self._rows(indices))
 
 
 def dataset(source: "str | Path | Subset", split: str = "train", transform: Callable | None = None,
@@ -141,8 +167,12 @@ def dataset(source: "str | Path | Subset", split: str = "train", transform: Call
 
 
 class AsStored(list):
-    """A batch's indices, for which the dataset gives the images as the archive stores them (uint8,
-    the stored layout), for ``ArchiveLoader`` to format in the main process."""
+    """A batch's indices, for which the dataset gives the images as uint8 in its layout (``_stored``),
+    for ``ArchiveLoader`` to format in the main process; ``epoch`` counts the loader's passes."""
+
+    def __init__(self, indices, epoch: int):
+        super().__init__(indices)
+        self.epoch = epoch
 
 
 @dataclass(frozen=True)
@@ -158,10 +188,13 @@ class _SharedBuffers:
     """Buffers in shared memory that the loader's workers write uint8 batches into, and the
     training process formats from and gives back: mapped once in each process, so a batch crosses
     with no new shared-memory segment and no page faults (about 0.2 ms per image otherwise).
-    Worker ``w`` writes only into buffers ``w * per`` to ``w * per + per - 1``; ``free[i]`` is 1
-    while buffer ``i`` is free. A worker that finds none of its own free within ``CLAIM_SECONDS``
-    makes its batch in a new shared tensor instead, so no worker ever waits on a buffer that is not
-    given back (the batches of an epoch left early are never formatted)."""
+
+    Worker ``w`` writes only into buffers ``w * per`` to ``w * per + per - 1``, one for each batch
+    it may have waiting plus the one being formatted. Buffer ``i`` is free while ``free[i]`` is 1,
+    or when the pass of the loader that took it (``epoch[i]``) is over: a pass left early never
+    formats its last batches, and a worker runs its tasks in order, so when it reads for a later
+    pass its earlier tasks are done. A worker that finds none of its own free within
+    ``CLAIM_SECONDS`` makes its batch in a new shared tensor instead, so it never waits long."""
 
     CLAIM_SECONDS = 0.05
 
@@ -169,14 +202,15 @@ class _SharedBuffers:
         self.per = per
         self.buffers = torch.empty((workers * per,) + shape, dtype=torch.uint8).share_memory_()
         self.free = torch.ones(workers * per, dtype=torch.int32).share_memory_()
+        self.epoch = torch.zeros(workers * per, dtype=torch.int64).share_memory_()
 
-    def claim(self, worker: int) -> int | None:
-        free = self.free.numpy()
+    def claim(self, worker: int, epoch: int) -> int | None:
+        free, taken_in = self.free.numpy(), self.epoch.numpy()
         deadline = time.monotonic() + self.CLAIM_SECONDS
         while True:
             for index in range(worker * self.per, (worker + 1) * self.per):
-                if free[index]:
-                    free[index] = 0
+                if free[index] or taken_in[index] < epoch:
+                    free[index], taken_in[index] = 0, epoch
                     return index
             if time.monotonic() > deadline:
                 return None
@@ -193,13 +227,15 @@ class EpochOrder(torch.utils.data.Sampler):
     """The rows of an epoch in the order of ``packer.batches`` (``batching.epoch_rows`` of
     ``seed`` and the epoch, this ``rank``'s share of ``world_size``): epoch 0 first, then the
     next epoch each time it is iterated again, or the one ``set_epoch`` names (as
-    ``DistributedSampler``'s, for the next iteration)."""
+    ``DistributedSampler``'s, for the next iteration). An iteration counts once its first row
+    is asked for."""
 
     def __init__(self, count: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
         self.count, self.shuffle, self.seed, self.rank, self.world_size = count, shuffle, seed, rank, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        check_batching(epoch=epoch)
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -208,17 +244,22 @@ class EpochOrder(torch.utils.data.Sampler):
     def __iter__(self):
         rows = epoch_rows(self.count, self.shuffle, self.seed, self.epoch, self.rank, self.world_size)
         self.epoch += 1
-        return iter(rows.tolist())
+        yield from rows.tolist()
 
 
 class _StoredBatches(torch.utils.data.BatchSampler):
+    """Batches of indices as ``AsStored``, marked with the loader's pass (``passes``, which
+    ``ArchiveLoader`` counts)."""
+
+    passes = 0
+
     def __iter__(self):
-        return (AsStored(batch) for batch in super().__iter__())
+        return (AsStored(batch, self.passes) for batch in super().__iter__())
 
 
 class ArchiveLoader(torch.utils.data.DataLoader):
     """The ``DataLoader`` ``loader`` makes. When its batches are float32 (and there is no
-    ``transform``), the workers hand over the images as stored, a quarter of the bytes, and the
+    ``transform``), the workers hand over the images as uint8, a quarter of the bytes, and the
     main process formats them: making a float32 batch in shared memory costs a worker more than
     formatting it (shared memory gets no huge pages), and the main process formats from the
     CPU cache, a few images at a time, into arrays reused once nothing refers to them
@@ -229,28 +270,29 @@ class ArchiveLoader(torch.utils.data.DataLoader):
         self.sampler.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
 
     def __iter__(self):
-        data = self.dataset
-        if data.shared is not None:  # what an epoch left early did not give back is free again (a task
-            data.shared.free.fill_(1)  # of it still running claims its buffer after this: see _formatted)
+        stored = isinstance(self.sampler, _StoredBatches)
+        if stored:
+            self.sampler.passes += 1  # type: ignore[attr-defined]
         batches = super().__iter__()
-        if not isinstance(self.batch_sampler, _StoredBatches) and not isinstance(self.sampler, _StoredBatches):
+        if not stored:
             return batches
-        stored_shape = (self.sampler.batch_size,) + data.rows.row_shape
-        return self._formatted(batches, ReusedArrays(data.format.shape(stored_shape, data.rows.layout), np.float32))
+        size = min(self.sampler.batch_size, len(self.sampler.sampler))  # type: ignore[attr-defined]
+        return self._formatted(batches, batch_arrays(self.dataset.rows, self.dataset.format, size))
 
     def _formatted(self, batches, outputs: ReusedArrays):
-        data: ArchiveDataset = self.dataset  # type: ignore[assignment]
         for images, labels in batches:
-            if isinstance(images, _InSharedBuffer):
-                assert data.shared is not None
-                stored = torch.from_numpy(data.shared.batch(images.index, images.count))
-                formatted = data.formatted(stored, self.pin_memory, outputs.take()[:images.count])
-                data.shared.give_back(images.index)
-                yield formatted, labels
-            else:
-                yield data.formatted(images, self.pin_memory, outputs.take()[:len(images)]), labels
-        if data.shared is not None:  # the epoch is over, no task is left: a buffer an earlier epoch
-            data.shared.free.fill_(1)  # left early never gave back (its task ran after that epoch) is free
+            # made by a call, so this frame holds no reference to a batch while the next is made
+            yield self._format(images, outputs), labels
+
+    def _format(self, images: "torch.Tensor | _InSharedBuffer", outputs: ReusedArrays) -> torch.Tensor:
+        data: ArchiveDataset = self.dataset  # type: ignore[assignment]
+        if not isinstance(images, _InSharedBuffer):
+            return data.formatted(images, self.pin_memory, outputs.take()[:len(images)])
+        assert data.shared is not None
+        stored = torch.from_numpy(data.shared.batch(images.index, images.count))
+        formatted = data.formatted(stored, self.pin_memory, outputs.take()[:images.count])
+        data.shared.give_back(images.index)
+        return formatted
 
 
 def loader(source: "str | Path | Subset", split: str = "train", batch_size: int = 256, shuffle: bool | None = None,
@@ -265,17 +307,24 @@ def loader(source: "str | Path | Subset", split: str = "train", batch_size: int 
     up), pinned memory when CUDA is there. Its sampler hands each worker a whole batch of
     indices, which the dataset reads at once into one tensor (no per-image tensors to collate);
     float32 batches are formatted in the main process (see ``ArchiveLoader``)."""
-    check_batching(batch_size=batch_size, world_size=world_size, prefetch=prefetch, seed=seed, rank=rank)
+    if "epoch" in dataset_options:
+        raise UserError("loader takes no epoch: it serves epoch 0 first, then the next each time; "
+                        "call .set_epoch(e) on it to choose the next one")
+    check_batching(batch_size=batch_size, world_size=world_size, prefetch=prefetch, seed=seed, rank=rank,
+                   **({} if num_workers is None else {"num_workers": num_workers}))
     data = dataset(source, split, **dataset_options)
-    workers = min(4, len(os.sched_getaffinity(0))) if num_workers is None else num_workers
+    check_shares(len(data), split, world_size)
+    workers = min(4, default_workers()) if num_workers is None else num_workers
     order = EpochOrder(len(data), split == "train" if shuffle is None else shuffle, seed, rank, world_size)
     as_stored = workers > 0 and data.transform is None and data.format.dtype == "float32"
-    if as_stored:  # two buffers per worker: one being written while the other is formatted
+    ahead = max(1, -(-prefetch // workers)) if workers else None
+    if as_stored:
+        assert ahead is not None
         stored = BatchFormat("uint8", data.format.layout)
-        data.shared = _SharedBuffers(workers, 2, stored.shape((batch_size,) + data.rows.row_shape, data.rows.layout))
+        data.shared = _SharedBuffers(workers, ahead + 1, stored.shape((max(1, min(batch_size, len(order))),)
+                                                                        + data.rows.row_shape, data.rows.layout))
     return ArchiveLoader(
         data, batch_size=None,
         sampler=(_StoredBatches if as_stored else torch.utils.data.BatchSampler)(order, batch_size, drop_last),
         num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-        prefetch_factor=max(1, -(-prefetch // workers)) if workers else None,
-        generator=torch.Generator().manual_seed(seed))
+        prefetch_factor=ahead, generator=torch.Generator().manual_seed(seed))

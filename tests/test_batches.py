@@ -378,6 +378,28 @@ def test_compressed_archive_gives_the_same_batches_and_warns_once(built):
     assert np.array_equal(X, expected_X) and np.array_equal(y, expected_y) and np.array_equal(again, X)
 
 
+def test_compressed_archive_warning_through_torch_points_at_the_caller(built, ptorch):
+    _, pt = ptorch
+    for make in (lambda: pt.dataset(built["compressed"]), lambda: pt.loader(built["compressed"], num_workers=0)):
+        with pytest.warns(UserWarning, match="is compressed") as caught:
+            make()
+        assert [w.filename for w in caught] == [__file__]
+
+
+def test_two_passes_over_one_epoch_read_their_own_files(built, arrays):
+    """A pass left suspended and dropped closes only its own files: another pass of the same
+    ``Batches`` reading meanwhile goes on to the end."""
+    epoch = batches(built["stored"], batch_size=BATCH, shuffle=False, prefetch=1)
+    first = iter(epoch)
+    next(first)
+    second = iter(epoch)
+    served = [next(second)[0].copy()]
+    del first
+    gc.collect()
+    served += [X.copy() for X, _ in second]
+    assert np.array_equal(np.concatenate(served), arrays["X_train"])
+
+
 def test_stored_archive_does_not_warn(built):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -408,6 +430,14 @@ def test_holdout_split(built):
 
 
 # --------------------------------------------------------------------------- errors
+
+
+def test_more_processes_than_images_is_a_user_error(built):
+    with pytest.raises(packer.UserError) as raised:
+        batches(built["stored"], "val", world_size=9, rank=3)
+    assert str(raised.value) == ("world_size 9 is more than the 8 val images, so a process would get none; "
+                                 "use at most 8 processes")
+    assert len(batches(built["stored"], "val", batch_size=1, world_size=8, rank=7)) == 1  # one each is fine
 
 
 @pytest.mark.parametrize("options, needle", [
@@ -781,12 +811,76 @@ def test_loader_serves_the_batches_of_packer_batches(built, arrays, ptorch, work
     ({"world_size": 0}, "world_size 0 must be a whole number of at least 1"),
     ({"batch_size": 2.5}, "batch_size 2.5 must be a whole number of at least 1"),
     ({"seed": -1}, "seed -1 must be a whole number of at least 0"),
+    ({"num_workers": -1}, "num_workers -1 must be a whole number of at least 0"),
+    ({"num_workers": 1.5}, "num_workers 1.5 must be a whole number of at least 0"),
+    ({"epoch": 3}, "loader takes no epoch: it serves epoch 0 first, then the next each time; "
+                   "call .set_epoch(e) on it to choose the next one"),
+    ({"split": "val", "world_size": 9, "rank": 3},
+     "world_size 9 is more than the 8 val images, so a process would get none; use at most 8 processes"),
 ])
 def test_loader_bad_options_are_one_line_user_errors(built, ptorch, options, needle):
     _, pt = ptorch
     with pytest.raises(packer.UserError) as raised:
-        pt.loader(built["stored"], num_workers=0, **options)
+        pt.loader(built["stored"], **{"num_workers": 0, **options})
     assert str(raised.value) == needle
+
+
+def test_a_shared_buffer_is_free_when_given_back_or_taken_in_an_earlier_pass(ptorch):
+    _, pt = ptorch
+    shared = pt._SharedBuffers(2, 2, (3, 4))
+    assert [shared.claim(1, 1), shared.claim(1, 1)] == [2, 3]  # worker 1's own buffers
+    assert shared.claim(1, 1) is None  # both taken in this pass: after CLAIM_SECONDS, none
+    assert shared.claim(0, 1) == 0
+    shared.give_back(3)
+    assert shared.claim(1, 1) == 3
+    assert shared.claim(1, 2) == 2  # taken in pass 1, never given back (a pass left early): free in pass 2
+    assert shared.claim(1, 2) == 3 and shared.claim(1, 2) is None
+    assert shared.epoch.tolist() == [1, 0, 2, 2] and shared.free.tolist() == [0, 1, 0, 0]
+
+
+def test_shared_buffers_one_per_batch_a_worker_may_hold_sized_by_the_split(built, arrays, ptorch):
+    """A worker may have prefetch_factor batches waiting and one being formatted; a batch is never
+    larger than the split."""
+    _, pt = ptorch
+    loader = pt.loader(built["stored"], "val", batch_size=200_000, num_workers=1, prefetch=4, normalize="imagenet")
+    assert loader.prefetch_factor == 4
+    assert tuple(loader.dataset.shared.buffers.shape) == (5, 8, 3, SIZE, SIZE)
+    X, y = next(iter(loader))
+    np.testing.assert_allclose(X.numpy(), reference(arrays["X_val"], IMAGENET_MEAN, IMAGENET_STD, "nchw"),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_set_epoch_checks_the_epoch(built, ptorch):
+    _, pt = ptorch
+    loader = pt.loader(built["stored"], num_workers=0)
+    with pytest.raises(packer.UserError) as raised:
+        loader.set_epoch(-1)
+    assert str(raised.value) == "epoch -1 must be a whole number of at least 0"
+
+
+def test_epoch_order_as_a_plain_sampler_starts_at_epoch_0(built, arrays, ptorch):
+    """torch asks a sampler for an iterator twice when a loader with workers starts; an epoch counts
+    only once its first row is asked for."""
+    torch, pt = ptorch
+    order = pt.EpochOrder(N_TRAIN, True, 4)
+    iter(order)  # asked for, never read: no epoch used up
+    data = pt.dataset(built["stored"], layout="nhwc")
+    for epoch in range(2):
+        loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=order, num_workers=2)
+        rows = epoch_rows(([X[None], torch.tensor([y])] for X, y in loader), arrays, layout="nhwc")
+        assert rows == order_of(N_TRAIN, seed=4, epoch=epoch).tolist()
+        del loader
+
+
+def test_dataset_indexing(built, arrays, ptorch):
+    torch, pt = ptorch
+    data = pt.dataset(built["stored"], layout="nhwc")
+    image, label = data[torch.tensor(3)]
+    assert np.array_equal(image.numpy(), arrays["X_train"][3]) and label == arrays["y_train"][3]
+    items = data.__getitems__([-1, 0])
+    assert np.array_equal(items[0][0].numpy(), arrays["X_train"][-1]) and items[1][1] == arrays["y_train"][0]
+    with pytest.raises(TypeError, match=r"not the slice slice\(0, 4, None\)"):
+        data[0:4]
 
 
 def test_loader_with_two_fork_workers(built, arrays, ptorch):
@@ -794,8 +888,11 @@ def test_loader_with_two_fork_workers(built, arrays, ptorch):
     loader = pt.loader(built["sharded"], batch_size=BATCH, num_workers=2, seed=1)
     assert loader.num_workers == 2 and loader.persistent_workers
     loader.dataset[0]  # the parent has the shards open before the workers fork
+    pids = []
     for _ in range(2):  # the same workers serve both epochs
         assert sorted(epoch_rows(loader, arrays)) == list(range(N_TRAIN))
+        pids.append(sorted(w.pid for w in loader._iterator._workers))
+    assert pids[0] == pids[1] and len(pids[0]) == 2
     X, _ = next(iter(loader))
     assert X.is_shared()  # made by a worker in shared memory: handed over without a copy
     del loader
@@ -838,17 +935,22 @@ def test_jax_device_put_of_a_batch(built, arrays):
 
 
 def test_tensorflow_from_generator(built):
+    """The README's dataset: each pass takes the next epoch; all batches kept, none written over."""
+    import itertools
+
     tf = pytest.importorskip("tensorflow")
+    epochs = itertools.count()
     dataset = tf.data.Dataset.from_generator(
-        lambda: batches(built["stored"], batch_size=BATCH, seed=2),
+        lambda: batches(built["stored"], batch_size=BATCH, seed=2, epoch=next(epochs)),
         output_signature=(tf.TensorSpec(shape=(None, SIZE, SIZE, 3), dtype=tf.uint8),
                           tf.TensorSpec(shape=(None,), dtype=tf.int32)))
-    served = list(dataset.as_numpy_iterator())
-    expected = list(batches(built["stored"], batch_size=BATCH, seed=2))
-    assert len(served) == len(expected) == 4
-    for (X, y), (X_expected, y_expected) in zip(served, expected, strict=True):
-        assert X.dtype == np.uint8 and y.dtype == np.int32
-        assert np.array_equal(X, X_expected) and np.array_equal(y, y_expected)
+    for epoch in range(2):
+        served = list(dataset.as_numpy_iterator())
+        expected = list(batches(built["stored"], batch_size=BATCH, seed=2, epoch=epoch))
+        assert len(served) == len(expected) == 4
+        for (X, y), (X_expected, y_expected) in zip(served, expected, strict=True):
+            assert X.dtype == np.uint8 and y.dtype == np.int32
+            assert np.array_equal(X, X_expected) and np.array_equal(y, y_expected)
 
 
 def test_epochs_leave_no_file_open(built):
@@ -884,7 +986,7 @@ def test_loader_formats_float32_in_the_main_process(built, arrays, ptorch):
     loader = pt.loader(built["stored"], batch_size=BATCH, num_workers=2, seed=4, normalize="imagenet", prefetch=3)
     assert isinstance(loader, torch.utils.data.DataLoader) and isinstance(loader.sampler, pt._StoredBatches)
     assert loader.prefetch_factor == 2  # 3 batches ahead over 2 workers, rounded up
-    X, y = loader.dataset[pt.AsStored([5, 0, 61])]  # what a worker hands over
+    X, y = loader.dataset[pt.AsStored([5, 0, 61], 0)]  # what a worker hands over
     assert X.dtype == torch.uint8 and np.array_equal(X.numpy(), arrays["X_train"][[5, 0, 61]].transpose(0, 3, 1, 2))
     served, labels = [], []
     for X, y in loader:
@@ -959,33 +1061,48 @@ def test_reused_arrays_are_handed_out_only_when_nothing_refers_to_them():
 
 
 def test_loader_workers_write_into_shared_buffers_given_back(built, arrays, ptorch):
-    """Float32 batches cross through the loader's shared buffers (each given back once formatted);
-    an epoch left early leaves some unformatted, and the next epoch still serves every row once."""
+    """Float32 batches cross through the loader's shared buffers, each given back once formatted; an
+    epoch left after one batch leaves buffers taken, which the next epoch's workers take again (every
+    one of its batches comes through a buffer) while it serves every row once."""
     torch, pt = ptorch
     loader = pt.loader(built["stored"], batch_size=BATCH, num_workers=2, seed=5, normalize="imagenet")
     shared = loader.dataset.shared
     assert isinstance(shared, pt._SharedBuffers) and shared.free.tolist() == [1, 1, 1, 1]
     assert tuple(shared.buffers.shape) == (4, BATCH, 3, SIZE, SIZE) and shared.buffers.is_shared()
-    made = []
-    original = shared.batch
+    made, given = [], []
+    original_batch, original_give_back = shared.batch, shared.give_back
 
     def noted(index, count):
         made.append(index)
-        return original(index, count)
+        return original_batch(index, count)
 
-    shared.batch = noted  # the training process's view of which buffers batches came in
+    def noted_give_back(index):
+        given.append(index)
+        original_give_back(index)
+
+    # the training process's view of which buffers batches came in (set before the workers fork:
+    # they call neither)
+    shared.batch, shared.give_back = noted, noted_give_back
     first = next(iter(loader))[0].numpy().copy()  # an epoch left after one batch
-    served = np.concatenate([X.numpy() for X, _ in loader])
+    assert first.shape == (BATCH, 3, SIZE, SIZE) and made == given and len(made) == 1
+    made[:], given[:] = [], []
+    served = []
+    for X, _ in loader:
+        assert len(made) == len(given)  # given back as soon as formatted
+        served.append(X.numpy().copy())
+    assert len(made) == len(loader) == 4 and set(made) <= {0, 1, 2, 3}  # no batch made outside the buffers
+    # every buffer taken in this pass (the loader's second) is given back; one left taken by a task of
+    # the pass left early is free for the next pass all the same
+    assert shared.epoch.max() == 2
+    assert all(free or taken_in < 2 for free, taken_in in zip(shared.free.tolist(), shared.epoch.tolist(), strict=True))
+    served = np.concatenate(served)
     # back to the stored bytes, to tell which row each image is (every row's pixels are unique)
     mean, std = np.array(IMAGENET_MEAN)[:, None, None], np.array(IMAGENET_STD)[:, None, None]
     stored = np.rint((served * std + mean) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
     row_of = {arrays["X_train"][i].tobytes(): i for i in range(N_TRAIN)}
     rows = [row_of[np.ascontiguousarray(x).tobytes()] for x in stored]
-    assert sorted(rows) == list(range(N_TRAIN))  # every row once
+    assert rows == order_of(N_TRAIN, seed=5, epoch=1).tolist()  # every row once, in epoch 1's order
     np.testing.assert_allclose(served, reference(arrays["X_train"][rows], IMAGENET_MEAN, IMAGENET_STD, "nchw"),
                                rtol=1e-6, atol=1e-6)
-    assert len(made) >= len(served) // BATCH and set(made) <= {0, 1, 2, 3}
-    assert first.shape == (BATCH, 3, SIZE, SIZE)
-    assert shared.free.tolist() == [1, 1, 1, 1]  # every buffer given back
     del loader
     gc.collect()
