@@ -184,7 +184,8 @@ def _stacklevel_outside() -> int:
     """The ``stacklevel`` of a warning given here that names the first caller outside this package."""
     level = 2
     frame: FrameType | None = sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while (frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+           and frame.f_globals.get("__name__") != "__main__"):  # python -m packer.cli: name the CLI's line
         level, frame = level + 1, frame.f_back
     return level
 

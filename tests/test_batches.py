@@ -389,15 +389,49 @@ def test_compressed_archive_warning_through_torch_points_at_the_caller(built, pt
 def test_two_passes_over_one_epoch_read_their_own_files(built, arrays):
     """A pass left suspended and dropped closes only its own files: another pass of the same
     ``Batches`` reading meanwhile goes on to the end."""
-    epoch = batches(built["stored"], batch_size=BATCH, shuffle=False, prefetch=1)
-    first = iter(epoch)
-    next(first)
-    second = iter(epoch)
+    epoch = batches(built["stored"], batch_size=BATCH, shuffle=False, prefetch=0)
+    first, second = iter(epoch), iter(epoch)
     served = [next(second)[0].copy()]
+    next(first)
+    assert open_fds_to(built["stored"]) == 2  # one for each pass
     del first
     gc.collect()
+    assert open_fds_to(built["stored"]) == 1
     served += [X.copy() for X, _ in second]
     assert np.array_equal(np.concatenate(served), arrays["X_train"])
+
+
+@pytest.mark.parametrize("make", ["batches", "loader"])
+def test_a_consumer_that_keeps_no_batch_needs_one_array_sized_by_the_split(built, ptorch_or_none, monkeypatch, make):
+    """Nothing of the reader's holds a batch while the next is made; a batch is never larger than the split."""
+    import packer.batching
+
+    made = []
+    original = packer.batching.batch_arrays
+
+    def kept(*args):
+        made.append(original(*args))
+        return made[-1]
+
+    if make == "loader":
+        if ptorch_or_none is None:
+            pytest.skip("torch not installed")
+        _, pt = ptorch_or_none
+        monkeypatch.setattr(pt, "batch_arrays", kept)
+        epochs = [pt.loader(built["stored"], batch_size=BATCH, num_workers=2, normalize="imagenet"),
+                  pt.loader(built["stored"], "val", batch_size=200_000, num_workers=2, normalize="imagenet")]
+    else:
+        monkeypatch.setattr(packer.batching, "batch_arrays", kept)
+        epochs = [batches(built["stored"], batch_size=BATCH, prefetch=0, normalize="imagenet"),
+                  batches(built["stored"], "val", batch_size=200_000, prefetch=0, normalize="imagenet")]
+    for epoch in epochs:
+        count = 0
+        for X, _ in epoch:
+            count += len(X)
+            del X
+        assert count == (N_TRAIN if len(made) == 1 else 8)
+    assert [len(outputs.arrays) for outputs in made] == [1, 1]
+    assert [outputs.shape[0] for outputs in made] == [BATCH, 8]
 
 
 def test_stored_archive_does_not_warn(built):
@@ -650,6 +684,18 @@ def test_bench_load_without_torch(built, tmp_path):
 
 
 # --------------------------------------------------------------------------- PyTorch
+
+
+@pytest.fixture(scope="module")
+def ptorch_or_none():
+    """(torch, packer.torch), or None without torch."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    import packer.torch
+
+    return torch, packer.torch
 
 
 @pytest.fixture(scope="module")
@@ -1060,7 +1106,7 @@ def test_reused_arrays_are_handed_out_only_when_nothing_refers_to_them():
     assert arrays.taken() == 0
 
 
-def test_loader_workers_write_into_shared_buffers_given_back(built, arrays, ptorch):
+def test_loader_workers_write_into_shared_buffers_given_back(built, arrays, ptorch, monkeypatch):
     """Float32 batches cross through the loader's shared buffers, each given back once formatted; an
     epoch left after one batch leaves buffers taken, which the next epoch's workers take again (every
     one of its batches comes through a buffer) while it serves every row once."""
@@ -1069,20 +1115,21 @@ def test_loader_workers_write_into_shared_buffers_given_back(built, arrays, ptor
     shared = loader.dataset.shared
     assert isinstance(shared, pt._SharedBuffers) and shared.free.tolist() == [1, 1, 1, 1]
     assert tuple(shared.buffers.shape) == (4, BATCH, 3, SIZE, SIZE) and shared.buffers.is_shared()
-    made, given = [], []
-    original_batch, original_give_back = shared.batch, shared.give_back
+    made, given = [], []  # the training process's view of which buffers batches came in
+    original_format, original_give_back = pt.ArchiveLoader._format, pt._SharedBuffers.give_back
 
-    def noted(index, count):
-        made.append(index)
-        return original_batch(index, count)
+    def noted_format(self, images, outputs):
+        if isinstance(images, pt._InSharedBuffer):
+            made.append(images.index)
+        return original_format(self, images, outputs)
 
-    def noted_give_back(index):
+    def noted_give_back(self, index):
         given.append(index)
-        original_give_back(index)
+        original_give_back(self, index)
 
-    # the training process's view of which buffers batches came in (set before the workers fork:
-    # they call neither)
-    shared.batch, shared.give_back = noted, noted_give_back
+    # on the classes, so the dataset the workers get stays picklable (the workers call neither)
+    monkeypatch.setattr(pt.ArchiveLoader, "_format", noted_format)
+    monkeypatch.setattr(pt._SharedBuffers, "give_back", noted_give_back)
     first = next(iter(loader))[0].numpy().copy()  # an epoch left after one batch
     assert first.shape == (BATCH, 3, SIZE, SIZE) and made == given and len(made) == 1
     made[:], given[:] = [], []
