@@ -19,9 +19,9 @@ epoch (other rows each epoch when shuffled). A share is cut into batches of
 Reading. The rows of a batch are read in ascending row order (sequential
 reads), each into its place in the batch, which holds them in the shuffled
 order: straight there when the batch holds the stored bytes, else a CPU
-cache's worth of rows at a time, formatted from there. A stored member is read with ``pread`` from the archive (no
-memory map: the reader's memory stays at the batches it holds, whatever the
-archive's size); a deflated member is decompressed into memory once, with a
+cache's worth of rows at a time, formatted from there. A stored member is read
+with ``pread`` from the archive (no memory map: the reader's memory stays at
+the batches it holds, whatever the archive's size); a deflated member is decompressed into memory once, with a
 warning saying how much memory that takes. A background thread reads up to
 ``prefetch`` batches ahead: besides the batch the consumer holds, at most
 ``prefetch`` are in memory (waiting, or being made), and a batch's place is free
@@ -216,19 +216,24 @@ class BatchFormat:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
+    @property
+    def numpy_dtype(self) -> type[np.generic]:
+        return np.float32 if self.dtype == "float32" else np.uint8
+
+    def _axes(self, stored: Layout) -> tuple[int, int, int, int]:
+        """How ``apply`` moves the axes of a batch in the ``stored`` layout."""
+        return (0, 1, 2, 3) if self.layout == stored else (0, 3, 1, 2) if self.layout == "nchw" else (0, 2, 3, 1)
+
     def shape(self, stored_shape: tuple[int, ...], stored: Layout) -> tuple[int, ...]:
         """The shape ``apply`` gives images of ``stored_shape`` in the ``stored`` layout."""
-        if self.layout == stored:
-            return stored_shape
-        n, a, b, c = stored_shape
-        return (n, c, a, b) if self.layout == "nchw" else (n, b, c, a)
+        return tuple(stored_shape[axis] for axis in self._axes(stored))
 
     def apply(self, images: np.ndarray, stored: Layout, out: np.ndarray | None = None,
               places: np.ndarray | None = None) -> np.ndarray:
         """``images`` (uint8, in the ``stored`` layout) in this format, C-ordered: into ``out`` (of
         ``shape`` and this dtype) when given, else a new array; with ``places``, image ``i`` goes
         to ``out[places[i]]`` (``out`` then holds the batch the images are part of)."""
-        axes = (0, 1, 2, 3) if self.layout == stored else (0, 3, 1, 2) if self.layout == "nchw" else (0, 2, 3, 1)
+        axes = self._axes(stored)
         if self.dtype == "uint8" and out is None:
             return np.ascontiguousarray(images.transpose(axes))
         if out is None:
@@ -389,7 +394,7 @@ class Batches:
 def batch_arrays(rows: ImageRows, format_: BatchFormat, batch_size: int) -> ReusedArrays:
     """Reused arrays for batches of ``batch_size`` of ``rows`` in ``format_``."""
     shape = format_.shape((batch_size,) + rows.row_shape, rows.layout)
-    return ReusedArrays(shape, np.float32 if format_.dtype == "float32" else np.uint8)
+    return ReusedArrays(shape, format_.numpy_dtype)
 
 
 def check_batching(**whole_numbers: int) -> None:

@@ -150,15 +150,18 @@ def plan_build(options: BuildOptions, chosen: Choice | None = None) -> BuildPlan
 
 @dataclass(frozen=True)
 class DownloadPlan:
-    """What a build from a URL list downloads: its name, each label's work (``download.py``), the
-    words naming the classes (written beside the images as ``LOC_synset_mapping.txt``), and notes."""
+    """What a build from a URL list downloads: each label's work (``download.py``), the words
+    naming the classes (written beside the images as ``LOC_synset_mapping.txt``), and notes."""
 
-    name: str
     labels: list[LabelWork]
     names: dict[str, str]
     notes: tuple[str, ...]
     chosen: Choice  # the labels, which the packing of the downloaded folder keeps
     rest_val: int | None  # the rest label's val images (None: no rest)
+
+    @property
+    def name(self) -> str:
+        return self.chosen.subset.name
 
 
 def names_for_url_lists(options: BuildOptions) -> tuple[dict[str, str], dict[str, str], str]:
@@ -222,5 +225,5 @@ def plan_download(options: BuildOptions) -> DownloadPlan:
         labels += _label_work(label, selection.by_wnid, options)
     if options.rest is not None:
         labels.append(LabelWork(REST, selection.rest, rest_need, rest_val))
-    return DownloadPlan(chosen.subset.name, labels, words, tuple(chosen.notes) + tuple(scanned.skipped_note()),
+    return DownloadPlan(labels, words, tuple(chosen.notes) + tuple(scanned.skipped_note()),
                         chosen, rest_val if options.rest is not None else None)

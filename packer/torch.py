@@ -83,10 +83,12 @@ class ArchiveDataset(torch.utils.data.Dataset):
         ``DataLoader`` worker the images are made in shared memory, so handing them to the main
         process copies nothing."""
         rows = self._rows(indices)
-        labels = torch.from_numpy(self.labels[rows].astype(np.int64))
         if self.transform is not None:
-            return torch.stack([image for image, _ in self._items(rows)]), labels
-        return self._images(rows, self.format), labels
+            return torch.stack([image for image, _ in self._items(rows)]), self._labels(rows)
+        return self._images(rows, self.format), self._labels(rows)
+
+    def _labels(self, rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.labels[rows].astype(np.int64))
 
     def _rows(self, indices) -> np.ndarray:
         """``indices`` as row numbers, counted from the end when negative, as a list's."""
@@ -106,7 +108,7 @@ class ArchiveDataset(torch.utils.data.Dataset):
         written into one of the loader's shared buffers when a worker of it finds one free (only the
         buffer's number is handed over), else in a new tensor."""
         rows = self._rows(batch)
-        labels = torch.from_numpy(self.labels[rows].astype(np.int64))
+        labels = self._labels(rows)
         stored = BatchFormat("uint8", self.format.layout)
         worker = torch.utils.data.get_worker_info()
         if self.shared is not None and worker is not None:
@@ -120,17 +122,17 @@ class ArchiveDataset(torch.utils.data.Dataset):
                     ) -> torch.Tensor:
         shape = format_.shape((count,) + self.rows.row_shape, self.rows.layout)
         if shared or pinned:
-            images = torch.empty(shape, dtype=torch.float32 if format_.dtype == "float32" else torch.uint8,
-                                 pin_memory=pinned)
+            images = torch.empty(shape, dtype=getattr(torch, format_.dtype), pin_memory=pinned)
             return images.share_memory_() if shared else images
         # numpy asks the kernel for huge pages for a large array: 5x fewer page faults than torch.empty's
-        return torch.from_numpy(np.empty(shape, np.float32 if format_.dtype == "float32" else np.uint8))
+        return torch.from_numpy(np.empty(shape, format_.numpy_dtype))
 
-    def formatted(self, stored: torch.Tensor, pinned: bool = False, out: np.ndarray | None = None) -> torch.Tensor:
+    def formatted(self, stored: torch.Tensor, out: np.ndarray | None = None, pinned: bool = False) -> torch.Tensor:
         """Images as ``_stored`` gives them (uint8, this dataset's layout) in this dataset's format:
-        into ``out`` (an array of ``len(stored)`` images in it) when given, else new."""
-        images = torch.from_numpy(out) if out is not None and not pinned else self._new_images(
-            self.format, len(stored), pinned=pinned)
+        into ``out`` (an array of ``len(stored)`` images in it) when given, else new (``pinned``
+        memory when asked)."""
+        images = torch.from_numpy(out) if out is not None else self._new_images(self.format, len(stored),
+                                                                                  pinned=pinned)
         self.format.apply(stored.numpy(), self.format.layout, out=images.numpy())
         return images
 
@@ -287,12 +289,17 @@ class ArchiveLoader(torch.utils.data.DataLoader):
     def _format(self, images: "torch.Tensor | _InSharedBuffer", outputs: ReusedArrays) -> torch.Tensor:
         data: ArchiveDataset = self.dataset  # type: ignore[assignment]
         if not isinstance(images, _InSharedBuffer):
-            return data.formatted(images, self.pin_memory, outputs.take()[:len(images)])
+            return self._format_stored(images, outputs)
         assert data.shared is not None
-        stored = torch.from_numpy(data.shared.batch(images.index, images.count))
-        formatted = data.formatted(stored, self.pin_memory, outputs.take()[:images.count])
+        formatted = self._format_stored(torch.from_numpy(data.shared.batch(images.index, images.count)), outputs)
         data.shared.give_back(images.index)
         return formatted
+
+    def _format_stored(self, stored: torch.Tensor, outputs: ReusedArrays) -> torch.Tensor:
+        """``stored`` formatted into an array of ``outputs``; with pinned memory, into a new pinned
+        tensor (one is copied to the GPU while the next is made)."""
+        out = None if self.pin_memory else outputs.take()[:len(stored)]
+        return self.dataset.formatted(stored, out, self.pin_memory)  # type: ignore[attr-defined]
 
 
 def loader(source: "str | Path | Subset", split: str = "train", batch_size: int = 256, shuffle: bool | None = None,
